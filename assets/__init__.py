@@ -1,0 +1,18 @@
+"""Software-defined assets of the platform, one module per stage."""
+
+from assets.data import raw_transactions, validated_transactions
+from assets.evaluation import champion_model, model_evaluation
+from assets.features import customer_stats, feature_store, online_features
+from assets.training import trained_model, training_set
+
+ALL_ASSETS = [
+    raw_transactions,
+    validated_transactions,
+    customer_stats,
+    feature_store,
+    online_features,
+    training_set,
+    trained_model,
+    model_evaluation,
+    champion_model,
+]

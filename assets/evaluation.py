@@ -1,0 +1,156 @@
+"""Group evaluation: challenger against champion on the same test rows, the gates, and promotion."""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import pandas as pd
+
+from assets.common import Stopwatch, md_table
+from ml_platform.evaluation.gate import GateConfig, no_regression, quality_floor
+from ml_platform.evaluation.metrics import METRIC_NAMES, classification_metrics
+from ml_platform.registry import CHALLENGER, CHAMPION
+from ml_platform.training.dataset import split_xy
+from resources.mlflow import MLflowResource
+
+GATES = ("quality_floor", "no_regression")
+
+
+class EvaluationConfig(dg.Config):
+    """The promotion gate: a floor (accuracy as in the original design, and PR AUC) and no regression."""
+
+    min_accuracy: float = 0.85
+    min_pr_auc: float = 0.30
+    regression_metric: str = "pr_auc"
+    max_regression: float = 0.01
+
+
+@dg.asset(
+    group_name="evaluation",
+    deps=["trained_model"],
+    kinds={"mlflow"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "quality_floor",
+            asset="model_evaluation",
+            blocking=True,
+            description="the challenger clears the accuracy and PR AUC floors",
+        ),
+        dg.AssetCheckSpec(
+            "no_regression",
+            asset="model_evaluation",
+            blocking=True,
+            description="the challenger is not worse than the champion beyond the tolerance",
+        ),
+    ],
+    description="Accuracy, precision, recall, F1, ROC AUC and PR AUC of the challenger and of the current "
+    "champion on the same test rows. Blocking checks gate the promotion.",
+)
+def model_evaluation(config: EvaluationConfig, training_set: pd.DataFrame, mlflow: MLflowResource):
+    if config.regression_metric not in METRIC_NAMES:
+        raise dg.Failure(f"regression_metric must be one of {METRIC_NAMES}, got {config.regression_metric!r}")
+    registry = mlflow.registry()
+    challenger = registry.version_for_alias(CHALLENGER)
+    if challenger is None:
+        raise dg.Failure(f"no '{CHALLENGER}' version of {registry.model_name}; materialize trained_model first")
+    champion = registry.version_for_alias(CHAMPION)
+    timer = Stopwatch()
+    with timer.measure():
+        x_test, y_test = split_xy(training_set, "test")
+        if len(x_test) == 0:
+            raise dg.Failure("the test split of training_set is empty")
+        scores = {
+            "challenger": classification_metrics(
+                y_test, registry.predict(challenger, x_test), registry.threshold(challenger)
+            )
+        }
+        if champion is not None and champion != challenger:
+            scores["champion"] = classification_metrics(
+                y_test, registry.predict(champion, x_test), registry.threshold(champion)
+            )
+    gate = GateConfig(config.min_accuracy, config.min_pr_auc, config.regression_metric, config.max_regression)
+    results = [
+        quality_floor(scores["challenger"], gate),
+        no_regression(scores["challenger"], scores.get("champion"), gate),
+    ]
+    challenger_run = registry.model_version(challenger).run_id
+    registry.client.log_batch(
+        challenger_run,
+        metrics=[_metric(f"test_{name}", scores["challenger"][name]) for name in METRIC_NAMES],
+    )
+
+    table = pd.DataFrame({role: {m: s[m] for m in METRIC_NAMES} for role, s in scores.items()})
+    if "champion" in table:
+        table["change"] = table["challenger"] - table["champion"]
+    record = {
+        "model_name": registry.model_name,
+        "challenger_version": challenger,
+        "champion_version": champion if champion != challenger else None,
+        "test_rows": len(x_test),
+        "metrics": scores,
+        "gates": {r.name: {"passed": r.passed, "description": r.description} for r in results},
+        "passed": all(r.passed for r in results),
+        "evaluated_at": datetime.now(UTC).isoformat(),
+    }
+    yield dg.Output(
+        record,
+        metadata={
+            "challenger_version": challenger,
+            "champion_version": record["champion_version"] or "none yet",
+            "test_rows": len(x_test),
+            **{name: scores["challenger"][name] for name in METRIC_NAMES},
+            "comparison": md_table(table),
+            "gates_passed": record["passed"],
+            "compute_seconds": timer.seconds,
+        },
+    )
+    for result in results:
+        yield dg.AssetCheckResult(
+            check_name=result.name,
+            passed=result.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=result.description,
+            metadata={k: v for k, v in result.metadata.items()},
+        )
+
+
+def _metric(key: str, value: float):
+    from mlflow.entities import Metric
+
+    return Metric(key=key, value=float(value), timestamp=int(datetime.now(UTC).timestamp() * 1000), step=0)
+
+
+@dg.asset(
+    group_name="evaluation",
+    kinds={"mlflow"},
+    description="The registry alias 'champion' moved to the challenger (the old champion becomes "
+    "'previous'), only after every gate of model_evaluation passed.",
+)
+def champion_model(model_evaluation: dict, mlflow: MLflowResource) -> dg.Output[dict]:
+    failed = [name for name, gate in model_evaluation["gates"].items() if not gate["passed"]]
+    if failed:  # the blocking checks already stop this asset; refuse anyway if run on its own
+        raise dg.Failure(f"not promoting v{model_evaluation['challenger_version']}: gates failed: {', '.join(failed)}")
+    registry = mlflow.registry()
+    version = int(model_evaluation["challenger_version"])
+    if registry.version_for_alias(CHALLENGER) != version:
+        raise dg.Failure(
+            f"the challenger moved to v{registry.version_for_alias(CHALLENGER)} after v{version} was evaluated; "
+            "evaluate again before promoting"
+        )
+    promotion = registry.promote(version, promoted_at=datetime.now(UTC).isoformat())
+    record = {
+        "model_name": registry.model_name,
+        "champion_version": promotion.champion,
+        "previous_version": promotion.previous,
+        "changed": promotion.changed,
+        "metrics": model_evaluation["metrics"]["challenger"],
+    }
+    return dg.Output(
+        record,
+        metadata={
+            "champion_version": promotion.champion,
+            "previous_version": promotion.previous if promotion.previous is not None else "none",
+            "alias_moved": promotion.changed,
+            "model_uri": f"models:/{registry.model_name}@{CHAMPION}",
+            **{name: model_evaluation["metrics"]["challenger"][name] for name in METRIC_NAMES},
+        },
+    )

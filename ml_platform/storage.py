@@ -1,0 +1,43 @@
+"""Where materialized tables and small results live under the state directory.
+
+Tables are parquet, small results JSON; nothing is pickled. Every write goes through a temporary
+name and a rename, so a reader never sees half a file and a failed write leaves the old one intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+TABLE_SUFFIX = ".parquet"
+RECORD_SUFFIX = ".json"
+
+
+def asset_path(base_dir: str | Path, asset_path_parts: list[str], partition: str | None, suffix: str) -> Path:
+    path = Path(base_dir).joinpath(*asset_path_parts)
+    return path / f"{partition}{suffix}" if partition is not None else path.with_name(path.name + suffix)
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def write_record(record: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def read_record(path: Path) -> object:
+    return json.loads(path.read_text())

@@ -1,0 +1,94 @@
+"""One training job: read the training set, fit, log and register. The same code runs in a local
+subprocess or a GPU pod; :mod:`ml_platform.training.pipes_entrypoint` is its Dagster Pipes wrapper."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ml_platform.evaluation import plots
+from ml_platform.registry import CHALLENGER, DEVICE_TAG, Registry
+from ml_platform.training.dataset import split_xy
+from ml_platform.training.train import TrainingParams, fit, params_dict
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    training_set_path: str
+    tracking_uri: str
+    model_name: str
+    experiment_name: str
+    artifact_root: str
+    run_key: str  # one registered version per key: the orchestrator's (root) run id
+    params: dict[str, object] = field(default_factory=dict)
+    run_tags: dict[str, str] = field(default_factory=dict)
+
+
+def run_training_job(job: TrainingJob, log=print) -> dict[str, object]:
+    """Train and register unless this run already registered a version; returns what happened."""
+    params = TrainingParams(**job.params)
+    registry = Registry(job.tracking_uri, job.model_name, job.experiment_name, job.artifact_root)
+    existing = registry.version_for_run_key(job.run_key)
+    if existing is not None:  # a retry of a run that already registered its model
+        registry.set_alias(CHALLENGER, int(existing.version))
+        log(f"run {job.run_key} already registered {job.model_name} v{existing.version}; reusing it")
+        return {
+            "model_name": job.model_name,
+            "model_version": int(existing.version),
+            "mlflow_run_id": existing.run_id,
+            "reused_existing_version": True,
+            "device": existing.tags.get(DEVICE_TAG, "unknown"),
+        }
+
+    path = Path(job.training_set_path)
+    if not path.exists():
+        raise FileNotFoundError(f"training set {path} does not exist; materialize training_set first")
+    training_set = pd.read_parquet(path)
+    x_train, y_train = split_xy(training_set, "train")
+    x_valid, y_valid = split_xy(training_set, "validation")
+    log(f"training on {len(x_train):,} rows, early stopping on {len(x_valid):,}; device {params.device}")
+    trained = fit(x_train, y_train, x_valid, y_valid, params)
+    log(f"trained on {trained.device} in {trained.train_seconds:.2f}s, best iteration {trained.best_iteration}")
+
+    metrics = trained.validation_metrics
+    figures = {
+        "feature_importance.png": plots.feature_importance_figure(trained.feature_importance),
+        "confusion_matrix_validation.png": plots.confusion_matrix_figure(
+            metrics["true_negatives"],
+            metrics["false_positives"],
+            metrics["false_negatives"],
+            metrics["true_positives"],
+            title=f"Validation, threshold {trained.threshold:.3f}",
+        ),
+    }
+    try:
+        registered = registry.log_and_register(
+            trained,
+            params=params_dict(params),
+            run_key=job.run_key,
+            example=x_valid.head(5),
+            run_tags=job.run_tags,
+            figures=figures,
+        )
+    finally:
+        for figure in figures.values():
+            plots.close(figure)
+    log(f"registered {job.model_name} v{registered.version} as challenger")
+    return {
+        "model_name": job.model_name,
+        "model_version": registered.version,
+        "mlflow_run_id": registered.run_id,
+        "model_uri": registered.model_uri,
+        "reused_existing_version": False,
+        "device": trained.device,
+        "requested_device": params.device,
+        "best_iteration": trained.best_iteration,
+        "threshold": trained.threshold,
+        "train_seconds": trained.train_seconds,
+        "train_rows": len(x_train),
+        "validation_rows": len(x_valid),
+        **{f"validation_{k}": metrics[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")},
+        "feature_importance": trained.feature_importance,
+    }

@@ -1,0 +1,39 @@
+"""Dagster Pipes entrypoint for training: ``python -m ml_platform.training.pipes_entrypoint``.
+
+Launched by the orchestrator as a local subprocess or in a (GPU) pod, it reads its job from the Pipes
+extras and reports the registered model back as the asset's materialization. It uses only
+``dagster_pipes``, the dependency-free protocol package, never the ``dagster`` framework.
+"""
+
+from __future__ import annotations
+
+from dagster_pipes import PipesContext, open_dagster_pipes
+
+from ml_platform.settings import Settings
+from ml_platform.training.job import TrainingJob, run_training_job
+
+
+def main() -> None:
+    with open_dagster_pipes() as pipes:
+        Settings.from_env().apply_environment()
+        job = TrainingJob(**pipes.extras["job"])
+        result = run_training_job(job, log=pipes.log.info)
+        report(pipes, result)
+
+
+def report(pipes: PipesContext, result: dict[str, object]) -> None:
+    importance = result.pop("feature_importance", None) or {}
+    metadata: dict[str, object] = {key: value for key, value in result.items() if value is not None}
+    if importance:
+        rows = "\n".join(
+            f"| {name} | {share:.4f} |" for name, share in sorted(importance.items(), key=lambda kv: -kv[1])
+        )
+        metadata["feature_importance"] = {
+            "raw_value": "| feature | gain share |\n|---|---|\n" + rows,
+            "type": "md",
+        }
+    pipes.report_asset_materialization(metadata=metadata)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The IO manager: tables as parquet and small results as JSON under the state directory."""
+
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from ml_platform.storage import (
+    RECORD_SUFFIX,
+    TABLE_SUFFIX,
+    asset_path,
+    read_record,
+    write_record,
+    write_table,
+)
+
+
+class StateIOManager(dg.ConfigurableIOManager):
+    """Stores DataFrames as parquet (one file per partition) and dicts as JSON. Never pickles.
+
+    A run over a range of daily partitions (single-run backfill) hands over one frame; it is split
+    into one file per partition by the asset's ``partition_column`` metadata. An unpartitioned asset
+    reading a partitioned one gets every stored partition concatenated; partitions never
+    materialized are skipped only when the input says ``allow_missing_partitions``.
+    """
+
+    base_dir: str
+
+    def path(self, asset_key: dg.AssetKey, partition: str | None = None, suffix: str = TABLE_SUFFIX) -> Path:
+        return asset_path(self.base_dir, asset_key.path, partition, suffix)
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        if obj is None:
+            return
+        key = context.asset_key
+        if isinstance(obj, pd.DataFrame):
+            if context.has_asset_partitions:
+                written = self._write_partitions(context, obj)
+                context.add_output_metadata({"partitions_written": len(written)})
+            else:
+                path = self.path(key)
+                write_table(obj, path)
+                context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+        elif isinstance(obj, dict):
+            if context.has_asset_partitions:
+                raise TypeError(f"{key.to_user_string()}: partitioned assets must return DataFrames")
+            path = self.path(key, suffix=RECORD_SUFFIX)
+            write_record(obj, path)
+            context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+        else:
+            raise TypeError(
+                f"{key.to_user_string()} returned {type(obj).__name__}; "
+                "this IO manager stores pandas DataFrames (parquet) and dicts (JSON)"
+            )
+
+    def _write_partitions(self, context: dg.OutputContext, frame: pd.DataFrame) -> list[str]:
+        keys = list(context.asset_partition_keys)
+        if len(keys) == 1:
+            write_table(frame, self.path(context.asset_key, keys[0]))
+            return keys
+        column = context.definition_metadata.get("partition_column")
+        if not column or column not in frame.columns:
+            raise ValueError(
+                f"{context.asset_key.to_user_string()}: a run over {len(keys)} partitions needs the asset's "
+                f"metadata 'partition_column' to name a timestamp column of its output"
+            )
+        days = pd.to_datetime(frame[column], utc=True).dt.strftime("%Y-%m-%d")
+        outside = sorted(set(days.unique()) - set(keys))
+        if outside:
+            raise ValueError(
+                f"{context.asset_key.to_user_string()}: rows fall on days outside this run's partitions: "
+                f"{', '.join(outside[:5])}"
+            )
+        # Each day's file is replaced atomically: a failure part-way never leaves a half-written day.
+        for partition in keys:
+            write_table(frame.loc[days == partition].reset_index(drop=True), self.path(context.asset_key, partition))
+        return keys
+
+    def load_input(self, context: dg.InputContext) -> object:
+        key = context.asset_key
+        if context.has_asset_partitions:
+            return self._read_partitions(context)
+        table, record = self.path(key), self.path(key, suffix=RECORD_SUFFIX)
+        if table.exists():
+            return pd.read_parquet(table)
+        if record.exists():
+            return read_record(record)
+        raise FileNotFoundError(f"{key.to_user_string()} has not been materialized yet (no {table} or {record})")
+
+    def _read_partitions(self, context: dg.InputContext) -> pd.DataFrame:
+        key = context.asset_key
+        allow_missing = bool((context.definition_metadata or {}).get("allow_missing_partitions"))
+        frames, missing = [], []
+        for partition in context.asset_partition_keys:
+            path = self.path(key, partition)
+            if path.exists():
+                frames.append(pd.read_parquet(path))
+            else:
+                missing.append(partition)
+        if missing and not allow_missing:
+            raise FileNotFoundError(
+                f"{key.to_user_string()}: {len(missing)} partitions are not materialized: {', '.join(missing[:5])}"
+            )
+        if not frames:
+            raise FileNotFoundError(f"{key.to_user_string()}: no partition has been materialized yet")
+        context.log.info(f"loaded {len(frames)} partitions of {key.to_user_string()} ({len(missing)} not materialized)")
+        return pd.concat(frames, ignore_index=True)
+
+
+class StateStorage(dg.ConfigurableResource):
+    """Paths of stored assets, for code that hands a file to another process (the training job)."""
+
+    base_dir: str
+
+    def table_path(self, asset: str, partition: str | None = None) -> Path:
+        return asset_path(self.base_dir, dg.AssetKey.from_user_string(asset).path, partition, TABLE_SUFFIX)

@@ -1,0 +1,56 @@
+"""Jobs (verbs) and the schedules that run them."""
+
+import dagster as dg
+
+from assets.common import DAILY_PARTITIONS
+
+# Take in a day of transactions: raw -> validated (daily partitions).
+ingest = dg.define_asset_job(
+    "ingest",
+    selection=dg.AssetSelection.groups("data"),
+    partitions_def=DAILY_PARTITIONS,
+    description="Load and validate one day of transactions (or a range, in one run).",
+)
+
+# Rebuild the offline table, apply the Feast repo and load the online store from every stored day.
+refresh_features = dg.define_asset_job(
+    "refresh_features",
+    selection=dg.AssetSelection.groups("features"),
+    description="Recompute customer_stats from every stored day, apply the Feast repo, load the online store.",
+)
+
+# Train a challenger, evaluate it against the champion, promote it if every gate passes.
+retrain = dg.define_asset_job(
+    "retrain",
+    selection=dg.AssetSelection.groups("training", "evaluation"),
+    description="training_set -> trained_model -> model_evaluation (gates) -> champion_model.",
+)
+
+JOBS = [ingest, refresh_features, retrain]
+
+ingest_daily = dg.build_schedule_from_partitioned_job(
+    ingest,
+    hour_of_day=1,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Yesterday's transactions at 01:00 UTC.",
+)
+
+refresh_features_daily = dg.ScheduleDefinition(
+    name="refresh_features_daily",
+    job=refresh_features,
+    cron_schedule="30 1 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Features from every stored day at 01:30 UTC, after ingestion.",
+)
+
+retrain_daily = dg.ScheduleDefinition(
+    name="retrain_daily",
+    job=retrain,
+    cron_schedule="0 2 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="The original design's daily retraining at 02:00 UTC.",
+)
+
+SCHEDULES = [ingest_daily, refresh_features_daily, retrain_daily]
