@@ -17,9 +17,17 @@ def md_table(frame: pd.DataFrame, max_rows: int = 10, floatfmt: str = ".4g", ind
     return dg.MetadataValue.md(frame.head(max_rows).to_markdown(index=index, floatfmt=floatfmt))
 
 
+def row_count_metadata(context: dg.AssetExecutionContext, rows: int) -> dict[str, int]:
+    """Row count of a partitioned output. A run over several days attaches the same metadata to every
+    day's materialization, so there it is reported as the run's total, not as each day's row count."""
+    if len(context.partition_keys) == 1:
+        return {"dagster/row_count": rows}
+    return {"rows_in_run": rows}
+
+
 def run_key(context: dg.AssetExecutionContext) -> str:
     """The id shared by a run and all its retries (re-executions keep the root run id)."""
-    return context.run.tags.get("dagster/root_run_id") or context.run.run_id
+    return context.run.root_run_id or context.run.run_id
 
 
 class Stopwatch:

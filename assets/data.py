@@ -5,7 +5,7 @@ from datetime import date, timedelta
 import dagster as dg
 import pandas as pd
 
-from assets.common import DAILY_PARTITIONS, TIMESTAMP_METADATA, Stopwatch, md_table
+from assets.common import DAILY_PARTITIONS, TIMESTAMP_METADATA, Stopwatch, md_table, row_count_metadata
 from ml_platform.data.schema import LABEL_COLUMN, TIMESTAMP_COLUMN
 from ml_platform.data.sources import SOURCES, load_transactions
 from ml_platform.data.synthetic import SyntheticConfig
@@ -61,7 +61,7 @@ def raw_transactions(context: dg.AssetExecutionContext, config: RawTransactionsC
     return dg.Output(
         transactions,
         metadata={
-            "dagster/row_count": len(transactions),
+            **row_count_metadata(context, len(transactions)),
             "days": (end - start).days,
             "first_day": str(start),
             "last_day": str(end - timedelta(days=1)),
@@ -125,7 +125,7 @@ def validated_transactions(context: dg.AssetExecutionContext, raw_transactions: 
     yield dg.Output(
         transactions,
         metadata={
-            "dagster/row_count": len(transactions),
+            **row_count_metadata(context, len(transactions)),
             "rows_per_day": md_table(per_day.rename("rows").to_frame(), 40),
             "customers": int(transactions["customer_id"].nunique()),
             "fraud_rate": float(transactions[LABEL_COLUMN].mean()) if len(transactions) else 0.0,

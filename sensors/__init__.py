@@ -26,10 +26,19 @@ retrain = dg.define_asset_job(
     description="training_set -> trained_model -> model_evaluation (gates) -> champion_model.",
 )
 
-JOBS = [ingest, refresh_features, retrain]
+# Everything, raw data to champion, over a range of days in one run (make demo, first start).
+bootstrap = dg.define_asset_job(
+    "bootstrap",
+    selection=dg.AssetSelection.all(),
+    partitions_def=DAILY_PARTITIONS,
+    description="The whole graph over a range of days in one run: ingest, features, train, evaluate, promote.",
+)
+
+JOBS = [ingest, refresh_features, retrain, bootstrap]
 
 ingest_daily = dg.build_schedule_from_partitioned_job(
     ingest,
+    name="ingest_daily",
     hour_of_day=1,
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Yesterday's transactions at 01:00 UTC.",

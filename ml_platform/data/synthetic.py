@@ -108,16 +108,16 @@ def generate_day(config: SyntheticConfig, day: date, population: CustomerPopulat
     n_fraud = int(is_fraud.sum())
     if n_fraud:
         fraud_customer = customer[is_fraud]
-        fraud_lift = 1.4 * (1.0 - 0.7 * shift)
+        fraud_lift = 1.0 * (1.0 - 0.7 * shift)
         amount[is_fraud] = np.exp(
-            population.log_amount_mean[fraud_customer] + fraud_lift + rng.normal(0.0, 0.6, n_fraud)
+            population.log_amount_mean[fraud_customer] + fraud_lift + rng.normal(0.0, 0.7, n_fraud)
         ) * (1.0 + drift)
         everyday = rng.random(n_fraud) < 0.6 * shift
         category[is_fraud] = np.where(
             everyday, rng.choice(_EVERYDAY_INDEX, size=n_fraud), rng.choice(_RISKY_INDEX, size=n_fraud)
         )
-        online[is_fraud] = rng.random(n_fraud) < 0.85 - 0.4 * shift
-        night = rng.random(n_fraud) < 0.45 * (1.0 - shift)
+        online[is_fraud] = rng.random(n_fraud) < 0.75 - 0.35 * shift
+        night = rng.random(n_fraud) < 0.35 * (1.0 - shift)
         hour[is_fraud] = np.where(night, rng.uniform(0.0, 6.0, n_fraud), rng.uniform(6.0, 23.99, n_fraud))
 
     merchants_per_category = config.n_merchants // len(CATEGORIES)

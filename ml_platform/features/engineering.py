@@ -45,6 +45,11 @@ _CATEGORY_CODES = {name: code for code, name in enumerate(CATEGORIES)}
 _SECONDS_PER_DAY = 86_400.0
 
 
+def epoch_seconds(timestamps: pd.Series) -> np.ndarray:
+    """Unix time in seconds (float) of timestamps; naive ones are taken as UTC."""
+    return pd.DatetimeIndex(pd.to_datetime(timestamps, utc=True)).asi8 / 1e9
+
+
 def compute_customer_stats(transactions: pd.DataFrame) -> pd.DataFrame:
     """Each customer's running history after every event time (one row per customer and time).
 
@@ -66,7 +71,7 @@ def compute_customer_stats(transactions: pd.DataFrame) -> pd.DataFrame:
             "total_purchases": total_purchases.astype("int64"),
             "avg_order_value": lifetime_value / total_purchases,
             "lifetime_value": lifetime_value,
-            "last_order_ts": ordered[TIMESTAMP_COLUMN].to_numpy().astype("datetime64[ns]").astype("int64") / 1e9,
+            "last_order_ts": epoch_seconds(ordered[TIMESTAMP_COLUMN]),
         }
     )
     stats[TIMESTAMP_COLUMN] = pd.to_datetime(stats[TIMESTAMP_COLUMN], utc=True)
@@ -89,7 +94,7 @@ def model_features(transactions: pd.DataFrame, stats: pd.DataFrame | None = None
     avg_order_value = stats["avg_order_value"].to_numpy(dtype="float64", na_value=np.nan)
     lifetime_value = stats["lifetime_value"].to_numpy(dtype="float64", na_value=np.nan)
     last_order_ts = stats["last_order_ts"].to_numpy(dtype="float64", na_value=np.nan)
-    now = timestamps.to_numpy().astype("datetime64[ns]").astype("int64") / 1e9
+    now = epoch_seconds(timestamps)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(avg_order_value > 0, amount / avg_order_value, np.nan)
     return pd.DataFrame(

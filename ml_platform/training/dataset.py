@@ -29,7 +29,7 @@ class SplitFractions:
 def time_split(timestamps: pd.Series, fractions: SplitFractions = SplitFractions()) -> np.ndarray:
     """Label each row train/validation/test by time: every training row precedes every validation row,
     which precedes every test row. Rows sharing a timestamp always land in the same split."""
-    seconds = pd.to_datetime(timestamps, utc=True).to_numpy().astype("datetime64[ns]").astype("int64")
+    seconds = pd.DatetimeIndex(pd.to_datetime(timestamps, utc=True)).asi8  # nanoseconds, exact
     if len(seconds) < 3:
         raise ValueError(f"a time split needs at least 3 rows, got {len(seconds)}")
     ordered = np.sort(seconds)

@@ -7,6 +7,8 @@ extras and reports the registered model back as the asset's materialization. It 
 
 from __future__ import annotations
 
+import warnings
+
 from dagster_pipes import PipesContext, open_dagster_pipes
 
 from ml_platform.settings import Settings
@@ -14,6 +16,8 @@ from ml_platform.training.job import TrainingJob, run_training_job
 
 
 def main() -> None:
+    # MLflow's own SQLAlchemy deprecation notices are noise in the run's log.
+    warnings.filterwarnings("ignore", module=r"(mlflow|sqlalchemy)(\..*)?$")
     with open_dagster_pipes() as pipes:
         Settings.from_env().apply_environment()
         job = TrainingJob(**pipes.extras["job"])

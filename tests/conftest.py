@@ -1,0 +1,21 @@
+"""Test session set-up: every test writes its state under one temporary home, offline.
+
+This runs before any test module imports MLflow, Feast or Dagster, so nothing reaches the network
+(telemetry off) and nothing is written under the real state directory or $HOME.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+from ml_platform.settings import Settings
+
+# Step subprocesses of a test run (re-execution uses the multiprocess executor) import this module
+# again: they must find the session's home, not make a new one.
+SESSION_HOME = Path(os.environ.get("ML_PLATFORM_TEST_HOME") or tempfile.mkdtemp(prefix="ml_platform_tests_"))
+os.environ["ML_PLATFORM_TEST_HOME"] = str(SESSION_HOME)
+os.environ["ML_PLATFORM_HOME"] = str(SESSION_HOME)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+SESSION_SETTINGS = Settings.from_env()
+SESSION_SETTINGS.apply_environment()
+SESSION_SETTINGS.prepare()

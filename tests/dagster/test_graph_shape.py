@@ -1,0 +1,78 @@
+"""A snapshot of the asset graph: an accidental change to keys, groups, deps or checks shows up here."""
+
+import dagster as dg
+
+EXPECTED_GROUPS = {
+    "raw_transactions": "data",
+    "validated_transactions": "data",
+    "customer_stats": "features",
+    "feature_store": "features",
+    "online_features": "features",
+    "training_set": "training",
+    "trained_model": "training",
+    "model_evaluation": "evaluation",
+    "champion_model": "evaluation",
+}
+EXPECTED_DEPS = {
+    "raw_transactions": set(),
+    "validated_transactions": {"raw_transactions"},
+    "customer_stats": {"validated_transactions"},
+    "feature_store": {"customer_stats"},
+    "online_features": {"feature_store"},
+    "training_set": {"validated_transactions", "feature_store"},
+    "trained_model": {"training_set"},
+    "model_evaluation": {"trained_model", "training_set"},
+    "champion_model": {"model_evaluation"},
+}
+EXPECTED_CHECKS = {
+    ("validated_transactions", "schema"),
+    ("validated_transactions", "no_nulls"),
+    ("validated_transactions", "value_ranges"),
+    ("validated_transactions", "unique_ids"),
+    ("model_evaluation", "quality_floor"),
+    ("model_evaluation", "no_regression"),
+}
+
+
+def test_asset_keys_groups_and_deps(defs):
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == set(EXPECTED_GROUPS)
+    for name, group in EXPECTED_GROUPS.items():
+        node = graph.get(dg.AssetKey(name))
+        assert node.group_name == group, name
+        assert {p.to_user_string() for p in node.parent_keys} == EXPECTED_DEPS[name], name
+
+
+def test_checks_are_blocking(defs):
+    graph = defs.resolve_asset_graph()
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert checks == EXPECTED_CHECKS
+    for key in graph.asset_check_keys:
+        assert graph.get_check_spec(key).blocking, key
+
+
+def test_daily_partitions_only_on_data(defs):
+    graph = defs.resolve_asset_graph()
+    partitioned = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def}
+    assert partitioned == {"raw_transactions", "validated_transactions"}
+    daily = graph.get(dg.AssetKey("raw_transactions")).partitions_def
+    assert isinstance(daily, dg.DailyPartitionsDefinition)
+    assert daily.get_partition_keys()[0] == "2025-01-01"
+
+
+def test_jobs_and_schedules(defs):
+    retrain = defs.resolve_job_def("retrain")
+    assert {k.to_user_string() for k in retrain.asset_layer.executable_asset_keys} == {
+        "training_set",
+        "trained_model",
+        "model_evaluation",
+        "champion_model",
+    }
+    schedule = defs.resolve_schedule_def("retrain_daily")
+    assert schedule.cron_schedule == "0 2 * * *"
+    assert schedule.job_name == "retrain"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    ingest = defs.resolve_schedule_def("ingest_daily")
+    assert ingest.job_name == "ingest"
+    assert ingest.cron_schedule == "0 1 * * *"

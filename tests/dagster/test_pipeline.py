@@ -1,0 +1,179 @@
+"""The asset graph materialized for real (in process, small seeded data): what each stage produced,
+the promotion gate, retries, and a bad batch."""
+
+from datetime import date
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml_platform.cli import launch
+from ml_platform.data.synthetic import SyntheticConfig, generate_transactions
+from ml_platform.features.store import FEATURE_SERVICE, FeatureRepo, open_store
+from ml_platform.registry import CHALLENGER, CHAMPION, PREVIOUS, RUN_KEY_TAG
+from ml_platform.storage import write_table
+from tests.dagster.conftest import FIRST_DAY, LAST_DAY, SMALL_DATA
+
+
+def materializations(result, asset: str) -> list[dict]:
+    found = []
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        if materialization.asset_key == dg.AssetKey(asset):
+            found.append({k: getattr(v, "value", v) for k, v in materialization.metadata.items()})
+    return found
+
+
+def check_results(result) -> dict[tuple[str, str], bool]:
+    return {
+        (
+            e.event_specific_data.asset_key.to_user_string(),
+            e.event_specific_data.check_name,
+        ): e.event_specific_data.passed
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+
+
+def test_whole_graph_produces_a_champion(bootstrap_result, registry, settings):
+    days = (LAST_DAY - FIRST_DAY).days + 1
+    raw = materializations(bootstrap_result, "raw_transactions")
+    assert len(raw) == days  # one materialization per daily partition, from one run
+    expected = generate_transactions(
+        SyntheticConfig(n_customers=1_500, transactions_per_day=1_200, seed=7),
+        FIRST_DAY,
+        date.fromordinal(LAST_DAY.toordinal() + 1),
+    )
+    assert raw[0]["rows_in_run"] == len(expected)
+
+    stored_day = pd.read_parquet(settings.data_dir / "validated_transactions" / "2026-03-05.parquet")
+    assert len(stored_day) == (expected["event_timestamp"].dt.date == date(2026, 3, 5)).sum()
+
+    training = materializations(bootstrap_result, "training_set")[0]
+    assert training["dagster/row_count"] == len(expected)  # the point-in-time join dropped no row
+    assert training["rows_without_prior_history"] >= expected["customer_id"].nunique()
+
+    assert all(check_results(bootstrap_result).values())
+    evaluation = bootstrap_result.output_for_node("model_evaluation")
+    assert evaluation["passed"] is True
+    assert evaluation["champion_version"] is None  # the first model ever
+    challenger = evaluation["metrics"]["challenger"]
+    assert challenger["accuracy"] >= 0.85
+    assert challenger["pr_auc"] >= 0.30
+    assert challenger["rows"] == evaluation["test_rows"] > 0
+
+    trained = materializations(bootstrap_result, "trained_model")[0]
+    assert trained["device"] == "cpu"  # no GPU on this machine, and that is what was recorded
+    assert trained["reused_existing_version"] is False
+    version = trained["model_version"]
+    assert registry.version_for_alias(CHAMPION) == version
+    assert registry.version_for_alias(CHALLENGER) == version
+    assert registry.version_for_alias(PREVIOUS) is None
+    assert materializations(bootstrap_result, "champion_model")[0]["champion_version"] == version
+
+
+def test_online_store_holds_each_customers_latest_stats(bootstrap_result, settings):
+    stats = pd.read_parquet(FeatureRepo.from_settings(settings).offline_table_path)
+    latest = stats.sort_values("event_timestamp").groupby("customer_id").tail(1).set_index("customer_id")
+    customers = latest.index[:5].tolist()
+    store = open_store(FeatureRepo.from_settings(settings))
+    online = store.get_online_features(
+        features=store.get_feature_service(FEATURE_SERVICE),
+        entity_rows=[{"customer_id": c} for c in customers] + [{"customer_id": 10**9}],
+    ).to_df()
+    np.testing.assert_array_equal(
+        online["total_purchases"].iloc[:5].to_numpy(), latest.loc[customers, "total_purchases"]
+    )
+    np.testing.assert_allclose(online["lifetime_value"].iloc[:5].to_numpy(), latest.loc[customers, "lifetime_value"])
+    assert pd.isna(online["total_purchases"].iloc[5])  # an unknown customer has no stats
+
+
+def test_a_worse_model_is_stopped_by_the_gate_and_the_champion_stays(bootstrap_result, registry, defs):
+    champion_before = registry.version_for_alias(CHAMPION)
+    weak = {"trained_model": {"n_estimators": 1, "max_depth": 1, "learning_rate": 0.05, "early_stopping_rounds": 0}}
+    result = launch("retrain", weak, defs=defs)
+    assert not result.success
+    checks = check_results(result)
+    assert checks[("model_evaluation", "no_regression")] is False
+    evaluation = result.output_for_node("model_evaluation")
+    assert evaluation["champion_version"] == champion_before
+    assert evaluation["metrics"]["challenger"]["pr_auc"] < evaluation["metrics"]["champion"]["pr_auc"] - 0.01
+    skipped_or_absent = not materializations(result, "champion_model")
+    assert skipped_or_absent
+    assert registry.version_for_alias(CHAMPION) == champion_before
+    assert registry.version_for_alias(CHALLENGER) == evaluation["challenger_version"] != champion_before
+
+
+def test_quality_floor_blocks_promotion(bootstrap_result, registry, defs):
+    champion_before = registry.version_for_alias(CHAMPION)
+    strict = {"model_evaluation": {"min_accuracy": 0.85, "min_pr_auc": 0.999}}
+    result = launch("retrain", strict, defs=defs)
+    assert not result.success
+    assert check_results(result)[("model_evaluation", "quality_floor")] is False
+    assert (
+        "below the floor 0.9990" in result.output_for_node("model_evaluation")["gates"]["quality_floor"]["description"]
+    )
+    assert registry.version_for_alias(CHAMPION) == champion_before
+
+
+def retrain_job():
+    from definitions import defs
+
+    return defs.resolve_job_def("retrain")
+
+
+def test_a_retried_run_registers_one_version_not_two(bootstrap_result, registry, defs, instance):
+    first = launch("retrain", defs=defs)
+    assert first.success
+    version = materializations(first, "trained_model")[0]["model_version"]
+    count_before = len(registry.client.search_model_versions(f"name='{registry.model_name}'"))
+
+    # Re-execute trained_model from the first run, as the UI's "Re-execute" does (a new run, same root).
+    with dg.execute_job(
+        dg.reconstructable(retrain_job),
+        instance=instance,
+        reexecution_options=dg.ReexecutionOptions(parent_run_id=first.run_id, step_selection=["trained_model"]),
+    ) as retried:
+        assert retried.success
+        assert retried.dagster_run.root_run_id == first.run_id
+        metadata = materializations(retried, "trained_model")[0]
+    assert metadata["model_version"] == version
+    assert metadata["reused_existing_version"] is True
+    versions = registry.client.search_model_versions(f"name='{registry.model_name}'")
+    assert len(versions) == count_before
+    assert [v.tags[RUN_KEY_TAG] for v in versions].count(first.run_id) == 1
+
+
+def test_a_bad_batch_stops_the_graph_and_is_not_stored(bootstrap_result, defs, settings, tmp_path):
+    day = date(2026, 4, 2)
+    batch = generate_transactions(SyntheticConfig(seed=3, transactions_per_day=300), day, date(2026, 4, 3))
+    batch.loc[[4, 9], "amount"] = np.nan
+    batch.loc[12, "transaction_id"] = batch.loc[13, "transaction_id"]
+    path = tmp_path / "bad_batch.parquet"
+    write_table(batch, path)
+
+    result = launch(
+        "ingest", {"raw_transactions": {"source": "file", "path": str(path)}}, start=day, end=day, defs=defs
+    )
+    assert not result.success
+    checks = check_results(result)
+    assert checks[("validated_transactions", "no_nulls")] is False
+    assert checks[("validated_transactions", "unique_ids")] is False
+    assert checks[("validated_transactions", "schema")] is True
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.event_specific_data.error.message
+    assert "amount: 2 null" in message
+    assert batch.loc[4, "transaction_id"] in message
+    assert batch.loc[12, "transaction_id"] in message
+    assert (settings.data_dir / "raw_transactions" / "2026-04-02.parquet").exists()
+    assert not (settings.data_dir / "validated_transactions" / "2026-04-02.parquet").exists()
+
+
+@pytest.mark.parametrize("days", [1])
+def test_single_day_ingest_reports_that_days_row_count(bootstrap_result, defs, settings, days):
+    day = date(2026, 3, 20)
+    result = launch("ingest", SMALL_DATA, start=day, end=day, defs=defs)
+    assert result.success
+    stored = pd.read_parquet(settings.data_dir / "validated_transactions" / "2026-03-20.parquet")
+    assert materializations(result, "validated_transactions")[0]["dagster/row_count"] == len(stored) > 0
