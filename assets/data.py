@@ -10,6 +10,7 @@ from ml_platform.data.schema import LABEL_COLUMN, TIMESTAMP_COLUMN
 from ml_platform.data.sources import SOURCES, load_transactions
 from ml_platform.data.synthetic import SyntheticConfig
 from ml_platform.data.validation import failure_message, validate_transactions
+from ml_platform.storage import split_by_day
 
 CHECKS = ("schema", "no_nulls", "value_ranges", "unique_ids")
 
@@ -121,7 +122,7 @@ def validated_transactions(context: dg.AssetExecutionContext, raw_transactions: 
         yield from results
         raise dg.Failure(description=failure_message(outcomes), metadata={"failed_checks": len(failed)})
     transactions = raw_transactions
-    per_day = transactions.groupby(transactions[TIMESTAMP_COLUMN].dt.strftime("%Y-%m-%d")).size()
+    per_day = pd.Series({day: len(rows) for day, rows in split_by_day(transactions, TIMESTAMP_COLUMN).items()})
     yield dg.Output(
         transactions,
         metadata={

@@ -12,6 +12,8 @@ tag, and a retried run finds and reuses it instead of registering a second one.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -57,12 +59,34 @@ class Registry:
     @cached_property
     def client(self):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        import mlflow
         from mlflow import MlflowClient
 
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    @contextmanager
+    def _fluent(self) -> Iterator[None]:
+        """Point MLflow's process-wide (fluent API) URIs at this registry's store for the duration.
+
+        ``log_model`` and ``register_model`` exist only as fluent calls, which read globals; another
+        Registry in the same process must not redirect them, and they must not leak out of here
+        (``mlflow.set_tracking_uri`` also writes MLFLOW_TRACKING_URI into the environment).
+        """
+        import mlflow
+
+        saved_env = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        saved_tracking, saved_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved_tracking)
+            mlflow.set_registry_uri(saved_registry)
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     def ensure_experiment(self) -> str:
         experiment = self.client.get_experiment_by_name(self.experiment_name)
@@ -108,7 +132,10 @@ class Registry:
         experiment_id = self.ensure_experiment()
         example = example.astype("float64")
         signature = infer_signature(example, predict_probability(trained.booster, example))
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{run_key[:8]}", tags=run_tags) as run:
+        with (
+            self._fluent(),
+            mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{run_key[:8]}", tags=run_tags) as run,
+        ):
             mlflow.log_params({**params, "device_used": trained.device, "best_iteration": trained.best_iteration})
             mlflow.log_metrics(
                 {

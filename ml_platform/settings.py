@@ -86,7 +86,7 @@ class Settings:
             profile=profile,
             model_name=env.get("ML_PLATFORM_MODEL_NAME", DEFAULT_MODEL_NAME),
             experiment_name=env.get("ML_PLATFORM_EXPERIMENT", DEFAULT_EXPERIMENT),
-            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", ""),
+            mlflow_tracking_uri=env.get("ML_PLATFORM_MLFLOW_URI", ""),
         )
 
     def process_environment(self) -> dict[str, str]:

@@ -41,3 +41,15 @@ def write_record(record: object, path: Path) -> None:
 
 def read_record(path: Path) -> object:
     return json.loads(path.read_text())
+
+
+def split_by_day(frame: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
+    """Rows grouped by the UTC day of ``column``, keyed like daily partitions (YYYY-MM-DD).
+
+    Groups on integer day numbers: formatting a million timestamps as strings costs seconds.
+    """
+    day_numbers = pd.DatetimeIndex(pd.to_datetime(frame[column], utc=True)).asi8 // 86_400_000_000_000
+    return {
+        pd.Timestamp(int(day) * 86_400, unit="s").strftime("%Y-%m-%d"): part
+        for day, part in frame.groupby(day_numbers, sort=True)
+    }

@@ -10,6 +10,7 @@ from ml_platform.storage import (
     TABLE_SUFFIX,
     asset_path,
     read_record,
+    split_by_day,
     write_record,
     write_table,
 )
@@ -64,16 +65,17 @@ class StateIOManager(dg.ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()}: a run over {len(keys)} partitions needs the asset's "
                 f"metadata 'partition_column' to name a timestamp column of its output"
             )
-        days = pd.to_datetime(frame[column], utc=True).dt.strftime("%Y-%m-%d")
-        outside = sorted(set(days.unique()) - set(keys))
+        parts = split_by_day(frame, column)
+        outside = sorted(set(parts) - set(keys))
         if outside:
             raise ValueError(
                 f"{context.asset_key.to_user_string()}: rows fall on days outside this run's partitions: "
                 f"{', '.join(outside[:5])}"
             )
+        empty = frame.iloc[0:0]
         # Each day's file is replaced atomically: a failure part-way never leaves a half-written day.
         for partition in keys:
-            write_table(frame.loc[days == partition].reset_index(drop=True), self.path(context.asset_key, partition))
+            write_table(parts.get(partition, empty).reset_index(drop=True), self.path(context.asset_key, partition))
         return keys
 
     def load_input(self, context: dg.InputContext) -> object:

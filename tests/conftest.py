@@ -15,7 +15,7 @@ from ml_platform.settings import Settings
 SESSION_HOME = Path(os.environ.get("ML_PLATFORM_TEST_HOME") or tempfile.mkdtemp(prefix="ml_platform_tests_"))
 os.environ["ML_PLATFORM_TEST_HOME"] = str(SESSION_HOME)
 os.environ["ML_PLATFORM_HOME"] = str(SESSION_HOME)
-os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("ML_PLATFORM_MLFLOW_URI", None)
 SESSION_SETTINGS = Settings.from_env()
 SESSION_SETTINGS.apply_environment()
 SESSION_SETTINGS.prepare()

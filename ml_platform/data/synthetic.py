@@ -127,7 +127,7 @@ def generate_day(config: SyntheticConfig, day: date, population: CustomerPopulat
     order = np.argsort(seconds, kind="stable")
 
     day_start = pd.Timestamp(day, tz="UTC")
-    sequence = np.char.zfill(np.arange(n).astype(str), 7)
+    sequence = np.char.zfill(np.arange(n).astype(str), 7) if n else np.array([], dtype=str)
     frame = pd.DataFrame(
         {
             "transaction_id": np.char.add(f"t{day:%Y%m%d}-", sequence),

@@ -30,11 +30,17 @@ def instance(settings):
 
 
 @pytest.fixture(scope="session")
-def bootstrap_result(defs, instance):
-    """raw data -> champion over 14 days, in one run (what `make demo` does)."""
+def bootstrap_run(defs, instance):
+    """raw data -> champion over 14 days, in one run (what `make demo` does), and the registry's aliases
+    right after it (later tests train more versions)."""
     result = launch("bootstrap", SMALL_DATA, start=FIRST_DAY, end=LAST_DAY, defs=defs)
     assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    return result
+    return result, defs.resources["mlflow"].registry().aliases()
+
+
+@pytest.fixture(scope="session")
+def bootstrap_result(bootstrap_run):
+    return bootstrap_run[0]
 
 
 @pytest.fixture(scope="session")

@@ -58,11 +58,10 @@ def brute_force_stats(transactions):
     rows = []
     for customer, items in history.items():
         items.sort(key=lambda item: item[0])
-        count, total = 0, 0.0
-        for position, (when, amount) in enumerate(items):
-            count += 1
+        total = 0.0
+        for count, (when, amount) in enumerate(items, start=1):  # count = purchases so far
             total += amount
-            last_at_this_time = position == len(items) - 1 or items[position + 1][0] != when
+            last_at_this_time = count == len(items) or items[count][0] != when
             if last_at_this_time:
                 rows.append((customer, when, count, total / count, total, when.timestamp()))
     frame = pd.DataFrame(

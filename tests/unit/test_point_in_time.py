@@ -1,6 +1,6 @@
-"""The real Feast point-in-time join (file offline store) against a brute-force reference, and the
-online store after a full load. One Feast repo for the module, holding hand-made customers (ids from
-900_001) beside generated ones (ids below 200)."""
+"""The real Feast point-in-time join (the offline store open_store configures) against a brute-force
+reference, and the online store after a full load. One Feast repo for the module, holding hand-made
+customers (ids from 900_001) beside generated ones (ids below 200)."""
 
 from datetime import UTC, datetime
 
@@ -50,13 +50,12 @@ def hand_transactions():
 
 def brute_force_point_in_time(history, events):
     """For each event: the stats of its customer's transactions strictly before the event time."""
+    by_customer = {}
+    for c, t, a in zip(history["customer_id"], history["event_timestamp"], history["amount"], strict=True):
+        by_customer.setdefault(int(c), []).append((t, float(a)))
     rows = []
     for customer, when in zip(events["customer_id"], events["event_timestamp"], strict=True):
-        earlier = [
-            (t, a)
-            for c, t, a in zip(history["customer_id"], history["event_timestamp"], history["amount"], strict=True)
-            if c == customer and t < when
-        ]
+        earlier = [(t, a) for t, a in by_customer.get(int(customer), []) if t < when]
         if not earlier:
             rows.append((np.nan, np.nan, np.nan, np.nan))
             continue
@@ -131,28 +130,14 @@ def test_later_transaction_sees_only_strictly_earlier_history(hand_result, hand_
     assert fifth["last_order_ts"] == ts("2024-03-02 08:00").timestamp()
 
 
-TIE_BUG = (
-    "bug in point_in_time_stats (store.py): Feast's dask offline store de-duplicates entity rows on "
-    "(customer_id, event_timestamp) ignoring the __row_id column (feast dask.py _drop_duplicates), so of two "
-    "transactions of one customer at the same second only one gets stats; the other silently comes back NaN"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=TIE_BUG)
-def test_transactions_at_the_same_second_both_see_the_earlier_history(hand_result, hand_events):
+def test_transactions_at_the_same_second_do_not_see_each_other(hand_result, hand_events):
+    # The 08:00 stats row holds both tied transactions (4 purchases, 100.0); each tied event must see
+    # only the history before that second. (Feast's dask offline store de-duplicated entity rows on
+    # (customer_id, event_timestamp), ignoring the row id, so one of the two came back NaN.)
     for tied in ("c1-c", "c1-d"):
         row = stats_of(hand_result, hand_events, tied)
         assert (row["total_purchases"], row["lifetime_value"], row["avg_order_value"]) == (2, 40.0, 20.0), tied
         assert row["last_order_ts"] == ts("2024-03-01 12:30").timestamp()
-
-
-def test_transactions_at_the_same_second_do_not_see_each_other(hand_result, hand_events):
-    # Neither tied row sees the other's stats (the 08:00 stats row holds both, 4 purchases, 100.0),
-    # whatever the de-duplication above does to one of them.
-    for tied in ("c1-c", "c1-d"):
-        row = stats_of(hand_result, hand_events, tied)
-        assert not row["total_purchases"] >= 3, tied
-        assert not row["lifetime_value"] >= 60.0, tied
     for tied_first in ("c3-a", "c3-b"):  # both at the customer's first second: no history at all
         assert stats_of(hand_result, hand_events, tied_first).isna().all(), tied_first
 
@@ -166,22 +151,13 @@ def test_a_lookup_after_the_last_transaction_sees_all_of_it(hand_result, hand_ev
     assert (late["total_purchases"], late["lifetime_value"], late["avg_order_value"]) == (5, 200.0, 40.0)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=TIE_BUG)
 def test_hand_made_events_match_the_brute_force(hand_result, hand_events, history):
     reference = brute_force_point_in_time(history, hand_events)
     np.testing.assert_allclose(hand_result.to_numpy(dtype="float64"), reference.to_numpy(), equal_nan=True)
 
 
-def test_hand_made_events_without_ties_match_the_brute_force(hand_result, hand_events, history):
-    untied = ~hand_events["transaction_id"].isin(["c1-c", "c1-d"])
-    reference = brute_force_point_in_time(history, hand_events[untied])
-    np.testing.assert_allclose(hand_result[untied].to_numpy(dtype="float64"), reference.to_numpy(), equal_nan=True)
-
-
 def test_generated_events_match_the_brute_force(store, generated_transactions, history):
     events = generated_transactions
-    # this batch has no same-customer ties at one second (those are covered by the hand-made case)
-    assert not events.duplicated(["customer_id", "event_timestamp"]).any()
     result = point_in_time_stats(store, events)
     reference = brute_force_point_in_time(history, events)
     assert len(result) == len(events) and list(result.index) == list(events.index)

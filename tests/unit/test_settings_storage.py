@@ -7,7 +7,6 @@ import pytest
 
 from ml_platform.settings import Settings, SettingsError, write_text_atomic
 from ml_platform.storage import asset_path, read_record, write_record, write_table
-from tests.conftest import SESSION_SETTINGS
 
 
 def test_relative_home_is_resolved_to_an_absolute_path(tmp_path, monkeypatch):
@@ -49,7 +48,7 @@ def test_environment_overrides(tmp_path):
             "ML_PLATFORM_HOME": str(tmp_path),
             "ML_PLATFORM_MODEL_NAME": "m",
             "ML_PLATFORM_EXPERIMENT": "e",
-            "MLFLOW_TRACKING_URI": "sqlite:////elsewhere/db.sqlite",
+            "ML_PLATFORM_MLFLOW_URI": "sqlite:////elsewhere/db.sqlite",
         }
     )
     assert (settings.model_name, settings.experiment_name) == ("m", "e")
@@ -88,11 +87,6 @@ def test_prepare_is_idempotent_and_keeps_an_edited_dagster_yaml(tmp_path):
     settings.prepare()
     assert dagster_yaml.read_text() == "telemetry:\n  enabled: false\n# edited by hand\n"
     assert sorted(p.name for p in settings.dagster_home.iterdir()) == ["dagster.yaml"]
-
-
-def test_the_session_home_is_the_temporary_one():
-    assert SESSION_SETTINGS.home.name.startswith("ml_platform_tests_")
-    assert (SESSION_SETTINGS.dagster_home / "dagster.yaml").exists()
 
 
 # ---- storage -----------------------------------------------------------------------------------

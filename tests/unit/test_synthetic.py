@@ -126,12 +126,6 @@ def test_end_before_start_raises():
         generate_transactions(SMALL, END, START)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="bug: generate_day with n == 0 calls np.char.zfill on an empty array, which raises "
-    "'zero-size array to reduction operation maximum' (synthetic.py line 130)",
-)
 def test_an_empty_range_gives_an_empty_frame_with_the_schema():
     empty = generate_transactions(SMALL, START, START)
     assert len(empty) == 0
@@ -139,9 +133,6 @@ def test_an_empty_range_gives_an_empty_frame_with_the_schema():
     assert {c: kind_of(empty[c].dtype) for c in empty.columns} == {c.name: c.kind for c in TRANSACTION_SCHEMA}
 
 
-@pytest.mark.xfail(
-    strict=True, raises=ValueError, reason="bug: same root cause as the empty range (np.char.zfill on zero rows)"
-)
 def test_a_day_with_no_transactions_gives_an_empty_frame():
     empty = generate_day(SyntheticConfig(transactions_per_day=0), DAY)
     assert len(empty) == 0
