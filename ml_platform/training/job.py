@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from ml_platform.data.schema import LABEL_COLUMN
 from ml_platform.evaluation import plots
+from ml_platform.features.engineering import MODEL_FEATURES
 from ml_platform.registry import CHALLENGER, DEVICE_TAG, Registry
-from ml_platform.training.dataset import split_xy
+from ml_platform.training.dataset import SPLIT_COLUMN, split_xy
 from ml_platform.training.train import TrainingParams, fit, params_dict
 
 
@@ -45,7 +47,8 @@ def run_training_job(job: TrainingJob, log=print) -> dict[str, object]:
     path = Path(job.training_set_path)
     if not path.exists():
         raise FileNotFoundError(f"training set {path} does not exist; materialize training_set first")
-    training_set = pd.read_parquet(path)
+    # Only what training reads: ids and timestamps (strings, the slow part of the file) stay on disk.
+    training_set = pd.read_parquet(path, columns=[*MODEL_FEATURES, LABEL_COLUMN, SPLIT_COLUMN])
     x_train, y_train = split_xy(training_set, "train")
     x_valid, y_valid = split_xy(training_set, "validation")
     log(f"training on {len(x_train):,} rows, early stopping on {len(x_valid):,}; device {params.device}")
