@@ -2,13 +2,10 @@
 
 import dagster as dg
 
-from assets.common import DAILY_PARTITIONS
-
 # Take in a day of transactions: raw -> validated (daily partitions).
 ingest = dg.define_asset_job(
     "ingest",
     selection=dg.AssetSelection.groups("data"),
-    partitions_def=DAILY_PARTITIONS,
     description="Load and validate one day of transactions (or a range, in one run).",
 )
 
@@ -30,7 +27,6 @@ retrain = dg.define_asset_job(
 bootstrap = dg.define_asset_job(
     "bootstrap",
     selection=dg.AssetSelection.all(),
-    partitions_def=DAILY_PARTITIONS,
     description="The whole graph over a range of days in one run: ingest, features, train, evaluate, promote.",
 )
 

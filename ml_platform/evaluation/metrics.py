@@ -1,9 +1,12 @@
-"""Classification metrics for a fraud model, computed with scikit-learn."""
+"""Classification metrics for a fraud model, computed with scikit-learn.
+
+scikit-learn is imported when a metric is computed, not with this module: the Dagster code location
+imports this module and is loaded again by every step process of a run.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn import metrics as skm
 
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
 
@@ -11,6 +14,8 @@ METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
 def classification_metrics(y_true: np.ndarray, probability: np.ndarray, threshold: float) -> dict[str, float]:
     """Accuracy, precision, recall and F1 at ``threshold``; ROC AUC and PR AUC (average precision)
     over all thresholds; plus the confusion counts and the row count."""
+    from sklearn import metrics as skm
+
     y_true = np.asarray(y_true).astype(int)
     probability = np.asarray(probability, dtype="float64")
     if len(y_true) != len(probability):
@@ -38,6 +43,8 @@ def classification_metrics(y_true: np.ndarray, probability: np.ndarray, threshol
 
 def best_f1_threshold(y_true: np.ndarray, probability: np.ndarray) -> float:
     """The decision threshold that maximises F1 on (validation) data; 0.5 when there are no positives."""
+    from sklearn import metrics as skm
+
     y_true = np.asarray(y_true).astype(int)
     if y_true.sum() == 0:
         return 0.5

@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 
 from ml_platform.data.schema import LABEL_COLUMN
-from ml_platform.evaluation import plots
 from ml_platform.features.engineering import MODEL_FEATURES
 from ml_platform.registry import CHALLENGER, DEVICE_TAG, Registry
 from ml_platform.training.dataset import SPLIT_COLUMN, split_xy
@@ -54,6 +53,8 @@ def run_training_job(job: TrainingJob, log=print) -> dict[str, object]:
     log(f"training on {len(x_train):,} rows, early stopping on {len(x_valid):,}; device {params.device}")
     trained = fit(x_train, y_train, x_valid, y_valid, params)
     log(f"trained on {trained.device} in {trained.train_seconds:.2f}s, best iteration {trained.best_iteration}")
+
+    from ml_platform.evaluation import plots  # matplotlib: only where figures are drawn
 
     metrics = trained.validation_metrics
     figures = {

@@ -6,10 +6,13 @@ import json
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import xgboost as xgb
+
+if TYPE_CHECKING:  # imported where used: the code location loads this module in every step process
+    import xgboost as xgb
 
 from ml_platform.evaluation.metrics import best_f1_threshold, classification_metrics
 from ml_platform.features.engineering import MODEL_FEATURES
@@ -65,6 +68,8 @@ class TrainedModel:
 
 def gpu_visible() -> bool:
     """Whether XGBoost can train on a GPU here: a CUDA build and a device it can see."""
+    import xgboost as xgb
+
     if not xgb.build_info().get("USE_CUDA", False):
         return False
     probe = xgb.DMatrix(np.array([[0.0], [1.0]]), label=np.array([0.0, 1.0]))
@@ -93,6 +98,8 @@ def fit(
     y_valid: np.ndarray,
     params: TrainingParams = TrainingParams(),
 ) -> TrainedModel:
+    import xgboost as xgb
+
     if list(x_train.columns) != list(MODEL_FEATURES):
         raise ValueError(f"training columns {list(x_train.columns)} differ from the model's {list(MODEL_FEATURES)}")
     if len(np.unique(y_train)) < 2:
