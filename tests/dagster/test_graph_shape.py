@@ -1,6 +1,17 @@
 """A snapshot of the asset graph: an accidental change to keys, groups, deps or checks shows up here."""
 
+import dataclasses
+
 import dagster as dg
+import pytest
+
+from assets.data import RawTransactionsConfig
+from assets.evaluation import EvaluationConfig
+from assets.training import TrainingConfig, TrainingSetConfig
+from ml_platform.data.synthetic import SyntheticConfig
+from ml_platform.evaluation.gate import GateConfig
+from ml_platform.training.dataset import SplitFractions
+from ml_platform.training.train import TrainingParams
 
 EXPECTED_GROUPS = {
     "raw_transactions": "data",
@@ -76,3 +87,30 @@ def test_jobs_and_schedules(defs):
     ingest = defs.resolve_schedule_def("ingest_daily")
     assert ingest.job_name == "ingest"
     assert ingest.cron_schedule == "0 1 * * *"
+
+
+@pytest.mark.parametrize(
+    ("config_class", "core_class", "core_only"),
+    [
+        (TrainingConfig, TrainingParams, {"n_jobs"}),
+        (RawTransactionsConfig, SyntheticConfig, set()),
+        (EvaluationConfig, GateConfig, set()),
+    ],
+)
+def test_asset_config_mirrors_the_core_defaults(config_class, core_class, core_only):
+    """Each asset's Config repeats a core dataclass (the core stays dagster-free); they must agree."""
+    config_defaults = {name: field.default for name, field in config_class.model_fields.items()}
+    core_defaults = {f.name: f.default for f in dataclasses.fields(core_class) if f.name not in core_only}
+    shared = {name: config_defaults[name] for name in core_defaults}
+    assert shared == core_defaults
+    assert set(config_defaults) - set(core_defaults) <= {"source", "path"}  # where the data comes from
+
+
+def test_split_config_mirrors_the_core_defaults():
+    defaults = TrainingSetConfig()
+    core = SplitFractions()
+    assert (defaults.train_fraction, defaults.validation_fraction, defaults.test_fraction) == (
+        core.train,
+        core.validation,
+        core.test,
+    )
