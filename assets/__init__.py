@@ -1,6 +1,7 @@
 """Software-defined assets of the platform, one module per stage."""
 
 from assets.data import raw_transactions, validated_transactions
+from assets.deployment import batch_predictions, model_deployment
 from assets.evaluation import champion_model, model_evaluation
 from assets.features import customer_stats, feature_store, online_features
 from assets.training import trained_model, training_set
@@ -15,4 +16,6 @@ ALL_ASSETS = [
     trained_model,
     model_evaluation,
     champion_model,
+    model_deployment,
+    batch_predictions,
 ]

@@ -7,6 +7,7 @@ the UI next to scheduled and sensor runs) and prints what they produced.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from datetime import UTC, date, datetime, timedelta
@@ -101,13 +102,15 @@ def launch(
     end: date | None = None,
     tags: dict[str, str] | None = None,
     defs=None,
+    ops_config: dict[str, Any] | None = None,
 ):
     """Run a job of the code location in this process on the local instance; returns the result."""
     import dagster as dg
 
     defs = defs or _definitions()
     job = defs.resolve_job_def(job_name)
-    run_config = {**QUIET_LOGGERS, "ops": {asset: {"config": cfg} for asset, cfg in (params or {}).items()}}
+    merged = {**(params or {}), **(ops_config or {})}
+    run_config = {**QUIET_LOGGERS, "ops": {node: {"config": cfg} for node, cfg in merged.items()}}
     run_tags = dict(tags or {})
     if start is not None and end is not None:
         run_tags.update(_partition_tags(start, end))
@@ -324,6 +327,101 @@ def status() -> None:
     for alias in (CHAMPION, CHALLENGER, PREVIOUS):
         version = aliases.get(alias)
         typer.echo(f"  {alias:<10} {'v' + str(version) if version is not None else '-'}")
+
+
+ENVIRONMENTS = ("local", "staging", "prod")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 unless you mean to expose it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
+) -> None:
+    """Run the model server in the foreground (Ctrl-C drains and flushes the prediction log)."""
+    _settings()
+    os.execv(sys.executable, [sys.executable, "-m", "ml_platform.serving", "--host", host, "--port", str(port)])
+
+
+@app.command()
+def deploy(
+    model: Annotated[str, typer.Option(help="Registered model name.")] = "",
+    version: Annotated[int | None, typer.Option(min=1, help="Version to serve; default: the champion.")] = None,
+    env: Annotated[str, typer.Option(help=f"One of: {', '.join(ENVIRONMENTS)}.")] = "local",
+) -> None:
+    """Deploy a model version to an environment (the original design's deploy script).
+
+    A version other than the champion becomes the champion first (the old one becomes 'previous'), so
+    a rollback can undo it. Local: the managed server process, then the smoke check. staging/prod: the
+    Kubernetes overlay applied with the version pinned, waiting for the rollout.
+    """
+    settings = _settings()
+    if env not in ENVIRONMENTS:
+        _fail(f"unknown environment {env!r}; expected one of {', '.join(ENVIRONMENTS)}")
+    if model and model != settings.model_name:
+        _fail(f"this platform serves model {settings.model_name!r} (ML_PLATFORM_MODEL_NAME), not {model!r}")
+    _quiet_warnings()
+    from ml_platform.registry import CHAMPION, Registry
+
+    registry = Registry(
+        settings.tracking_uri, settings.model_name, settings.experiment_name, settings.mlflow_artifact_root
+    )
+    if version is not None and version != registry.version_for_alias(CHAMPION):
+        try:
+            registry.pin(version, promoted_at=datetime.now(UTC).isoformat())
+        except Exception as error:  # MlflowException: the version does not exist
+            _fail(f"{settings.model_name} v{version} cannot be deployed: {error}")
+        typer.echo(f"{settings.model_name}: champion is now v{version}")
+    if env == "local":
+        result = _run_cli(launch, "deploy")
+        _print_result(result, f"deploy to {env}")
+        return
+    _deploy_kubernetes(settings, registry, env)
+
+
+def _deploy_kubernetes(settings: Settings, registry, env: str) -> None:
+    from ml_platform.deploy.kubernetes import KubernetesTarget, KubernetesUnavailable, RolloutError
+    from ml_platform.registry import CHAMPION
+
+    overlay = Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "overlays" / env
+    version = registry.version_for_alias(CHAMPION)
+    if version is None:
+        _fail(f"{settings.model_name} has no champion to deploy")
+    try:
+        target = KubernetesTarget()
+        objects = target.set_model_version(target.render(overlay), version, CHAMPION)
+        namespace = next(o["metadata"]["namespace"] for o in objects if o["metadata"].get("namespace"))
+        target.apply(objects, namespace)
+        status = target.wait_for_rollout("fraud-detector", namespace, timeout_s=600)
+    except (KubernetesUnavailable, RolloutError) as error:
+        _fail(f"deploy to {env}: {error}")
+    typer.secho(f"deploy to {env}: v{version} rolled out ({status.message})", fg="green")
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Recorded on the version taken out of service.")] = "manual rollback",
+) -> None:
+    """Put the previous champion back, redeploy it and verify what is serving."""
+    _settings()
+    result = _run_cli(launch, "rollback", ops_config={"roll_back_champion": {"reason": reason}})
+    _print_result(result, "rollback")
+    outcome = result.output_for_node("redeploy_and_verify")
+    typer.echo(f"  serving v{outcome['to_version']} (was v{outcome['from_version']}) at {outcome['endpoint']}")
+
+
+@app.command("stop-server")
+def stop_server() -> None:
+    """Stop the local model server started by `deploy` (it drains and flushes its prediction log)."""
+    settings = _settings()
+    from ml_platform.deploy.local import LocalProcessTarget
+
+    stopped = LocalProcessTarget(settings.home / "serving", port=settings.serving_port).stop()
+    typer.echo("model server stopped" if stopped else "no model server was running")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(2)
 
 
 def main() -> None:  # pragma: no cover - console entry point

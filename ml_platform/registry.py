@@ -27,6 +27,8 @@ RUN_KEY_TAG = "ml_platform.run_key"
 THRESHOLD_TAG = "ml_platform.threshold"
 DEVICE_TAG = "ml_platform.device"
 PROMOTED_AT_TAG = "ml_platform.promoted_at"
+ROLLED_BACK_AT_TAG = "ml_platform.rolled_back_at"
+ROLLBACK_REASON_TAG = "ml_platform.rollback_reason"
 
 
 class RegistryError(RuntimeError):
@@ -233,6 +235,31 @@ class Registry:
         self.client.set_model_version_tag(self.model_name, str(version), PROMOTED_AT_TAG, promoted_at)
         self.set_alias(CHAMPION, version)
         return Promotion(champion=version, previous=current, changed=True)
+
+    def rollback(self, *, rolled_back_at: str, reason: str) -> Promotion:
+        """Put the previous champion back: ``champion`` -> the ``previous`` version.
+
+        The version taken out of service is tagged with when and why, and ``previous`` is cleared (a
+        second rollback in a row has nothing to return to and says so, rather than flip-flopping).
+        """
+        aliases = self.aliases()
+        current, previous = aliases.get(CHAMPION), aliases.get(PREVIOUS)
+        if previous is None:
+            raise RegistryError(
+                f"cannot roll back {self.model_name}: no '{PREVIOUS}' version "
+                f"(champion is {'v' + str(current) if current is not None else 'not set'})"
+            )
+        if current is not None:
+            self.client.set_model_version_tag(self.model_name, str(current), ROLLED_BACK_AT_TAG, rolled_back_at)
+            self.client.set_model_version_tag(self.model_name, str(current), ROLLBACK_REASON_TAG, reason)
+        self.set_alias(CHAMPION, previous)
+        self.client.delete_registered_model_alias(self.model_name, PREVIOUS)
+        return Promotion(champion=previous, previous=None, changed=True)
+
+    def pin(self, version: int, *, promoted_at: str) -> Promotion:
+        """Make an explicit, existing version the champion (a manual deploy of ``--version N``)."""
+        self.model_version(version)  # raises with MLflow's message naming the version if it does not exist
+        return self.promote(version, promoted_at=promoted_at)
 
 
 def _local_path(uri: str) -> str:

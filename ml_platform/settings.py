@@ -31,6 +31,7 @@ class Settings:
     experiment_name: str = DEFAULT_EXPERIMENT
     mlflow_tracking_uri: str = ""
     feast_project: str = FEAST_PROJECT
+    serving_port: int = 8080
 
     # ---- derived locations ---------------------------------------------------------------------
     @property
@@ -87,6 +88,7 @@ class Settings:
             model_name=env.get("ML_PLATFORM_MODEL_NAME", DEFAULT_MODEL_NAME),
             experiment_name=env.get("ML_PLATFORM_EXPERIMENT", DEFAULT_EXPERIMENT),
             mlflow_tracking_uri=env.get("ML_PLATFORM_MLFLOW_URI", ""),
+            serving_port=_port(env.get("ML_PLATFORM_SERVING_PORT", "8080")),
         )
 
     def process_environment(self) -> dict[str, str]:
@@ -133,6 +135,12 @@ class Settings:
                 "telemetry:\n  enabled: false\n"
                 "run_monitoring:\n  enabled: true\n",
             )
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise SettingsError(f"ML_PLATFORM_SERVING_PORT={value!r} is not a TCP port (1-65535)")
+    return int(value)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

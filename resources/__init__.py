@@ -1,12 +1,14 @@
 """Resources, chosen per profile in one place."""
 
 from ml_platform.settings import Settings
+from resources.deployment import DeploymentTarget, LocalDeployment
 from resources.feast import FeastResource
 from resources.mlflow import MLflowResource
 from resources.storage import StateIOManager, StateStorage
 from resources.training import LocalTrainingCompute, TrainingCompute
 
 __all__ = [
+    "DeploymentTarget",
     "FeastResource",
     "MLflowResource",
     "StateIOManager",
@@ -33,4 +35,5 @@ def build_resources(settings: Settings) -> dict[str, object]:
             project=settings.feast_project,
         ),
         "training_compute": LocalTrainingCompute(),
+        "deployment": LocalDeployment(state_dir=str(settings.home / "serving"), port=settings.serving_port),
     }

@@ -30,8 +30,17 @@ class StateIOManager(dg.ConfigurableIOManager):
     def path(self, asset_key: dg.AssetKey, partition: str | None = None, suffix: str = TABLE_SUFFIX) -> Path:
         return asset_path(self.base_dir, asset_key.path, partition, suffix)
 
+    def op_output_path(self, run_id: str, step_key: str, name: str) -> Path:
+        """Where an op (not an asset) keeps its result: per run, so runs never overwrite each other."""
+        return Path(self.base_dir) / "_runs" / run_id / step_key / f"{name}{RECORD_SUFFIX}"
+
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         if obj is None:
+            return
+        if not context.has_asset_key:
+            if not isinstance(obj, dict):
+                raise TypeError(f"op {context.step_key} returned {type(obj).__name__}; ops here return dicts (JSON)")
+            write_record(obj, self.op_output_path(context.run_id, context.step_key, context.name))
             return
         key = context.asset_key
         if isinstance(obj, pd.DataFrame):
@@ -79,6 +88,9 @@ class StateIOManager(dg.ConfigurableIOManager):
         return keys
 
     def load_input(self, context: dg.InputContext) -> object:
+        if not context.has_asset_key:
+            upstream = context.upstream_output
+            return read_record(self.op_output_path(upstream.run_id, upstream.step_key, upstream.name))
         key = context.asset_key
         if context.has_asset_partitions:
             return self._read_partitions(context)

@@ -2,6 +2,8 @@
 
 import dagster as dg
 
+from sensors.rollback import rollback
+
 # Take in a day of transactions: raw -> validated (daily partitions).
 ingest = dg.define_asset_job(
     "ingest",
@@ -26,11 +28,25 @@ retrain = dg.define_asset_job(
 # Everything, raw data to champion, over a range of days in one run (make demo, first start).
 bootstrap = dg.define_asset_job(
     "bootstrap",
-    selection=dg.AssetSelection.all(),
+    selection=dg.AssetSelection.groups("data", "features", "training", "evaluation"),
     description="The whole graph over a range of days in one run: ingest, features, train, evaluate, promote.",
 )
 
-JOBS = [ingest, refresh_features, retrain, bootstrap]
+# Serve the champion (the deployment target's own health gate, then the smoke check).
+deploy = dg.define_asset_job(
+    "deploy",
+    selection=dg.AssetSelection.assets("model_deployment"),
+    description="Serve the current champion and smoke-test the endpoint.",
+)
+
+# Score a day's transactions with the champion.
+predict_batch = dg.define_asset_job(
+    "predict_batch",
+    selection=dg.AssetSelection.assets("batch_predictions"),
+    description="Score one day of transactions with the champion (parquet in, parquet out).",
+)
+
+JOBS = [ingest, refresh_features, retrain, bootstrap, deploy, predict_batch, rollback]
 
 ingest_daily = dg.build_schedule_from_partitioned_job(
     ingest,

@@ -5,6 +5,7 @@ This runs before any test module imports MLflow, Feast or Dagster, so nothing re
 """
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,10 @@ SESSION_HOME = Path(os.environ.get("ML_PLATFORM_TEST_HOME") or tempfile.mkdtemp(
 os.environ["ML_PLATFORM_TEST_HOME"] = str(SESSION_HOME)
 os.environ["ML_PLATFORM_HOME"] = str(SESSION_HOME)
 os.environ.pop("ML_PLATFORM_MLFLOW_URI", None)
+if "ML_PLATFORM_SERVING_PORT" not in os.environ:  # a free port, so a test server never meets another one
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        os.environ["ML_PLATFORM_SERVING_PORT"] = str(probe.getsockname()[1])
 SESSION_SETTINGS = Settings.from_env()
 SESSION_SETTINGS.apply_environment()
 SESSION_SETTINGS.prepare()

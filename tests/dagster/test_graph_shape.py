@@ -23,6 +23,8 @@ EXPECTED_GROUPS = {
     "trained_model": "training",
     "model_evaluation": "evaluation",
     "champion_model": "evaluation",
+    "model_deployment": "deployment",
+    "batch_predictions": "deployment",
 }
 EXPECTED_DEPS = {
     "raw_transactions": set(),
@@ -34,6 +36,8 @@ EXPECTED_DEPS = {
     "trained_model": {"training_set"},
     "model_evaluation": {"trained_model", "training_set"},
     "champion_model": {"model_evaluation"},
+    "model_deployment": {"champion_model"},
+    "batch_predictions": {"validated_transactions", "champion_model", "feature_store"},
 }
 EXPECTED_CHECKS = {
     ("validated_transactions", "schema"),
@@ -42,6 +46,7 @@ EXPECTED_CHECKS = {
     ("validated_transactions", "unique_ids"),
     ("model_evaluation", "quality_floor"),
     ("model_evaluation", "no_regression"),
+    ("model_deployment", "smoke"),
 }
 
 
@@ -63,10 +68,10 @@ def test_checks_are_blocking(defs):
         assert graph.get_check_spec(key).blocking, key
 
 
-def test_daily_partitions_only_on_data(defs):
+def test_daily_partitions_on_transactions_and_batch_scores(defs):
     graph = defs.resolve_asset_graph()
     partitioned = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def}
-    assert partitioned == {"raw_transactions", "validated_transactions"}
+    assert partitioned == {"raw_transactions", "validated_transactions", "batch_predictions"}
     daily = graph.get(dg.AssetKey("raw_transactions")).partitions_def
     assert isinstance(daily, dg.DailyPartitionsDefinition)
     assert daily.get_partition_keys()[0] == "2025-01-01"

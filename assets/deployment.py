@@ -1,0 +1,153 @@
+"""Group deployment: the champion served (with a smoke check) and daily batch predictions."""
+
+import math
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pyarrow.parquet as pq
+
+from assets.common import DAILY_PARTITIONS, Stopwatch
+from ml_platform.deploy.local import DeploymentError, http_json
+from ml_platform.features.engineering import MODEL_FEATURES, model_features
+from ml_platform.features.store import point_in_time_stats
+from ml_platform.registry import CHAMPION
+from ml_platform.serving.batch import predict_parquet
+from ml_platform.storage import write_table
+from ml_platform.training.train import predict_probability
+from resources.deployment import DeploymentTarget
+from resources.feast import FeastResource
+from resources.mlflow import MLflowResource
+from resources.storage import StateStorage
+
+SMOKE_TOLERANCE = 1e-6
+
+
+def smoke_rows(state: StateStorage, rows: int = 3) -> pd.DataFrame:
+    """A few rows of model features from the training set (read without loading the whole file)."""
+    path = state.table_path("training_set")
+    if not path.exists():
+        raise dg.Failure(f"{path} is missing; materialize training_set before deploying")
+    batch = next(pq.ParquetFile(path).iter_batches(batch_size=rows, columns=list(MODEL_FEATURES)))
+    return batch.to_pandas()
+
+
+@dg.asset(
+    group_name="deployment",
+    deps=["champion_model"],
+    kinds={"fastapi"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "smoke",
+            asset="model_deployment",
+            blocking=True,
+            description="the endpoint is healthy, serves the champion, and answers a prediction equal to the "
+            "offline prediction for the same row",
+        )
+    ],
+    description="The champion served by the deployment target (a local process here, Kubernetes in production).",
+)
+def model_deployment(mlflow: MLflowResource, deployment: DeploymentTarget, state: StateStorage):
+    registry = mlflow.registry()
+    version = registry.version_for_alias(CHAMPION)
+    if version is None:
+        raise dg.Failure(f"{registry.model_name} has no '{CHAMPION}' version to deploy; materialize champion_model")
+    try:
+        report = deployment.deploy(registry.model_name, version)
+    except DeploymentError as error:
+        raise dg.Failure(f"deploying {registry.model_name} v{version} failed: {error}") from error
+    yield dg.Output(
+        None,
+        metadata={
+            "model_version": version,
+            "endpoint": dg.MetadataValue.url(report.url),
+            "target": report.target,
+            "started_server": report.started_server,
+            "deploy_seconds": report.seconds,
+            "detail": report.detail,
+            "deployed_at": datetime.now(UTC).isoformat(),
+        },
+    )
+    yield smoke_check(deployment, registry, version, smoke_rows(state))
+
+
+def smoke_check(deployment: DeploymentTarget, registry, version: int, rows: pd.DataFrame) -> dg.AssetCheckResult:
+    """Health says the champion is served, and the endpoint's answer equals the offline prediction."""
+    url, token = deployment.endpoint(), deployment.token()
+    problems: list[str] = []
+    metadata: dict[str, object] = {"endpoint": url, "expected_version": version}
+    try:
+        status, health = http_json(f"{url}/health", token=token)
+        metadata["health_status"] = status
+        if status != 200 or health.get("model_version") != version:
+            problems.append(f"/health answered {status} with version {health.get('model_version')}, not v{version}")
+        offline = predict_probability(registry.load_booster(version), rows)
+        row = rows.iloc[0]
+        features = [None if math.isnan(v) else float(v) for v in row.to_numpy(dtype="float64")]
+        status, answer = http_json(f"{url}/predict", body={"features": features}, token=token)
+        metadata["predict_status"] = status
+        if status != 200:
+            problems.append(f"/predict answered {status}: {answer}")
+        else:
+            served = float(answer["probability"])
+            metadata.update(served_probability=served, offline_probability=float(offline[0]))
+            metadata["difference"] = abs(served - float(offline[0]))
+            if answer.get("model_version") != version:
+                problems.append(f"/predict answered with v{answer.get('model_version')}, not v{version}")
+            if abs(served - float(offline[0])) > SMOKE_TOLERANCE:
+                problems.append(f"/predict gave {served:.8f}, offline {float(offline[0]):.8f}")
+    except OSError as error:
+        problems.append(f"{url} did not answer: {error}")
+    return dg.AssetCheckResult(
+        check_name="smoke",
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(problems) or f"v{version} healthy at {url}; /predict equals the offline prediction",
+        metadata=metadata,
+    )
+
+
+@dg.asset(
+    group_name="deployment",
+    partitions_def=DAILY_PARTITIONS,
+    deps=["champion_model", "feature_store"],
+    kinds={"xgboost", "parquet"},
+    description="Every transaction of the day scored by the champion (features as they were just before each "
+    "one), streamed parquet to parquet in bounded memory, with model version and scoring time on every row.",
+)
+def batch_predictions(
+    context: dg.AssetExecutionContext,
+    validated_transactions: pd.DataFrame,
+    mlflow: MLflowResource,
+    feast: FeastResource,
+    state: StateStorage,
+) -> dg.MaterializeResult:
+    registry = mlflow.registry()
+    version = registry.version_for_alias(CHAMPION)
+    if version is None:
+        raise dg.Failure(f"{registry.model_name} has no '{CHAMPION}' version; materialize champion_model first")
+    booster, threshold = registry.load_booster(version), registry.threshold(version)
+    timer = Stopwatch()
+    with timer.measure():
+        stats = point_in_time_stats(feast.store(), validated_transactions)
+        ids = validated_transactions[["transaction_id", "customer_id", "event_timestamp"]].reset_index(drop=True)
+        features = pd.concat([ids, model_features(validated_transactions, stats).reset_index(drop=True)], axis=1)
+    destination = state.table_path("batch_predictions", context.partition_key)
+    with tempfile.TemporaryDirectory(dir=destination.parent.parent) as scratch:
+        source = Path(scratch) / "features.parquet"
+        write_table(features, source)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        result = predict_parquet(source, destination, booster, model_version=version, threshold=threshold)
+    flagged = pq.read_table(destination, columns=["is_fraud"]).column("is_fraud").to_pandas().sum()
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": result.rows,
+            "model_version": version,
+            "flagged_as_fraud": int(flagged),
+            "rows_per_second": result.rows_per_second,
+            "path": dg.MetadataValue.path(str(destination)),
+            "compute_seconds": timer.seconds + result.seconds,
+        }
+    )

@@ -1,0 +1,252 @@
+"""Local deployment target: the model server as a managed background process on 127.0.0.1.
+
+The server's pid, address and log live under the state directory (``serving/server.json``,
+``serving/server.log``). Deploying a version means: make sure the server runs and is ready, then wait
+until it answers with that version (the server watches the registry alias and swaps models itself,
+atomically, without dropping requests). Stopping sends SIGTERM, so the server drains and flushes its
+prediction log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ml_platform.settings import write_text_atomic
+
+
+class DeploymentError(RuntimeError):
+    """A deployment did not reach the state it was asked for; the message says what was seen."""
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    pid: int
+    host: str
+    port: int
+    started_at: float
+    log_path: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class DeploymentReport:
+    target: str
+    url: str
+    model_name: str
+    model_version: int
+    started_server: bool
+    seconds: float
+    detail: str
+
+
+def http_json(
+    url: str, *, body: dict | None = None, timeout: float = 5.0, token: str | None = None
+) -> tuple[int, dict]:
+    """GET (or POST ``body`` as JSON) and return (status, parsed JSON); connection errors raise OSError."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
+    request.add_header("content-type", "application/json")
+    if token:
+        request.add_header("authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        payload = error.read()
+        try:
+            return error.code, json.loads(payload or b"{}")
+        except json.JSONDecodeError:
+            return error.code, {"error": payload.decode(errors="replace")}
+
+
+class LocalProcessTarget:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        python_executable: str = "",
+        environment: dict[str, str] | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.host = host
+        self.port = port
+        self.python_executable = python_executable or sys.executable
+        self.environment = environment or {}
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "server.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "server.log"
+
+    # ---- observing -----------------------------------------------------------------------------
+    def server(self) -> LocalServer | None:
+        """The server this target started, if its process is still alive."""
+        if not self.state_file.exists():
+            return None
+        server = LocalServer(**json.loads(self.state_file.read_text()))
+        try:
+            os.kill(server.pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, owned by someone else: not ours to manage
+            return None
+        return server
+
+    def health(self, server: LocalServer | None = None) -> dict | None:
+        server = server or self.server()
+        if server is None:
+            return None
+        try:
+            status, payload = http_json(f"{server.url}/health", timeout=2.0)
+        except OSError:
+            return None
+        return payload if status == 200 else None
+
+    # ---- acting --------------------------------------------------------------------------------
+    def start(self, timeout_s: float = 60.0) -> LocalServer:
+        """Start the server unless ours is running; return once it is ready (model loaded, warmed up)."""
+        running = self.server()
+        if running is not None:
+            self._wait_ready(running, timeout_s, process=None)
+            return running
+        self._refuse_if_port_taken()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        command = [self.python_executable, "-m", "ml_platform.serving", "--host", self.host, "--port", str(self.port)]
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.environment},
+            start_new_session=True,  # outlives the command that deployed it; stopped by stop()
+        )
+        log.close()
+        server = LocalServer(process.pid, self.host, self.port, time.time(), str(self.log_path))
+        try:
+            self._wait_ready(server, timeout_s, process=process)
+        except DeploymentError:
+            self._terminate(process.pid, grace_s=5.0)
+            raise
+        write_text_atomic(self.state_file, json.dumps(asdict(server)))
+        return server
+
+    def deploy(self, model_name: str, version: int, timeout_s: float = 60.0) -> DeploymentReport:
+        """Serve ``version``: start the server if needed, then wait until it answers with that version."""
+        started = time.perf_counter()
+        was_running = self.server() is not None
+        server = self.start(timeout_s)
+        health = self._wait_for_version(server, version, timeout_s)
+        return DeploymentReport(
+            target="local",
+            url=server.url,
+            model_name=model_name,
+            model_version=version,
+            started_server=not was_running,
+            seconds=time.perf_counter() - started,
+            detail=f"pid {server.pid}, challenger {health.get('challenger_version')}",
+        )
+
+    def stop(self, grace_s: float = 30.0) -> bool:
+        """SIGTERM the server (it drains and flushes its log); SIGKILL after ``grace_s``. True if one ran."""
+        server = self.server()
+        if server is None:
+            self.state_file.unlink(missing_ok=True)
+            return False
+        self._terminate(server.pid, grace_s)
+        self.state_file.unlink(missing_ok=True)
+        return True
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _refuse_if_port_taken(self) -> None:
+        try:
+            status, payload = http_json(f"http://{self.host}:{self.port}/health", timeout=1.0)
+        except OSError:
+            return
+        raise DeploymentError(
+            f"{self.host}:{self.port} is already answering (HTTP {status}) but not as a server this target "
+            f"started; stop it or choose another port"
+        )
+
+    def _wait_ready(self, server: LocalServer, timeout_s: float, process: subprocess.Popen | None) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise DeploymentError(
+                    f"the model server exited with code {process.returncode} before it was ready; "
+                    f"last lines of {self.log_path}:\n{self._log_tail()}"
+                )
+            try:
+                status, payload = http_json(f"{server.url}/v2/health/ready", timeout=2.0)
+                if status == 200:
+                    return
+                last = f"HTTP {status}: {payload}"
+            except OSError as error:
+                last = str(error)
+            time.sleep(0.2)
+        raise DeploymentError(f"the model server at {server.url} was not ready after {timeout_s:.0f} s ({last})")
+
+    def _wait_for_version(self, server: LocalServer, version: int, timeout_s: float) -> dict:
+        deadline = time.monotonic() + timeout_s
+        seen = None
+        while time.monotonic() < deadline:
+            health = self.health(server)
+            if health is not None:
+                seen = health.get("model_version")
+                if seen == version:
+                    return health
+            time.sleep(0.25)
+        raise DeploymentError(
+            f"the model server at {server.url} still serves v{seen} after {timeout_s:.0f} s, not v{version}"
+        )
+
+    def _terminate(self, pid: int, grace_s: float) -> None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+    def _log_tail(self, lines: int = 20) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)  # reaps our own child if it has exited
+        if finished == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child (started by an earlier command): fall back to a signal probe
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,138 @@
+"""How a model server is set up: one frozen object, from settings plus environment overrides."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from ml_platform.features.store import FeatureRepo
+from ml_platform.settings import Settings, SettingsError
+
+MODES = ("split", "shadow")
+# What a server answers with: the champion (with the challenger beside it for A/B and shadow), or the
+# challenger alone (a canary Deployment on Kubernetes, sharing the Service with the champion's pods).
+SERVE_ALIASES = ("champion", "challenger")
+ENV_PREFIX = "ML_PLATFORM_SERVING_"
+_FALSE = {"0", "false", "no", "off", ""}
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything one server process needs; build it with :meth:`from_settings`.
+
+    - ``feast``: the feature repo to read customer stats from, or None (then a request must carry its
+      9 features itself).
+    - ``challenger_weight``: share of traffic the challenger answers in ``split`` mode. In ``shadow``
+      mode the champion always answers and every request is also scored by the challenger (logged as
+      ``challenger_shadow``, never returned); the weight is kept for when the mode goes back to split.
+    - ``sticky``: route by a hash of ``customer_id`` when the request has one (a customer always sees
+      the same variant, and raising the weight only moves customers from champion to challenger).
+    - ``auth_token``: when set, every route except the health, readiness and metrics routes needs
+      ``Authorization: Bearer <token>``.
+    - ``log_flush_rows`` / ``log_flush_seconds``: the prediction log writes a parquet file whenever this
+      many rows are waiting or this much time has passed since the last write.
+    - ``serve_alias``: ``champion`` (default) or ``challenger``; a server of the challenger alias loads
+      only that version and labels its answers and log rows with variant ``challenger``.
+    """
+
+    model_name: str
+    tracking_uri: str
+    artifact_root: str
+    feast: FeatureRepo | None = None
+    log_dir: Path = field(default_factory=lambda: Settings.from_env().logs_dir / "predictions")
+    challenger_weight: float = 0.0
+    mode: str = "split"
+    sticky: bool = True
+    poll_seconds: float = 5.0
+    auth_token: str | None = None
+    max_body_bytes: int = 1_000_000
+    max_batch_rows: int = 10_000
+    log_flush_rows: int = 5_000
+    log_flush_seconds: float = 2.0
+    serve_alias: str = "champion"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "log_dir", Path(self.log_dir))
+        if self.auth_token == "":
+            object.__setattr__(self, "auth_token", None)
+        problems = []
+        if not 0.0 <= float(self.challenger_weight) <= 1.0:
+            problems.append(f"challenger_weight must be within [0, 1], got {self.challenger_weight}")
+        if self.mode not in MODES:
+            problems.append(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.poll_seconds <= 0:
+            problems.append(f"poll_seconds must be positive, got {self.poll_seconds}")
+        if self.max_body_bytes < 1:
+            problems.append(f"max_body_bytes must be at least 1, got {self.max_body_bytes}")
+        if self.max_batch_rows < 1:
+            problems.append(f"max_batch_rows must be at least 1, got {self.max_batch_rows}")
+        if self.log_flush_rows < 1 or self.log_flush_seconds <= 0:
+            problems.append("log_flush_rows must be at least 1 and log_flush_seconds positive")
+        if self.serve_alias not in SERVE_ALIASES:
+            problems.append(f"serve_alias must be one of {', '.join(SERVE_ALIASES)}, got {self.serve_alias!r}")
+        if problems:
+            raise SettingsError("; ".join(problems))
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, environ: Mapping[str, str] | None = None, **overrides: object
+    ) -> ServerConfig:
+        """Settings' model and stores, then ``ML_PLATFORM_SERVING_*`` variables, then ``overrides``.
+
+        Variables: ``TOKEN``, ``CHALLENGER_WEIGHT``, ``MODE``, ``STICKY``, ``POLL_SECONDS``, ``LOG_DIR``,
+        ``MAX_BODY_BYTES``, ``MAX_BATCH_ROWS``, ``LOG_FLUSH_ROWS``, ``LOG_FLUSH_SECONDS``, ``ALIAS`` and ``FEAST``
+        (``off`` serves without the feature store), each prefixed with ``ML_PLATFORM_SERVING_``.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {
+            "model_name": settings.model_name,
+            "tracking_uri": settings.tracking_uri,
+            "artifact_root": settings.mlflow_artifact_root,
+            "feast": FeatureRepo.from_settings(settings),
+            "log_dir": settings.logs_dir / "predictions",
+        }
+        converters = {
+            "auth_token": ("TOKEN", str),
+            "challenger_weight": ("CHALLENGER_WEIGHT", float),
+            "mode": ("MODE", str),
+            "sticky": ("STICKY", _parse_bool),
+            "poll_seconds": ("POLL_SECONDS", float),
+            "log_dir": ("LOG_DIR", Path),
+            "max_body_bytes": ("MAX_BODY_BYTES", int),
+            "max_batch_rows": ("MAX_BATCH_ROWS", int),
+            "log_flush_rows": ("LOG_FLUSH_ROWS", int),
+            "log_flush_seconds": ("LOG_FLUSH_SECONDS", float),
+            "serve_alias": ("ALIAS", str),
+        }
+        for name, (suffix, convert) in converters.items():
+            raw = env.get(ENV_PREFIX + suffix)
+            if raw is None:
+                continue
+            try:
+                values[name] = convert(raw)
+            except ValueError as error:
+                raise SettingsError(f"{ENV_PREFIX}{suffix}={raw!r} is not valid: {error}") from error
+        feast_flag = env.get(ENV_PREFIX + "FEAST")
+        if feast_flag is not None and _parse_bool(feast_flag) is False:
+            values["feast"] = None
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown ServerConfig fields: {', '.join(sorted(unknown))}")
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def with_overrides(self, **overrides: object) -> ServerConfig:
+        return replace(self, **overrides)
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}")

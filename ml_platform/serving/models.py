@@ -1,0 +1,168 @@
+"""The models a server answers with, and how they change while it runs.
+
+A :class:`Deployment` (champion, optional challenger) is immutable. The :class:`ModelManager` keeps one
+reference to the current one; its watcher thread polls the registry's aliases and, when they move,
+builds the new deployment completely (load, threshold, warm-up) and only then replaces that one
+reference. A request reads the reference once when it starts and keeps that deployment to the end,
+so a swap never fails or mixes a request in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ml_platform.features.engineering import MODEL_FEATURES
+from ml_platform.registry import CHALLENGER, CHAMPION, Registry
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """One loaded model version: the XGBoost booster (its own format, never unpickled) and its threshold.
+
+    ``pyfunc`` is MLflow's pyfunc of the same version, loaded for the champion only: ``/invocations``
+    answers through it so its answers are those of ``mlflow models serve``.
+    """
+
+    version: int
+    booster: Any
+    threshold: float
+    pyfunc: Any = None
+    loaded_at: float = 0.0
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """P(fraud) for rows of :data:`MODEL_FEATURES` (what ``training.train.predict_probability`` does)."""
+        return np.asarray(self.booster.inplace_predict(features), dtype="float64").reshape(-1)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    champion: ModelHandle
+    challenger: ModelHandle | None
+
+    @property
+    def versions(self) -> tuple[int, int | None]:
+        return self.champion.version, self.challenger.version if self.challenger else None
+
+
+class ModelManager:
+    """Loads the champion and challenger named by the registry's aliases and follows them."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        poll_seconds: float,
+        on_swap: Callable[[Deployment], None] | None = None,
+        extra_work: Callable[[], None] | None = None,
+        primary_alias: str = CHAMPION,
+    ) -> None:
+        self.registry = registry
+        self.primary_alias = primary_alias
+        self.poll_seconds = poll_seconds
+        self.deployment: Deployment | None = None
+        self.last_error: str | None = "loading the champion"
+        self.swaps = 0
+        self._on_swap = on_swap
+        self._extra_work = extra_work
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._refresh_lock = threading.Lock()
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="model-alias-watcher", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception as error:  # keep serving what is loaded; say why nothing new loaded
+                self.last_error = f"could not load from the registry: {type(error).__name__}: {error}"
+                _log.exception("model refresh failed")
+            if self._extra_work is not None:
+                try:
+                    self._extra_work()
+                except Exception as error:  # reported by readiness; retried on the next tick
+                    _log.warning("watcher side task failed: %s: %s", type(error).__name__, error)
+            self._stop.wait(self.poll_seconds)
+
+    # ---- loading -------------------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Follow the aliases once; True when the deployment changed."""
+        with self._refresh_lock:
+            aliases = self.registry.aliases()
+            champion = aliases.get(self.primary_alias)  # the model this server answers with
+            # A champion server keeps the challenger beside it (A/B, shadow); a challenger server serves alone.
+            challenger = aliases.get(CHALLENGER) if self.primary_alias == CHAMPION else None
+            if challenger == champion:
+                challenger = None
+            current = self.deployment
+            if champion is None:
+                alias = self.primary_alias
+                if current is None:
+                    self.last_error = f"no version of model {self.registry.model_name!r} has the alias {alias!r}"
+                else:  # the alias was removed: keep answering with what is loaded
+                    _log.warning("alias %s is gone; still serving version %s", alias, current.champion.version)
+                return False
+            if current is not None and current.versions == (champion, challenger):
+                return False
+            loaded = {}
+            if current is not None:
+                loaded = {h.version: h for h in (current.champion, current.challenger) if h is not None}
+            champion_handle = self._handle(champion, loaded, with_pyfunc=True)
+            challenger_handle = self._handle(challenger, loaded, with_pyfunc=False) if challenger else None
+            deployment = Deployment(champion_handle, challenger_handle)
+            self.deployment = deployment  # the one reference requests read: the swap is this line
+            self.last_error = None
+            self.swaps += 1
+            _log.info("serving %s: champion v%s, challenger v%s", self.registry.model_name, champion, challenger)
+            if self._on_swap is not None:
+                self._on_swap(deployment)
+            return True
+
+    def _handle(self, version: int, loaded: dict[int, ModelHandle], *, with_pyfunc: bool) -> ModelHandle:
+        existing = loaded.get(version)
+        if existing is not None and (existing.pyfunc is not None or not with_pyfunc):
+            return existing
+        if existing is not None:  # a challenger promoted to champion: it now needs its pyfunc too
+            booster, threshold = existing.booster, existing.threshold
+        else:
+            booster = self.registry.load_booster(version)
+            threshold = self.registry.threshold(version)
+        pyfunc = self._load_pyfunc(version) if with_pyfunc else None
+        handle = ModelHandle(version, booster, threshold, pyfunc, time.time())
+        warm_up(handle)
+        return handle
+
+    def _load_pyfunc(self, version: int):
+        import mlflow.pyfunc
+
+        uri = self.registry.client.get_model_version_download_uri(self.registry.model_name, str(version))
+        return mlflow.pyfunc.load_model(uri)
+
+
+def warm_up(handle: ModelHandle) -> None:
+    """One prediction through each path, so the first request does not pay for lazy set-up."""
+    row = np.zeros((1, len(MODEL_FEATURES)), dtype="float64")
+    handle.predict(row)
+    if handle.pyfunc is not None:
+        import pandas as pd
+
+        handle.pyfunc.predict(pd.DataFrame(row, columns=list(MODEL_FEATURES)))

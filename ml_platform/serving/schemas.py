@@ -1,0 +1,208 @@
+"""Request bodies and their validation, and the compact error body every 4xx answer carries.
+
+Every error names the field (``features``, ``instances[3].category``, ``inputs[0].shape`` ...) and
+what was expected, in ``{"error": "<field>: <what was wrong>", "field": "<field>"}``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ml_platform.data.schema import CATEGORIES, CHANNELS, TRANSACTION_SCHEMA
+from ml_platform.features.engineering import MODEL_FEATURES
+
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+StrictInt = Annotated[int, Field(strict=True)]
+RequestId = Annotated[str, Field(min_length=1, max_length=200)]
+
+_AMOUNT = next(column for column in TRANSACTION_SCHEMA if column.name == "amount")
+FEATURE_ORDER_TEXT = ", ".join(MODEL_FEATURES)
+
+
+class ApiError(Exception):
+    """A request the server will not answer: status code, message and the field at fault."""
+
+    def __init__(self, status_code: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.field = field
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, "field": self.field}
+
+
+class FeaturesRequest(BaseModel):
+    """The model's 9 inputs given directly, in :data:`MODEL_FEATURES` order; ``null`` marks a missing value."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    features: list[FiniteFloat | None]
+    customer_id: StrictInt | None = None  # optional: used for sticky routing and logging only
+    request_id: RequestId | None = None
+
+    @field_validator("features")
+    @classmethod
+    def _nine(cls, value: list[float | None]) -> list[float | None]:
+        if len(value) != len(MODEL_FEATURES):
+            raise ValueError(
+                f"expected {len(MODEL_FEATURES)} numbers in the order {FEATURE_ORDER_TEXT}, got {len(value)}"
+            )
+        return value
+
+
+class TransactionRequest(BaseModel):
+    """A transaction; the server reads the customer's history from the online feature store."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    customer_id: Annotated[int, Field(strict=True, ge=0)]
+    amount: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=_AMOUNT.minimum, le=_AMOUNT.maximum)]
+    category: str
+    channel: str
+    event_timestamp: datetime | None = None
+    request_id: RequestId | None = None
+
+    @field_validator("category")
+    @classmethod
+    def _category(cls, value: str) -> str:
+        if value not in CATEGORIES:
+            raise ValueError(f"unknown value {value!r}; expected one of {', '.join(CATEGORIES)}")
+        return value
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str) -> str:
+        if value not in CHANNELS:
+            raise ValueError(f"unknown value {value!r}; expected one of {', '.join(CHANNELS)}")
+        return value
+
+
+class RoutingUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    challenger_weight: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
+    mode: Literal["split", "shadow"] | None = None
+    sticky: bool | None = None
+
+
+V2_DATATYPES = {
+    "FP64",
+    "FP32",
+    "FP16",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "BOOL",
+}
+
+
+class V2Tensor(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: Annotated[str, Field(min_length=1)]
+    shape: list[Annotated[int, Field(strict=True, ge=0)]]
+    datatype: str
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+    @field_validator("datatype")
+    @classmethod
+    def _datatype(cls, value: str) -> str:
+        if value not in V2_DATATYPES:
+            raise ValueError(f"unsupported datatype {value!r}; expected one of {', '.join(sorted(V2_DATATYPES))}")
+        return value
+
+
+class V2RequestedOutput(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    inputs: Annotated[list[V2Tensor], Field(min_length=1)]
+    outputs: list[V2RequestedOutput] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+# ---- turning validation errors into one message ------------------------------------------------
+_FRIENDLY = {
+    "finite_number": "expected a finite number (NaN and Infinity are not accepted)",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected an object",
+    "model_type": "expected an object",
+    "bool_type": "expected true or false",
+    "missing": "field required",
+    "extra_forbidden": "unknown field",
+    "datetime_type": "expected an ISO 8601 time",
+    "datetime_parsing": "expected an ISO 8601 time",
+    "datetime_from_date_parsing": "expected an ISO 8601 time",
+}
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path or "body"
+
+
+def validation_error(errors: list[dict[str, Any]], prefix: tuple[Any, ...] = ()) -> ApiError:
+    """The first of pydantic's errors as an :class:`ApiError` (422) naming the field."""
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    if loc and loc[0] == "body":  # FastAPI's request-body errors start with "body"
+        loc = loc[1:]
+    field = field_path(tuple(prefix) + loc)
+    kind = first.get("type", "")
+    message = str(first.get("msg", "invalid value"))
+    if kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    elif kind in _FRIENDLY:
+        message = _FRIENDLY[kind]
+        if kind != "missing" and "input" in first:
+            message += f", got {_short(first['input'])}"
+    elif kind == "literal_error":
+        message = message.replace("Input should be", "expected")
+        message += f", got {_short(first.get('input'))}"
+    else:
+        message = message[0].lower() + message[1:] if message else message
+        if "input" in first and kind.startswith(("greater", "less", "too_", "string_too")):
+            message += f", got {_short(first['input'])}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return ApiError(422, f"{field}: {message}", field)
+
+
+def validate(model: type[BaseModel], data: Any, prefix: tuple[Any, ...] = ()) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise validation_error(error.errors(include_url=False), prefix) from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,238 @@
+"""The predictor behind every face of the app: routing, scoring, logging."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ml_platform.features.engineering import MODEL_FEATURES
+from ml_platform.registry import Registry
+from ml_platform.serving.config import ServerConfig
+from ml_platform.serving.metrics import Metrics
+from ml_platform.serving.models import Deployment, ModelHandle, ModelManager
+from ml_platform.serving.online import OnlineFeatures
+from ml_platform.serving.prediction_log import PredictionBatch, PredictionLogger
+from ml_platform.serving.schemas import ApiError
+
+_log = logging.getLogger(__name__)
+
+CHAMPION_VARIANT = "champion"
+CHALLENGER_VARIANT = "challenger"
+SHADOW_VARIANT = "challenger_shadow"
+
+
+@dataclass(frozen=True)
+class Routing:
+    challenger_weight: float
+    mode: str
+    sticky: bool
+
+
+def customer_bucket(customer_id: int) -> float:
+    """A stable number in [0, 1) per customer (the same in every process and after restarts)."""
+    digest = hashlib.blake2b(str(int(customer_id)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def row_ids(base: str | None, n: int) -> list[str]:
+    base = base or uuid.uuid4().hex
+    return [base] if n == 1 else [f"{base}/{index}" for index in range(n)]
+
+
+class ModelServer:
+    """State shared by the routes: the models, the router, the feature store, the log, the metrics."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.registry = Registry(config.tracking_uri, config.model_name, config.model_name, config.artifact_root)
+        self.features = OnlineFeatures(config.feast) if config.feast is not None else None
+        self.manager = ModelManager(
+            self.registry,
+            poll_seconds=config.poll_seconds,
+            on_swap=self._swapped,
+            extra_work=self._open_features if self.features is not None else None,
+            primary_alias=config.serve_alias,
+        )
+        # The label of the model that answers: "champion", or "challenger" on a canary server.
+        self.primary_variant = CHAMPION_VARIANT if config.serve_alias == CHAMPION_VARIANT else CHALLENGER_VARIANT
+        self.logger = PredictionLogger(
+            config.log_dir, flush_rows=config.log_flush_rows, flush_seconds=config.log_flush_seconds
+        )
+        self.routing = Routing(float(config.challenger_weight), config.mode, bool(config.sticky))
+        self.metrics.challenger_weight.set(self.routing.challenger_weight)
+        self.started_at = time.monotonic()
+        self.draining = False
+        self._random = random.Random()
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        self.logger.start()
+        self.manager.start()
+
+    def stop(self) -> None:
+        """Called once the HTTP server stopped accepting and finished the requests in flight."""
+        self.draining = True
+        self.manager.stop()
+        self.logger.close()
+
+    def _swapped(self, deployment: Deployment) -> None:
+        self.metrics.model_version.labels(self.primary_variant).set(deployment.champion.version)
+        self.metrics.model_version.labels(CHALLENGER_VARIANT).set(
+            deployment.challenger.version if deployment.challenger else 0
+        )
+
+    def _open_features(self) -> None:
+        if self.features is not None and not self.features.ready:
+            self.features.open()
+
+    # ---- state ---------------------------------------------------------------------------------
+    @property
+    def deployment(self) -> Deployment | None:
+        return self.manager.deployment
+
+    def not_ready_reason(self) -> str | None:
+        if self.draining:
+            return "shutting down"
+        if self.manager.deployment is None:
+            return self.manager.last_error or "loading the champion"
+        if self.features is not None and not self.features.ready:
+            return self.features.last_error or "opening the feature store"
+        return None
+
+    def require_deployment(self) -> Deployment:
+        deployment = self.manager.deployment
+        if deployment is None:
+            raise ApiError(503, f"no model loaded: {self.manager.last_error or 'loading the champion'}", None)
+        return deployment
+
+    def set_routing(self, *, challenger_weight: float | None, mode: str | None, sticky: bool | None) -> Routing:
+        current = self.routing
+        routing = Routing(
+            current.challenger_weight if challenger_weight is None else float(challenger_weight),
+            current.mode if mode is None else mode,
+            current.sticky if sticky is None else bool(sticky),
+        )
+        self.routing = routing  # one reference, read once per request
+        self.metrics.challenger_weight.set(routing.challenger_weight)
+        _log.info("routing changed to %s", routing)
+        return routing
+
+    def routing_state(self) -> dict[str, Any]:
+        deployment = self.manager.deployment
+        state: dict[str, Any] = asdict(self.routing)
+        state["champion_version"] = deployment.champion.version if deployment else None
+        state["challenger_version"] = deployment.challenger.version if deployment and deployment.challenger else None
+        return state
+
+    # ---- scoring -------------------------------------------------------------------------------
+    def choose_challenger(self, deployment: Deployment, routing: Routing, customer_ids: list[int | None]) -> np.ndarray:
+        """Which rows the challenger answers (split mode only; shadow mode never returns it)."""
+        n = len(customer_ids)
+        weight = routing.challenger_weight
+        if deployment.challenger is None or routing.mode != "split" or weight <= 0.0:
+            return np.zeros(n, dtype=bool)
+        if weight >= 1.0:
+            return np.ones(n, dtype=bool)
+        picks = np.empty(n, dtype=bool)
+        for index, customer_id in enumerate(customer_ids):
+            if routing.sticky and customer_id is not None:
+                picks[index] = customer_bucket(customer_id) < weight
+            else:
+                picks[index] = self._random.random() < weight
+        return picks
+
+    def score(
+        self,
+        deployment: Deployment,
+        features: np.ndarray,
+        *,
+        customer_ids: list[int | None],
+        request_ids: list[str],
+        started: float,
+        routing: Routing | None = None,
+        handle: ModelHandle | None = None,
+    ) -> list[dict[str, Any]]:
+        """Score rows, log them, count them; ``handle`` pins one model (no routing, no shadow)."""
+        routing = routing or self.routing
+        n = len(features)
+        if handle is not None:
+            variant = self.primary_variant if handle is deployment.champion else CHALLENGER_VARIANT
+            groups = [(handle, variant, np.arange(n))]
+        else:
+            to_challenger = self.choose_challenger(deployment, routing, customer_ids)
+            groups = [(deployment.champion, self.primary_variant, np.flatnonzero(~to_challenger))]
+            if deployment.challenger is not None:
+                groups.append((deployment.challenger, CHALLENGER_VARIANT, np.flatnonzero(to_challenger)))
+        results: list[dict[str, Any] | None] = [None] * n
+        scored = []
+        for model, variant, rows in groups:
+            if len(rows) == 0:
+                continue
+            probabilities = model.predict(features[rows])
+            scored.append((model, variant, rows, probabilities))
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        now = time.time()
+        for model, variant, rows, probabilities in scored:
+            is_fraud = probabilities >= model.threshold
+            for position, row in enumerate(rows):
+                results[row] = {
+                    "request_id": request_ids[row],
+                    "probability": float(probabilities[position]),
+                    "is_fraud": bool(is_fraud[position]),
+                    "threshold": model.threshold,
+                    "model_version": model.version,
+                    "variant": variant,
+                    "latency_ms": round(latency_ms, 3),
+                }
+            self._log(now, model, variant, rows, features, probabilities, customer_ids, request_ids, latency_ms)
+        if handle is None and routing.mode == "shadow" and deployment.challenger is not None:
+            shadow_started = time.perf_counter()
+            probabilities = deployment.challenger.predict(features)
+            shadow_ms = (time.perf_counter() - shadow_started) * 1000.0
+            self._log(
+                now,
+                deployment.challenger,
+                SHADOW_VARIANT,
+                np.arange(n),
+                features,
+                probabilities,
+                customer_ids,
+                request_ids,
+                shadow_ms,
+            )
+        return results  # type: ignore[return-value]
+
+    def _log(self, now, model, variant, rows, features, probabilities, customer_ids, request_ids, latency_ms):
+        self.metrics.predictions.labels(variant).inc(len(rows))
+        self.logger.log(
+            PredictionBatch(
+                time=now,
+                request_ids=[request_ids[row] for row in rows],
+                customer_ids=[customer_ids[row] for row in rows],
+                features=features[rows],
+                probabilities=probabilities,
+                is_fraud=probabilities >= model.threshold,
+                threshold=model.threshold,
+                model_version=model.version,
+                variant=variant,
+                latency_ms=latency_ms,
+            )
+        )
+
+    def log_external(self, handle: ModelHandle, variant: str, features, probabilities, request_ids, latency_ms):
+        """Log rows scored outside :meth:`score` (``/invocations`` scores through MLflow's pyfunc)."""
+        n = len(request_ids)
+        features = np.asarray(features, dtype="float64").reshape(n, len(MODEL_FEATURES))
+        probabilities = np.asarray(probabilities, dtype="float64").reshape(-1)
+        self._log(
+            time.time(), handle, variant, np.arange(n), features, probabilities, [None] * n, request_ids, latency_ms
+        )

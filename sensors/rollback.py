@@ -1,0 +1,71 @@
+"""The rollback job: put the previous champion back and prove it is what serves.
+
+A job of ops rather than assets: it changes the registry and the deployment, then reports the new state
+of ``model_deployment`` (an AssetMaterialization with the smoke check's verdict in its metadata), so the
+asset's history in the UI shows the rollback.
+"""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from assets.deployment import smoke_check, smoke_rows
+from ml_platform.deploy.local import DeploymentError
+from ml_platform.registry import RegistryError
+from resources.deployment import DeploymentTarget
+from resources.mlflow import MLflowResource
+from resources.storage import StateStorage
+
+
+class RollbackConfig(dg.Config):
+    reason: str = "manual rollback"
+
+
+@dg.op(description="Alias 'champion' back to 'previous'; the version taken out is tagged with why.")
+def roll_back_champion(context: dg.OpExecutionContext, config: RollbackConfig, mlflow: MLflowResource) -> dict:
+    registry = mlflow.registry()
+    bad = registry.version_for_alias("champion")
+    try:
+        promotion = registry.rollback(rolled_back_at=datetime.now(UTC).isoformat(), reason=config.reason)
+    except RegistryError as error:
+        raise dg.Failure(str(error)) from error
+    context.log.info(f"{registry.model_name}: champion v{bad} -> v{promotion.champion} ({config.reason})")
+    return {"model_name": registry.model_name, "from_version": bad, "to_version": promotion.champion}
+
+
+@dg.op(description="Serve the restored champion and verify what answers.")
+def redeploy_and_verify(
+    context: dg.OpExecutionContext,
+    rollback: dict,
+    mlflow: MLflowResource,
+    deployment: DeploymentTarget,
+    state: StateStorage,
+) -> dict:
+    version = rollback["to_version"]
+    try:
+        report = deployment.deploy(rollback["model_name"], version)
+    except DeploymentError as error:
+        raise dg.Failure(f"redeploying v{version} after the rollback failed: {error}") from error
+    check = smoke_check(deployment, mlflow.registry(), version, smoke_rows(state))
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key="model_deployment",
+            description=f"rolled back from v{rollback['from_version']} to v{version}",
+            metadata={
+                "model_version": version,
+                "rolled_back_from": rollback["from_version"],
+                "endpoint": dg.MetadataValue.url(report.url),
+                "deploy_seconds": report.seconds,
+                "smoke_passed": check.passed,
+                "smoke": check.description or "",
+            },
+        )
+    )
+    if not check.passed:
+        raise dg.Failure(f"after the rollback the endpoint does not serve v{version} correctly: {check.description}")
+    return {**rollback, "endpoint": report.url, "seconds": report.seconds}
+
+
+@dg.job(description="Alias 'champion' back to 'previous', redeploy, verify what is serving.")
+def rollback():
+    redeploy_and_verify(roll_back_champion())

@@ -1,0 +1,108 @@
+"""Deployment through the graph: the champion served by a real local server process, the smoke check,
+a rollback that puts the previous champion back, and batch predictions for a day."""
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ml_platform.cli import app, launch
+from ml_platform.deploy.local import LocalProcessTarget, http_json
+from ml_platform.features.engineering import MODEL_FEATURES
+from ml_platform.registry import CHAMPION, PREVIOUS, ROLLED_BACK_AT_TAG
+from ml_platform.training.train import predict_probability
+from tests.dagster.test_pipeline import check_results, materializations
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def local_target(settings):
+    target = LocalProcessTarget(settings.home / "serving", port=settings.serving_port)
+    yield target
+    target.stop()
+
+
+def serving_version(target) -> int | None:
+    health = target.health()
+    return health and health.get("model_version")
+
+
+def test_deploy_serves_the_champion_and_passes_the_smoke_check(bootstrap_result, defs, registry, local_target):
+    result = launch("deploy", defs=defs)
+    assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert check_results(result)[("model_deployment", "smoke")] is True
+    champion = registry.version_for_alias(CHAMPION)
+    deployed = materializations(result, "model_deployment")[0]
+    assert deployed["model_version"] == champion
+    assert serving_version(local_target) == champion
+    smoke = next(e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION")
+    assert smoke.metadata["difference"].value <= 1e-6
+
+
+def test_rollback_puts_the_previous_champion_back_and_serves_it(bootstrap_result, defs, registry, local_target):
+    # A second champion to roll back from: retrain (same data and params: no regression) and deploy it.
+    retrained = launch("retrain", defs=defs)
+    assert retrained.success
+    new, old = registry.version_for_alias(CHAMPION), registry.version_for_alias(PREVIOUS)
+    assert new != old and old is not None
+    assert launch("deploy", defs=defs).success
+    assert serving_version(local_target) == new
+
+    outcome = runner.invoke(app, ["rollback", "--reason", "accuracy dropped"], catch_exceptions=False)
+    assert outcome.exit_code == 0, outcome.output
+    assert f"serving v{old} (was v{new})" in outcome.output
+    assert registry.version_for_alias(CHAMPION) == old
+    assert registry.version_for_alias(PREVIOUS) is None
+    tags = registry.model_version(new).tags
+    assert ROLLED_BACK_AT_TAG in tags and tags["ml_platform.rollback_reason"] == "accuracy dropped"
+    assert serving_version(local_target) == old
+    status, answer = http_json(f"http://127.0.0.1:{local_target.port}/predict", body={"features": [50.0] * 9})
+    assert status == 200 and answer["model_version"] == old
+
+    # Nothing left to return to: a second rollback says so instead of flip-flopping.
+    again = runner.invoke(app, ["rollback"])
+    assert again.exit_code == 1
+    assert "no 'previous' version" in again.output
+
+
+def test_batch_predictions_score_every_transaction_of_the_day(bootstrap_result, defs, registry, settings):
+    day = date(2026, 3, 10)
+    result = launch("predict_batch", tags={"dagster/partition": day.isoformat()}, defs=defs)
+    assert result.success
+    scored = pd.read_parquet(settings.data_dir / "batch_predictions" / f"{day}.parquet")
+    transactions = pd.read_parquet(settings.data_dir / "validated_transactions" / f"{day}.parquet")
+    assert len(scored) == len(transactions) == materializations(result, "batch_predictions")[0]["dagster/row_count"]
+    assert scored["transaction_id"].tolist() == transactions["transaction_id"].tolist()
+    champion = registry.version_for_alias(CHAMPION)
+    assert set(scored["model_version"]) == {champion}
+    assert scored["scored_at"].nunique() == 1
+
+    # The same transactions' features in the training set (same point-in-time join) give the same scores.
+    training = pd.read_parquet(settings.data_dir / "training_set.parquet")
+    expected = training.set_index("transaction_id").loc[scored["transaction_id"]]
+    offline = predict_probability(registry.load_booster(champion), expected[list(MODEL_FEATURES)])
+    np.testing.assert_allclose(scored["probability"].to_numpy(), offline, rtol=1e-6)
+    threshold = registry.threshold(champion)
+    assert (scored["is_fraud"].to_numpy() == (offline >= threshold)).all()
+
+
+def test_deploy_cli_pins_a_version_and_rejects_bad_input(bootstrap_result, registry, local_target):
+    bad_env = runner.invoke(app, ["deploy", "--env", "qa"])
+    assert bad_env.exit_code == 2 and "unknown environment 'qa'" in bad_env.output
+    bad_model = runner.invoke(app, ["deploy", "--model", "churn", "--version", "1"])
+    assert bad_model.exit_code == 2 and "not 'churn'" in bad_model.output
+    missing = runner.invoke(app, ["deploy", "--version", "999"])
+    assert missing.exit_code == 2 and "v999 cannot be deployed" in missing.output
+
+    target_version = 1
+    outcome = runner.invoke(app, ["deploy", "--model", registry.model_name, "--version", str(target_version)])
+    assert outcome.exit_code == 0, outcome.output
+    assert registry.version_for_alias(CHAMPION) == target_version
+    assert serving_version(local_target) == target_version
+
+    stopped = runner.invoke(app, ["stop-server"])
+    assert stopped.exit_code == 0 and "model server stopped" in stopped.output
+    assert local_target.server() is None

@@ -1,0 +1,56 @@
+"""ServerConfig: settings, then ML_PLATFORM_SERVING_* variables, then explicit overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ml_platform.features.store import FeatureRepo
+from ml_platform.serving import ServerConfig
+from ml_platform.settings import Settings, SettingsError
+
+
+def test_defaults_come_from_settings(tmp_path):
+    settings = Settings(home=tmp_path)
+    config = ServerConfig.from_settings(settings, environ={})
+    assert config.model_name == settings.model_name
+    assert config.tracking_uri == settings.tracking_uri
+    assert config.artifact_root == settings.mlflow_artifact_root
+    assert config.feast == FeatureRepo.from_settings(settings)
+    assert config.log_dir == settings.logs_dir / "predictions"
+    assert (config.challenger_weight, config.mode, config.sticky, config.poll_seconds) == (0.0, "split", True, 5.0)
+    assert (config.auth_token, config.max_body_bytes, config.max_batch_rows) == (None, 1_000_000, 10_000)
+
+
+def test_environment_then_overrides(tmp_path):
+    environ = {
+        "ML_PLATFORM_SERVING_TOKEN": "abc",
+        "ML_PLATFORM_SERVING_CHALLENGER_WEIGHT": "0.25",
+        "ML_PLATFORM_SERVING_MODE": "shadow",
+        "ML_PLATFORM_SERVING_STICKY": "false",
+        "ML_PLATFORM_SERVING_FEAST": "off",
+        "ML_PLATFORM_SERVING_LOG_DIR": str(tmp_path / "logs"),
+        "ML_PLATFORM_SERVING_MAX_BATCH_ROWS": "50",
+    }
+    config = ServerConfig.from_settings(Settings(home=tmp_path), environ=environ, max_batch_rows=7)
+    assert config.auth_token == "abc" and config.challenger_weight == 0.25 and config.mode == "shadow"
+    assert config.sticky is False and config.feast is None
+    assert config.log_dir == Path(tmp_path / "logs")
+    assert config.max_batch_rows == 7  # an explicit override beats the environment
+
+
+@pytest.mark.parametrize(
+    ("environ", "overrides", "words"),
+    [
+        ({"ML_PLATFORM_SERVING_CHALLENGER_WEIGHT": "lots"}, {}, "CHALLENGER_WEIGHT"),
+        ({}, {"challenger_weight": 1.5}, "challenger_weight"),
+        ({}, {"mode": "canary"}, "mode"),
+        ({"ML_PLATFORM_SERVING_STICKY": "perhaps"}, {}, "STICKY"),
+    ],
+)
+def test_bad_values_are_refused(tmp_path, environ, overrides, words):
+    with pytest.raises(SettingsError, match=words):
+        ServerConfig.from_settings(Settings(home=tmp_path), environ=environ, **overrides)
+    with pytest.raises(TypeError, match="nonsense"):
+        ServerConfig.from_settings(Settings(home=tmp_path), environ={}, nonsense=1)
