@@ -379,7 +379,8 @@ def deploy(
 
 
 def _deploy_kubernetes(settings: Settings, registry, env: str) -> None:
-    from ml_platform.deploy.kubernetes import KubernetesTarget, KubernetesUnavailable, RolloutError
+    from ml_platform.deploy.kubernetes import KubernetesTarget
+    from ml_platform.deploy.local import DeploymentError
     from ml_platform.registry import CHAMPION
 
     overlay = Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "overlays" / env
@@ -387,14 +388,12 @@ def _deploy_kubernetes(settings: Settings, registry, env: str) -> None:
     if version is None:
         _fail(f"{settings.model_name} has no champion to deploy")
     try:
-        target = KubernetesTarget()
-        objects = target.set_model_version(target.render(overlay), version, CHAMPION)
-        namespace = next(o["metadata"]["namespace"] for o in objects if o["metadata"].get("namespace"))
-        target.apply(objects, namespace)
-        status = target.wait_for_rollout("fraud-detector", namespace, timeout_s=600)
-    except (KubernetesUnavailable, RolloutError) as error:
+        statuses = KubernetesTarget().deploy(overlay, version, alias=CHAMPION)
+    except DeploymentError as error:
         _fail(f"deploy to {env}: {error}")
-    typer.secho(f"deploy to {env}: v{version} rolled out ({status.message})", fg="green")
+    typer.secho(f"deploy to {env}: v{version} rolled out", fg="green")
+    for status in statuses:
+        typer.echo(f"  {status.namespace}/{status.name}: {status.message}")
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """Resources, chosen per profile in one place."""
 
 from ml_platform.settings import Settings
-from resources.deployment import DeploymentTarget, LocalDeployment
+from resources.deployment import DeploymentTarget, KubernetesDeployment, LocalDeployment
 from resources.feast import FeastResource
 from resources.mlflow import MLflowResource
 from resources.storage import StateIOManager, StateStorage
@@ -10,6 +10,8 @@ from resources.training import LocalTrainingCompute, TrainingCompute
 __all__ = [
     "DeploymentTarget",
     "FeastResource",
+    "KubernetesDeployment",
+    "LocalDeployment",
     "MLflowResource",
     "StateIOManager",
     "StateStorage",

@@ -89,11 +89,15 @@ def test_batch_predictions_score_every_transaction_of_the_day(bootstrap_result, 
     assert (scored["is_fraud"].to_numpy() == (offline >= threshold)).all()
 
 
-def test_deploy_cli_pins_a_version_and_rejects_bad_input(bootstrap_result, registry, local_target):
+def test_deploy_cli_pins_a_version_and_rejects_bad_input(bootstrap_result, registry, local_target, tmp_path):
+    empty_kubeconfig = tmp_path / "kubeconfig"
+    empty_kubeconfig.write_text("")
     bad_env = runner.invoke(app, ["deploy", "--env", "qa"])
     assert bad_env.exit_code == 2 and "unknown environment 'qa'" in bad_env.output
     bad_model = runner.invoke(app, ["deploy", "--model", "churn", "--version", "1"])
     assert bad_model.exit_code == 2 and "not 'churn'" in bad_model.output
+    no_cluster = runner.invoke(app, ["deploy", "--env", "prod"], env={"KUBECONFIG": str(empty_kubeconfig)})
+    assert no_cluster.exit_code == 2 and "deploy to prod:" in no_cluster.output
     missing = runner.invoke(app, ["deploy", "--version", "999"])
     assert missing.exit_code == 2 and "v999 cannot be deployed" in missing.output
 
@@ -106,3 +110,19 @@ def test_deploy_cli_pins_a_version_and_rejects_bad_input(bootstrap_result, regis
     stopped = runner.invoke(app, ["stop-server"])
     assert stopped.exit_code == 0 and "model server stopped" in stopped.output
     assert local_target.server() is None
+
+
+def test_kubernetes_deployment_renders_its_overlay_and_says_when_no_cluster_is_reachable(tmp_path, monkeypatch):
+    from ml_platform.deploy.kubernetes import KubernetesTarget, KubernetesUnavailable
+    from resources.deployment import KubernetesDeployment
+
+    target = KubernetesDeployment(overlay="staging")
+    objects = KubernetesTarget.render(target.overlay_dir())
+    assert {o["metadata"]["namespace"] for o in objects} == {"ml-platform-staging"}
+    assert target.endpoint().startswith("http://fraud-detector.")
+    empty = tmp_path / "kubeconfig"
+    empty.write_text("")
+    monkeypatch.setenv("KUBECONFIG", str(empty))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(KubernetesUnavailable, match="no usable Kubernetes configuration"):
+        target.deploy("fraud_detector", 1)
