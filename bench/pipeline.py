@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -143,10 +144,10 @@ def run_contestant(mode: str, days: int, per_day: int) -> dict:
     wall = time.perf_counter() - started
     if completed.returncode != 0:
         sys.stderr.write(completed.stdout[-4000:] + completed.stderr[-4000:])
-        raise SystemExit(f"{mode} run failed (exit {completed.returncode})")
+        raise SystemExit(f"{mode} run failed (exit {completed.returncode}); its state is kept in {home}")
     figures = json.loads(completed.stdout.strip().splitlines()[-1])
     figures["wall"] = wall
-    figures["home"] = str(home)
+    shutil.rmtree(home, ignore_errors=True)
     return figures
 
 

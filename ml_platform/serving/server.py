@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import random
@@ -89,6 +90,10 @@ class ModelServer:
         self.metrics.model_version.labels(CHALLENGER_VARIANT).set(
             deployment.challenger.version if deployment.challenger else 0
         )
+        # Everything alive now (libraries, models) lives as long as the process: keep it out of the
+        # cyclic collector's scans. Otherwise each full collection walks millions of objects that
+        # MLflow, pandas and scikit-learn left behind and stalls requests for ~100 ms (the p99 tail).
+        gc.freeze()
 
     def _open_features(self) -> None:
         if self.features is not None and not self.features.ready:
