@@ -61,26 +61,14 @@ def build_features(rows: int):
     import pandas as pd
 
     from ml_platform.data.synthetic import SyntheticConfig, generate_transactions
-    from ml_platform.features.engineering import MODEL_FEATURES, STORED_FEATURES, compute_customer_stats
+    from ml_platform.features.engineering import MODEL_FEATURES, stats_before
     from ml_platform.features.engineering import model_features as build
 
     days = 30
     config = SyntheticConfig(n_customers=20_000, transactions_per_day=int(rows / days * 1.03) + 1)
     transactions = generate_transactions(config, date(2026, 1, 1), date(2026, 1, 1) + timedelta(days=days))
     transactions = transactions.iloc[:rows].reset_index(drop=True)  # each day is a Poisson draw: trim
-    stats = compute_customer_stats(transactions)
-    events = transactions[["customer_id", "event_timestamp"]].copy()
-    events["_row"] = range(len(events))
-    joined = pd.merge_asof(
-        events.sort_values("event_timestamp", kind="stable"),
-        stats,
-        on="event_timestamp",
-        by="customer_id",
-        direction="backward",
-        allow_exact_matches=False,
-    ).sort_values("_row")
-    joined.index = transactions.index
-    features = build(transactions, joined[list(STORED_FEATURES)])
+    features = build(transactions, stats_before(transactions))
     return pd.concat([transactions[[*IDS, "is_fraud"]], features], axis=1)[[*IDS, *MODEL_FEATURES, "is_fraud"]]
 
 

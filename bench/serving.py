@@ -88,11 +88,8 @@ def child_prepare() -> dict:
     """Train a small model, register it and make it champion in ML_PLATFORM_HOME; return what the load needs."""
     from datetime import UTC, date, datetime
 
-    import pandas as pd
-
-    from ml_platform.data.schema import ENTITY_COLUMN, TIMESTAMP_COLUMN
     from ml_platform.data.synthetic import SyntheticConfig, generate_transactions
-    from ml_platform.features.engineering import MODEL_FEATURES, STORED_FEATURES, compute_customer_stats
+    from ml_platform.features.engineering import MODEL_FEATURES, stats_before
     from ml_platform.registry import CHAMPION, Registry
     from ml_platform.settings import Settings
     from ml_platform.training.dataset import assemble_training_set, split_xy
@@ -103,22 +100,10 @@ def child_prepare() -> dict:
     settings.prepare()
     started = time.perf_counter()
 
-    # As tests/unit/conftest.py: ~3k rows over 3 days, stats strictly before each transaction (merge_asof).
+    # As tests/unit/conftest.py: ~3k rows over 3 days, stats strictly before each transaction.
     config = SyntheticConfig(seed=11, n_customers=200, transactions_per_day=1_000, fraud_rate=0.04)
     transactions = generate_transactions(config, date(2024, 3, 1), date(2024, 3, 4))
-    stats = compute_customer_stats(transactions).sort_values(TIMESTAMP_COLUMN)
-    events = transactions[[ENTITY_COLUMN, TIMESTAMP_COLUMN]].reset_index(drop=True)
-    events["__row"] = range(len(events))
-    joined = pd.merge_asof(
-        events.sort_values(TIMESTAMP_COLUMN),
-        stats,
-        on=TIMESTAMP_COLUMN,
-        by=ENTITY_COLUMN,
-        direction="backward",
-        allow_exact_matches=False,
-    ).sort_values("__row")
-    joined.index = transactions.index
-    training_set = assemble_training_set(transactions, joined[list(STORED_FEATURES)])
+    training_set = assemble_training_set(transactions, stats_before(transactions))
     x_train, y_train = split_xy(training_set, "train")
     x_valid, y_valid = split_xy(training_set, "validation")
     params = TrainingParams(device="cpu", n_jobs=2)

@@ -79,6 +79,28 @@ def compute_customer_stats(transactions: pd.DataFrame) -> pd.DataFrame:
     return stats.sort_values([TIMESTAMP_COLUMN, ENTITY_COLUMN], kind="stable").reset_index(drop=True)
 
 
+def stats_before(transactions: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Each transaction's customer stats from strictly earlier history, joined in memory (NaN when none).
+
+    The same answer as the Feast point-in-time join (``features.store.point_in_time_stats``) without a
+    feature store: for tests, benchmarks and notebooks. ``history`` is the transactions the stats come
+    from (default: ``transactions`` themselves). Aligned with ``transactions`` by row.
+    """
+    stats = compute_customer_stats(transactions if history is None else history)
+    events = transactions[[ENTITY_COLUMN, TIMESTAMP_COLUMN]].reset_index(drop=True)
+    events["__row"] = np.arange(len(events))
+    joined = pd.merge_asof(
+        events.sort_values(TIMESTAMP_COLUMN, kind="stable"),
+        stats.sort_values(TIMESTAMP_COLUMN, kind="stable"),
+        on=TIMESTAMP_COLUMN,
+        by=ENTITY_COLUMN,
+        direction="backward",
+        allow_exact_matches=False,  # strictly earlier: a transaction never sees itself or its same-second twin
+    ).sort_values("__row")
+    joined.index = transactions.index
+    return joined[list(STORED_FEATURES)]
+
+
 def model_features(transactions: pd.DataFrame, stats: pd.DataFrame | None = None) -> pd.DataFrame:
     """The model's input for transactions, given each one's customer stats (aligned by row).
 

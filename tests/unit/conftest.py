@@ -11,9 +11,8 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from ml_platform.data.schema import ENTITY_COLUMN, TIMESTAMP_COLUMN
 from ml_platform.data.synthetic import SyntheticConfig, generate_transactions
-from ml_platform.features.engineering import STORED_FEATURES, compute_customer_stats
+from ml_platform.features.engineering import stats_before
 from ml_platform.training.dataset import assemble_training_set, split_xy
 from ml_platform.training.train import TrainingParams, fit
 
@@ -28,20 +27,7 @@ SMALL_PARAMS = TrainingParams(n_estimators=40, max_depth=4, early_stopping_round
 
 def stats_strictly_before(transactions: pd.DataFrame) -> pd.DataFrame:
     """Each transaction's customer stats from strictly earlier history (NaN when none), aligned by row."""
-    stats = compute_customer_stats(transactions).sort_values(TIMESTAMP_COLUMN)
-    events = transactions[[ENTITY_COLUMN, TIMESTAMP_COLUMN]].reset_index(drop=True)
-    events["__row"] = range(len(events))
-    joined = pd.merge_asof(
-        events.sort_values(TIMESTAMP_COLUMN),
-        stats,
-        on=TIMESTAMP_COLUMN,
-        by=ENTITY_COLUMN,
-        direction="backward",
-        allow_exact_matches=False,
-    )
-    joined = joined.sort_values("__row")
-    joined.index = transactions.index
-    return joined[list(STORED_FEATURES)]
+    return stats_before(transactions)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml_platform.features.engineering import STORED_FEATURES, compute_customer_stats
+from ml_platform.features.engineering import STORED_FEATURES, compute_customer_stats, stats_before
 from ml_platform.features.store import (
     FEATURE_SERVICE,
     FeatureRepo,
@@ -166,6 +166,21 @@ def test_generated_events_match_the_brute_force(store, generated_transactions, h
         np.testing.assert_allclose(
             result[column].to_numpy(dtype="float64"),
             reference[column].to_numpy(),
+            rtol=1e-12,
+            equal_nan=True,
+            err_msg=column,
+        )
+
+
+def test_the_in_memory_join_equals_feasts(store, generated_transactions, history):
+    events = generated_transactions
+    in_memory = stats_before(events, history)
+    feast = point_in_time_stats(store, events)
+    assert list(in_memory.index) == list(events.index)
+    for column in STORED_FEATURES:
+        np.testing.assert_allclose(
+            in_memory[column].to_numpy(dtype="float64"),
+            feast[column].to_numpy(dtype="float64"),
             rtol=1e-12,
             equal_nan=True,
             err_msg=column,
