@@ -360,6 +360,8 @@ def deploy(
     if model and model != settings.model_name:
         _fail(f"this platform serves model {settings.model_name!r} (ML_PLATFORM_MODEL_NAME), not {model!r}")
     _quiet_warnings()
+    from mlflow.exceptions import MlflowException
+
     from ml_platform.registry import CHAMPION, Registry
 
     registry = Registry(
@@ -368,7 +370,7 @@ def deploy(
     if version is not None and version != registry.version_for_alias(CHAMPION):
         try:
             registry.pin(version, promoted_at=datetime.now(UTC).isoformat())
-        except Exception as error:  # MlflowException: the version does not exist
+        except MlflowException as error:  # the version does not exist
             _fail(f"{settings.model_name} v{version} cannot be deployed: {error}")
         typer.echo(f"{settings.model_name}: champion is now v{version}")
     if env == "local":
