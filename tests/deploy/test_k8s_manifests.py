@@ -71,7 +71,8 @@ def test_renders_the_expected_objects(rendered, tree):
 @pytest.mark.parametrize("version", SCHEMA_VERSIONS)
 @pytest.mark.parametrize("tree", sorted(TREES))
 def test_every_object_is_valid_against_the_kubernetes_schema(rendered, tree, version):
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    import kubernetes_validate  # pinned in requirements.lock: a missing install fails, never skips
+
     for obj in rendered[tree]:
         try:
             kubernetes_validate.validate(obj, version, strict=True)
@@ -81,7 +82,8 @@ def test_every_object_is_valid_against_the_kubernetes_schema(rendered, tree, ver
 
 def test_strict_validation_rejects_an_unknown_field(rendered):
     """The validation above would catch a misspelt field (it is not a vacuous pass)."""
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    import kubernetes_validate  # pinned in requirements.lock: a missing install fails, never skips
+
     deployment = one(rendered["base"], "Deployment", "fraud-detector")
     container(deployment)["readinesProbe"] = container(deployment)["readinessProbe"]
     with pytest.raises(kubernetes_validate.ValidationError, match="readinesProbe"):

@@ -131,7 +131,7 @@ def mlflow_serve(settings, champion_version, tmp_path_factory):  # noqa: F811
             except httpx.HTTPError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                pytest.skip(f"mlflow models serve did not start: {log.read_text()[-2000:]}")
+                pytest.fail(f"mlflow models serve did not start: {log.read_text()[-2000:]}")
             time.sleep(0.2)
         yield url
     finally:
