@@ -6,9 +6,12 @@ kubernetes-validate (strict: an unknown or misspelt field fails), offline.
 
 from __future__ import annotations
 
+import copy
 import os
+import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -297,12 +300,242 @@ def test_prod_overlay_requires_the_token_and_gives_more_memory(rendered):
             "limits": {"cpu": "1", "memory": "2Gi"},
         }
         assert container(deployment)["image"] == "ml-platform/model-server:0.1.0"
-        # the patch merged into the env list: nothing lost, nothing doubled
+        # the patch merged into the env list: nothing lost, nothing doubled, only the Redis URL added
         names = [entry["name"] for entry in container(deployment)["env"]]
         assert len(names) == len(set(names))
-        assert set(names) == set(env_of(one(rendered["base"], "Deployment", name)))
+        redis = {"ML_PLATFORM_REDIS_URL", "ML_PLATFORM_REDIS_PASSWORD"}
+        assert set(names) == set(env_of(one(rendered["base"], "Deployment", name))) | redis
     assert one(objects, "Deployment", "fraud-detector")["spec"]["replicas"] == 3
     hpa = one(objects, "HorizontalPodAutoscaler", "fraud-detector")
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10)
     assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
     assert one(objects, "ConfigMap", "fraud-detector-config")["data"]["ML_PLATFORM_SERVING_CHALLENGER_WEIGHT"] == "0.0"
+
+
+def test_prod_overlay_runs_the_production_profile_with_redis_from_the_secret(rendered):
+    objects = rendered["prod"]
+    config = one(objects, "ConfigMap", "fraud-detector-config")["data"]
+    assert config["ML_PLATFORM_PROFILE"] == "production"
+    assert config["ML_PLATFORM_SERVING_FEAST"] == "on"  # customer stats from the Redis online store
+    assert config["ML_PLATFORM_TRAINING_BACKEND"] == "local"  # the server never trains
+    for name in ("fraud-detector", "fraud-detector-canary"):
+        deployment = one(objects, "Deployment", name)
+        env = env_of(deployment)
+        assert "value" not in env["ML_PLATFORM_REDIS_URL"]
+        assert env["ML_PLATFORM_REDIS_URL"]["valueFrom"] == {
+            "secretKeyRef": {"name": "fraud-detector-secrets", "key": "redis-url", "optional": False}
+        }
+        assert env["ML_PLATFORM_REDIS_PASSWORD"]["valueFrom"] == {
+            "secretKeyRef": {"name": "fraud-detector-secrets", "key": "redis-password", "optional": True}
+        }
+        server = container(deployment)
+        # a Redis outage must not make the kubelet restart every pod: liveness asks only for the process
+        assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+        assert server["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+        assert server["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+
+
+def test_prod_pods_apply_the_feast_definitions_to_their_own_registry_first(rendered):
+    objects = rendered["prod"]
+    for name in ("fraud-detector", "fraud-detector-canary"):
+        deployment = one(objects, "Deployment", name)
+        pod = deployment["spec"]["template"]["spec"]
+        (init,) = pod["initContainers"]
+        server = container(deployment)
+        assert init["name"] == "feast-registry"
+        assert init["image"] == server["image"]  # the images transformer reaches init containers too
+        assert init["command"][:2] == ["python", "-c"]
+        code = init["command"][2]
+        compile(code, "<feast-registry>", "exec")
+        assert "feature_definitions(repo)" in code and ".apply(" in code
+        # the same settings as the server: the ConfigMap, the state directory, Redis from the Secret
+        assert init["envFrom"] == server["envFrom"]
+        init_env = {entry["name"]: entry for entry in init["env"]}
+        for key in ("ML_PLATFORM_HOME", "ML_PLATFORM_REDIS_URL", "ML_PLATFORM_REDIS_PASSWORD"):
+            assert init_env[key] == env_of(deployment)[key], key
+        # it writes the registry into the state directory the server reads, on the server's volume
+        mounts = {mount["mountPath"]: mount["name"] for mount in init["volumeMounts"]}
+        assert mounts[init_env["ML_PLATFORM_HOME"]["value"]] == "state"
+        assert init["securityContext"] == server["securityContext"]
+
+
+def deployment_environment(objects: list[dict], deployment: dict, entries: list[dict], secrets: dict[str, str]):
+    """The environment a container of ``deployment`` gets: its ConfigMap, literal values, the Secret's keys."""
+    env = dict(one(objects, "ConfigMap", "fraud-detector-config")["data"])
+    for entry in entries:
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        else:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            if ref["key"] in secrets:
+                env[entry["name"]] = secrets[ref["key"]]
+            else:
+                assert ref.get("optional") is True, f"{entry['name']}: the Secret has no {ref['key']}"
+    return env
+
+
+def test_prod_server_settings_load_with_the_rendered_environment(rendered, tmp_path):
+    """The production profile accepts exactly what the prod pods get (a missing setting would crash them)."""
+    from ml_platform.serving import ServerConfig
+    from ml_platform.settings import Settings
+
+    objects = rendered["prod"]
+    secrets = {"serving-token": "t0ken", "redis-url": "redis://redis.example:6379/0"}
+    for name in ("fraud-detector", "fraud-detector-canary"):
+        deployment = one(objects, "Deployment", name)
+        env = deployment_environment(objects, deployment, container(deployment)["env"], secrets)
+        env["ML_PLATFORM_HOME"] = str(tmp_path)
+        settings = Settings.from_env(env)
+        assert settings.profile == "production"
+        config = ServerConfig.from_settings(settings, environ=env)
+        assert config.feast is not None and config.feast.online_store_kind == "redis"
+        assert config.auth_token == "t0ken"
+        assert config.serve_alias == env["ML_PLATFORM_SERVING_ALIAS"]
+
+
+@pytest.fixture
+def redis_port(tmp_path) -> Iterator[int]:
+    """A redis-server of this test's own on a free loopback port."""
+    import socket
+    import time
+
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            assert process.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    yield port
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.mark.integration
+def test_prod_init_container_makes_the_pipelines_redis_features_readable(rendered, tmp_path, redis_port):
+    """Run the rendered init container's command, then read, through the server's feature store, the
+    features another registry (the pipeline's) wrote to the same Redis: the wiring works end to end."""
+    import sys
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from ml_platform.data.schema import ENTITY_COLUMN
+    from ml_platform.features.store import FEATURE_VIEW, FeatureRepo, feature_definitions, open_store
+    from ml_platform.serving.online import OnlineFeatures
+    from ml_platform.settings import Settings
+
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    # the pipeline's side: its own registry (on its state volume), features loaded into Redis
+    pipeline_repo = FeatureRepo.from_settings(
+        Settings.from_env({"ML_PLATFORM_HOME": str(tmp_path / "pipeline"), "ML_PLATFORM_REDIS_URL": redis_url})
+    )
+    pipeline_store = open_store(pipeline_repo)
+    pipeline_store.apply(feature_definitions(pipeline_repo))
+    timestamp_field = pipeline_store.get_feature_view(FEATURE_VIEW).batch_source.timestamp_field
+    rows = pd.DataFrame(
+        {
+            ENTITY_COLUMN: [7, 8],
+            "total_purchases": [3, 5],
+            "avg_order_value": [10.5, 20.0],
+            "lifetime_value": [31.5, 100.0],
+            "last_order_ts": [1.7e9, 1.71e9],
+            timestamp_field: [datetime.now(UTC)] * 2,
+        }
+    )
+    pipeline_store.write_to_online_store(FEATURE_VIEW, rows)
+
+    # the pod's side: the init container, as rendered, in a state directory of its own
+    objects = rendered["prod"]
+    deployment = one(objects, "Deployment", "fraud-detector")
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    env = deployment_environment(objects, deployment, init["env"], {"redis-url": redis_url})
+    env.update(ML_PLATFORM_HOME=str(tmp_path / "pod"), HOME=str(tmp_path), PATH=os.environ["PATH"])
+    command = [sys.executable, *init["command"][1:]]
+    completed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (tmp_path / "pod" / "feast" / "registry.db").is_file()
+
+    online = OnlineFeatures(FeatureRepo.from_settings(Settings.from_env(env)))
+    online.open()
+    stats = online.stats([7, 8, 9])
+    assert stats["total_purchases"].tolist()[:2] == [3.0, 5.0]
+    assert stats["avg_order_value"].tolist()[:2] == [10.5, 20.0]
+    assert stats["lifetime_value"].tolist()[:2] == [31.5, 100.0]
+    assert stats.iloc[2].isna().all()  # an unknown customer has no stats
+
+
+def test_staging_keeps_the_local_profile_and_serves_without_the_feature_store(rendered):
+    config = one(rendered["staging"], "ConfigMap", "fraud-detector-config")["data"]
+    assert "ML_PLATFORM_PROFILE" not in config
+    assert config["ML_PLATFORM_SERVING_FEAST"] == "off"
+    for name in ("fraud-detector", "fraud-detector-canary"):
+        deployment = one(rendered["staging"], "Deployment", name)
+        assert "ML_PLATFORM_REDIS_URL" not in env_of(deployment)
+        assert container(deployment)["livenessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_prod_runs_the_model_server_image_of_this_release(rendered):
+    version = re.search(r'^version = "([^"]+)"', (K8S_DIR.parents[1] / "pyproject.toml").read_text(), re.MULTILINE)
+    assert version
+    for name in ("fraud-detector", "fraud-detector-canary"):
+        # the image `make images` builds from deploy/docker/Dockerfile.model-server, tagged with the version
+        assert container(one(rendered["prod"], "Deployment", name))["image"] == (
+            f"ml-platform/model-server:{version.group(1)}"
+        )
+
+
+SECRET_SETTING = re.compile(r"TOKEN|PASSWORD|SECRET|_KEY$|REDIS_URL|WEBHOOK", re.IGNORECASE)
+CREDENTIALS_IN_URL = re.compile(r"://[^\s/:@]*:[^\s/@]+@")
+
+
+def secret_leaks(objects: list[dict]) -> list[str]:
+    """Secret settings written as literal values anywhere in the rendered objects."""
+    leaks = []
+    for obj in objects:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["kind"] == "ConfigMap":
+            for key, value in obj.get("data", {}).items():
+                if SECRET_SETTING.search(key) or CREDENTIALS_IN_URL.search(str(value)):
+                    leaks.append(f"{where}: {key}")
+        if obj["kind"] == "Deployment":
+            for entry in container(obj).get("env", []):
+                if SECRET_SETTING.search(entry["name"]) and "secretKeyRef" not in entry.get("valueFrom", {}):
+                    leaks.append(f"{where}: {entry['name']}")
+                if CREDENTIALS_IN_URL.search(str(entry.get("value", ""))):
+                    leaks.append(f"{where}: {entry['name']}")
+    return leaks
+
+
+@pytest.mark.parametrize("tree", sorted(TREES))
+def test_secrets_come_only_from_the_secret(rendered, tree):
+    assert secret_leaks(rendered[tree]) == []
+    kinds = {obj["kind"] for obj in rendered[tree]}
+    assert "Secret" not in kinds  # created out of band (README), never rendered from the repository
+
+
+def test_secret_scan_is_not_vacuous(rendered):
+    objects = copy.deepcopy(rendered["prod"])
+    deployment = one(objects, "Deployment", "fraud-detector")
+    container(deployment)["env"].append({"name": "ML_PLATFORM_REDIS_URL", "value": "redis://:hunter2@redis:6379"})
+    one(objects, "ConfigMap", "fraud-detector-config")["data"]["ML_PLATFORM_SERVING_TOKEN"] = "hunter2"
+    assert secret_leaks(objects) == [
+        "ConfigMap/fraud-detector-config: ML_PLATFORM_SERVING_TOKEN",
+        "Deployment/fraud-detector: ML_PLATFORM_REDIS_URL",
+        "Deployment/fraud-detector: ML_PLATFORM_REDIS_URL",
+    ]
