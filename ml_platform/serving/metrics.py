@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -40,8 +42,23 @@ class Metrics:
             "Share of traffic the challenger answers in split mode.",
             registry=self.registry,
         )
+        # The labelled children, looked up once per label set: ``labels()`` costs a lock and a few
+        # string conversions per call, which the request path need not pay every time.
+        self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
+        self._prediction_children: dict[str, Any] = {}
 
     def observe_request(self, route: str, status_code: int, variant: str, seconds: float) -> None:
-        labels = (route, str(status_code), variant)
-        self.requests.labels(*labels).inc()
-        self.latency.labels(*labels).observe(seconds)
+        key = (route, status_code, variant)
+        children = self._request_children.get(key)
+        if children is None:
+            labels = (route, str(status_code), variant)
+            children = (self.requests.labels(*labels), self.latency.labels(*labels))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def count_predictions(self, variant: str, rows: int) -> None:
+        child = self._prediction_children.get(variant)
+        if child is None:
+            child = self._prediction_children[variant] = self.predictions.labels(variant)
+        child.inc(rows)

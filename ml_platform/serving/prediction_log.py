@@ -1,20 +1,25 @@
 """The prediction log: every answered prediction (and every shadow score), batched into parquet.
 
-Requests put rows on a queue (no I/O on the request path); one background thread writes a parquet
-file whenever ``flush_rows`` rows are waiting or ``flush_seconds`` passed, under
-``log_dir/date=YYYY-MM-DD/part-<time>-<id>.parquet`` (the UTC day of the prediction), through a
-temporary name and a rename so a reader never sees half a file. :meth:`PredictionLogger.close`
-writes whatever is still queued, so after a graceful shutdown the log holds one row per answer.
+Requests append rows to an in-memory queue and return: no I/O, and no wake-up of the writer per
+request (waking a thread per request costs the request path a GIL hand-off each time). One background
+thread wakes when ``flush_rows`` rows are waiting or ``flush_seconds`` passed, and writes a parquet
+file under ``log_dir/date=YYYY-MM-DD/part-<time>-<id>.parquet`` (the UTC day of the prediction),
+through a temporary name and a rename so a reader never sees half a file. The table is built with
+pyarrow straight from the rows (the columns, types and pandas metadata of ``DataFrame.to_parquet`` on
+:func:`batches_to_frame`'s frame, so readers see the same files), which keeps the writer's hold on the
+GIL short: it shares the interpreter with the requests. :meth:`PredictionLogger.close` writes whatever
+is still queued, so after a graceful shutdown the log holds one row per answer.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
-import queue
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -60,6 +65,11 @@ class PredictionBatch:
         return len(self.request_ids)
 
 
+# One answered row, as PredictionLogger.log_row queues it (a plain tuple: the cheapest thing to build):
+# (time, request_id, customer_id, features, probability, is_fraud, threshold, model_version, variant, latency_ms)
+_Row = tuple
+
+
 class _Flush:
     def __init__(self) -> None:
         self.done = threading.Event()
@@ -73,7 +83,9 @@ class PredictionLogger:
         self.log_dir = Path(log_dir)
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._items: collections.deque = collections.deque()  # append/popleft are atomic: no lock needed
+        self._queued_rows = 0  # a hint for waking the writer early; the writer counts exactly
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
         self.rows_written = 0
@@ -92,14 +104,50 @@ class PredictionLogger:
         if self._closed:
             _log.warning("prediction log is closed; dropping %d rows", len(batch))
             return
-        self._queue.put(batch)
+        self._items.append(batch)
+        self._count(len(batch))
+
+    def log_row(
+        self,
+        when: float,
+        request_id: str,
+        customer_id: int | None,
+        features: Sequence[float | None],
+        probability: float,
+        is_fraud: bool,
+        threshold: float,
+        model_version: int,
+        variant: str,
+        latency_ms: float,
+    ) -> None:
+        """One answered row (the single-row fast path): what a one-row :class:`PredictionBatch` holds.
+
+        ``when`` is unix seconds, as :attr:`PredictionBatch.time`.
+        ``features`` are the model's inputs in :data:`MODEL_FEATURES` order (None: missing), kept as
+        given: the caller must not change the sequence afterwards.
+        """
+        if self._closed:
+            _log.warning("prediction log is closed; dropping 1 row")
+            return
+        self._items.append(
+            (when, request_id, customer_id, features, probability, is_fraud, threshold, model_version, variant,
+             latency_ms)
+        )  # fmt: skip
+        self._count(1)
+
+    def _count(self, rows: int) -> None:
+        self._queued_rows += rows
+        if self._queued_rows >= self.flush_rows:
+            self._queued_rows = 0
+            self._wake.set()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Write everything logged so far; True once it is on disk."""
         if self._thread is None or not self._thread.is_alive():
             return False
         marker = _Flush()
-        self._queue.put(marker)
+        self._items.append(marker)
+        self._wake.set()
         return marker.done.wait(timeout)
 
     def close(self, timeout: float = 60.0) -> None:
@@ -107,7 +155,8 @@ class PredictionLogger:
         self._closed = True
         if self._thread is None:
             return
-        self._queue.put(_STOP)
+        self._items.append(_STOP)
+        self._wake.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
             _log.error("prediction log writer did not finish within %.0f s", timeout)
@@ -115,58 +164,191 @@ class PredictionLogger:
 
     # ---- writer thread -------------------------------------------------------------------------
     def _run(self) -> None:
-        pending: list[PredictionBatch] = []
+        pending: list = []
         pending_rows = 0
         deadline = time.monotonic() + self.flush_seconds
         while True:
-            timeout = max(0.0, deadline - time.monotonic())
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            if isinstance(item, PredictionBatch):
-                pending.append(item)
-                pending_rows += len(item)
-                if pending_rows < self.flush_rows:
-                    continue
-            if pending:
+            self._wake.wait(max(0.0, deadline - time.monotonic()))
+            self._wake.clear()
+            flushes: list[_Flush] = []
+            stop = False
+            while self._items:
+                item = self._items.popleft()
+                if type(item) is tuple:
+                    pending.append(item)
+                    pending_rows += 1
+                elif isinstance(item, PredictionBatch):
+                    pending.append(item)
+                    pending_rows += len(item)
+                elif isinstance(item, _Flush):
+                    flushes.append(item)
+                elif item is _STOP:
+                    stop = True
+            now = time.monotonic()
+            if pending and (stop or flushes or pending_rows >= self.flush_rows or now >= deadline):
                 self._write(pending)
                 pending, pending_rows = [], 0
-            deadline = time.monotonic() + self.flush_seconds
-            if isinstance(item, _Flush):
-                item.done.set()
-            elif item is _STOP:
+            if now >= deadline or not pending:
+                deadline = now + self.flush_seconds
+            self._queued_rows = pending_rows  # the wake-up hint counts from what is still waiting
+            for marker in flushes:
+                marker.done.set()
+            if stop:
                 # anything logged after close() was called is still written
                 leftovers = []
-                while True:
-                    try:
-                        extra = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if isinstance(extra, PredictionBatch):
-                        leftovers.append(extra)
-                    elif isinstance(extra, _Flush):
-                        extra.done.set()
+                while self._items:
+                    item = self._items.popleft()
+                    if type(item) is tuple or isinstance(item, PredictionBatch):
+                        leftovers.append(item)
+                    elif isinstance(item, _Flush):
+                        item.done.set()
                 if leftovers:
                     self._write(leftovers)
                 return
 
-    def _write(self, batches: list[PredictionBatch]) -> None:
+    def _write(self, items: list) -> None:
+        import pyarrow.parquet as pq
+
         try:
-            frame = batches_to_frame(batches)
-            days = frame["time"].dt.strftime("%Y-%m-%d")
-            for day, part in frame.groupby(days, sort=True):
-                folder = self.log_dir / f"{DAY_PREFIX}{day}"
+            table, days = _items_to_table(items)
+            unique_days = np.unique(days)  # sorted, as the groupby of the frame-based writer was
+            for day in unique_days:
+                part = table if len(unique_days) == 1 else table.filter(days == day)
+                folder = self.log_dir / f"{DAY_PREFIX}{np.datetime_as_string(day, unit='D')}"
                 folder.mkdir(parents=True, exist_ok=True)
                 name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
                 tmp = folder / f".{name}.tmp-{os.getpid()}"
-                part.to_parquet(tmp, index=False)
+                pq.write_table(part, tmp, compression="snappy")
                 os.replace(tmp, folder / name)
                 self.files_written += 1
-            self.rows_written += len(frame)
+            self.rows_written += table.num_rows
         except Exception:  # the writer must outlive a bad disk moment; the rows are reported lost
             self.write_errors += 1
-            _log.exception("could not write %d prediction log rows", sum(len(b) for b in batches))
+            _log.exception("could not write %d prediction log rows", _count_rows(items))
+
+
+def _count_rows(items: list) -> int:
+    return sum(1 if type(item) is tuple else len(item) for item in items)
+
+
+def _items_to_table(items: list):
+    """Queued rows and batches, in order, as one arrow table with the log's schema, and each row's UTC day."""
+    import pyarrow as pa
+
+    segments: list[dict[str, object]] = []
+    rows: list[_Row] = []
+    for item in items:
+        if type(item) is tuple:
+            rows.append(item)
+            continue
+        if len(item) == 1:  # one-row batches (shadow scores, one-row v2 requests) join the rows: far cheaper
+            rows.append(_batch_row(item))
+            continue
+        if rows:
+            segments.append(_rows_columns(rows))
+            rows = []
+        segments.append(_batch_columns(item))
+    if rows:
+        segments.append(_rows_columns(rows))
+
+    def joined(name: str, dtype: str) -> np.ndarray:
+        return np.concatenate([np.asarray(segment[name], dtype=dtype) for segment in segments])
+
+    def listed(name: str) -> list:
+        return [value for segment in segments for value in segment[name]]
+
+    seconds = joined("time", "float64")
+    stamps = pd.to_datetime(seconds, unit="s", utc=True)  # the same conversion batches_to_frame makes
+    features = np.vstack([segment["features"] for segment in segments])
+    schema = _log_schema()
+    arrays = [
+        pa.array(stamps, type=schema.field("time").type),
+        pa.array(listed("request_id"), type=pa.string()),
+        pa.array(listed("customer_id"), type=pa.int64()),
+        *(pa.array(features[:, index], type=pa.float64()) for index in range(len(MODEL_FEATURES))),
+        pa.array(joined("probability", "float64"), type=pa.float64()),
+        pa.array(joined("is_fraud", "bool"), type=pa.bool_()),
+        pa.array(joined("threshold", "float64"), type=pa.float64()),
+        pa.array(joined("model_version", "int64"), type=pa.int64()),
+        pa.array(listed("variant"), type=pa.string()),
+        pa.array(joined("latency_ms", "float64"), type=pa.float64()),
+    ]
+    days = stamps.asi8.astype("datetime64[ns]").astype("datetime64[D]")  # UTC days
+    return pa.Table.from_arrays(arrays, schema=schema), days
+
+
+def _rows_columns(rows: list[_Row]) -> dict[str, object]:
+    (times, request_ids, customer_ids, features, probabilities, is_fraud, thresholds, versions, variants,
+     latencies) = zip(*rows, strict=True)  # fmt: skip
+    return {
+        "time": times,
+        "request_id": request_ids,
+        "customer_id": customer_ids,
+        "features": np.array(features, dtype="float64").reshape(len(rows), len(MODEL_FEATURES)),  # None -> NaN
+        "probability": probabilities,
+        "is_fraud": is_fraud,
+        "threshold": thresholds,
+        "model_version": versions,
+        "variant": variants,
+        "latency_ms": latencies,
+    }
+
+
+def _batch_row(batch: PredictionBatch) -> _Row:
+    return (
+        batch.time,
+        batch.request_ids[0],
+        batch.customer_ids[0],
+        np.asarray(batch.features, dtype="float64").reshape(len(MODEL_FEATURES)),
+        float(np.asarray(batch.probabilities).reshape(-1)[0]),
+        bool(np.asarray(batch.is_fraud).reshape(-1)[0]),
+        batch.threshold,
+        batch.model_version,
+        batch.variant,
+        batch.latency_ms,
+    )
+
+
+def _batch_columns(batch: PredictionBatch) -> dict[str, object]:
+    n = len(batch)
+    return {
+        "time": np.full(n, batch.time, dtype="float64"),
+        "request_id": batch.request_ids,
+        "customer_id": batch.customer_ids,
+        "features": np.asarray(batch.features, dtype="float64").reshape(n, len(MODEL_FEATURES)),
+        "probability": np.asarray(batch.probabilities, dtype="float64").reshape(n),
+        "is_fraud": np.asarray(batch.is_fraud, dtype=bool).reshape(n),
+        "threshold": np.full(n, batch.threshold, dtype="float64"),
+        "model_version": np.full(n, batch.model_version, dtype="int64"),
+        "variant": [batch.variant] * n,
+        "latency_ms": np.full(n, batch.latency_ms, dtype="float64"),
+    }
+
+
+_SCHEMA = None
+
+
+def _log_schema():
+    """The log file's arrow schema: what ``DataFrame.to_parquet`` writes for :func:`batches_to_frame`'s
+    frame, pandas metadata included (it tells pandas readers that ``customer_id`` is a nullable Int64)."""
+    global _SCHEMA
+    if _SCHEMA is None:
+        import pyarrow as pa
+
+        template = PredictionBatch(
+            time=0.0,
+            request_ids=["r"],
+            customer_ids=[None],
+            features=np.zeros((1, len(MODEL_FEATURES))),
+            probabilities=np.zeros(1),
+            is_fraud=np.zeros(1, dtype=bool),
+            threshold=0.5,
+            model_version=1,
+            variant="champion",
+            latency_ms=0.0,
+        )
+        _SCHEMA = pa.Table.from_pandas(batches_to_frame([template]), preserve_index=False).schema
+    return _SCHEMA
 
 
 def batches_to_frame(batches: list[PredictionBatch]) -> pd.DataFrame:

@@ -15,7 +15,9 @@ from ml_platform.data.schema import CATEGORIES, CHANNELS, TRANSACTION_SCHEMA
 from ml_platform.features.engineering import MODEL_FEATURES
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-StrictInt = Annotated[int, Field(strict=True)]
+# Customer ids are logged in an int64 column: a larger one would fail the whole batch of log rows.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+StrictInt = Annotated[int, Field(strict=True, ge=INT64_MIN, le=INT64_MAX)]
 RequestId = Annotated[str, Field(min_length=1, max_length=200)]
 
 _AMOUNT = next(column for column in TRANSACTION_SCHEMA if column.name == "amount")
@@ -59,7 +61,7 @@ class TransactionRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    customer_id: Annotated[int, Field(strict=True, ge=0)]
+    customer_id: Annotated[int, Field(strict=True, ge=0, le=INT64_MAX)]
     amount: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=_AMOUNT.minimum, le=_AMOUNT.maximum)]
     category: str
     channel: str
@@ -79,6 +81,24 @@ class TransactionRequest(BaseModel):
         if value not in CHANNELS:
             raise ValueError(f"unknown value {value!r}; expected one of {', '.join(CHANNELS)}")
         return value
+
+
+class PredictResponse(BaseModel):
+    """One answered row of ``POST /predict`` (documentation of the answer; the server renders it directly)."""
+
+    request_id: str
+    probability: float = Field(description="P(fraud) from the model that answered")
+    is_fraud: bool = Field(description="probability >= threshold")
+    threshold: float
+    model_version: int
+    variant: str = Field(description="champion or challenger: the model that answered")
+    latency_ms: float = Field(description="time in the server until the prediction was made")
+
+
+class PredictBatchResponse(BaseModel):
+    """The answer to ``{"instances": [...]}``: one prediction per instance, in order."""
+
+    predictions: list[PredictResponse]
 
 
 class RoutingUpdate(BaseModel):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import itertools
 import logging
+import os
 import random
+import secrets
 import time
-import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -42,8 +45,36 @@ def customer_bucket(customer_id: int) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+class _RequestIds:
+    """Ids for requests that bring none: 32 hex digits, a random prefix per process and a counter.
+
+    As unique as ``uuid4().hex`` in practice (64 random bits per process, then 2**64 ids each) and
+    ~10x cheaper: uuid4 reads the kernel's random source per call, and that call releases the GIL,
+    which on a busy server hands it to another thread at every request.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)  # a forked worker must not repeat its parent's ids
+
+    def reset(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count()
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+_REQUEST_IDS = _RequestIds()
+
+
+def new_request_id() -> str:
+    """A fresh request id (32 hex digits), for a request that brought none."""
+    return _REQUEST_IDS.new()
+
+
 def row_ids(base: str | None, n: int) -> list[str]:
-    base = base or uuid.uuid4().hex
+    base = base or new_request_id()
     return [base] if n == 1 else [f"{base}/{index}" for index in range(n)]
 
 
@@ -216,8 +247,71 @@ class ModelServer:
             )
         return results  # type: ignore[return-value]
 
+    def score_one(
+        self,
+        deployment: Deployment,
+        features: Sequence[float | None],
+        *,
+        customer_id: int | None,
+        request_id: str,
+        started: float,
+    ) -> dict[str, Any]:
+        """One row, as :meth:`score` answers and logs it (routing, shadow and all), without its arrays.
+
+        The single-row hot path of ``/predict``: ``features`` is the request's own list (None for a
+        missing value), scored through the model's one-row buffer and logged as it is.
+        """
+        routing = self.routing
+        challenger = deployment.challenger
+        model, variant = deployment.champion, self.primary_variant
+        if challenger is not None and routing.mode == "split" and routing.challenger_weight > 0.0:
+            weight = routing.challenger_weight
+            if weight >= 1.0:
+                picked = True
+            elif routing.sticky and customer_id is not None:
+                picked = customer_bucket(customer_id) < weight
+            else:
+                picked = self._random.random() < weight
+            if picked:
+                model, variant = challenger, CHALLENGER_VARIANT
+        probability = model.predict_row(features)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        now = time.time()
+        threshold = model.threshold
+        is_fraud = probability >= threshold
+        self.metrics.count_predictions(variant, 1)
+        self.logger.log_row(
+            now, request_id, customer_id, features, probability, is_fraud, threshold, model.version, variant, latency_ms
+        )
+        if routing.mode == "shadow" and challenger is not None:
+            shadow_started = time.perf_counter()
+            shadow = challenger.predict_row(features)
+            shadow_ms = (time.perf_counter() - shadow_started) * 1000.0
+            self.metrics.count_predictions(SHADOW_VARIANT, 1)
+            self.logger.log_row(
+                now,
+                request_id,
+                customer_id,
+                features,
+                shadow,
+                shadow >= challenger.threshold,
+                challenger.threshold,
+                challenger.version,
+                SHADOW_VARIANT,
+                shadow_ms,
+            )
+        return {
+            "request_id": request_id,
+            "probability": probability,
+            "is_fraud": is_fraud,
+            "threshold": threshold,
+            "model_version": model.version,
+            "variant": variant,
+            "latency_ms": round(latency_ms, 3),
+        }
+
     def _log(self, now, model, variant, rows, features, probabilities, customer_ids, request_ids, latency_ms):
-        self.metrics.predictions.labels(variant).inc(len(rows))
+        self.metrics.count_predictions(variant, len(rows))
         self.logger.log(
             PredictionBatch(
                 time=now,

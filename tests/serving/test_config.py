@@ -21,6 +21,7 @@ def test_defaults_come_from_settings(tmp_path):
     assert config.log_dir == settings.logs_dir / "predictions"
     assert (config.challenger_weight, config.mode, config.sticky, config.poll_seconds) == (0.0, "split", True, 5.0)
     assert (config.auth_token, config.max_body_bytes, config.max_batch_rows) == (None, 1_000_000, 10_000)
+    assert (config.fast_path, config.opentelemetry) == (True, False)
 
 
 def test_environment_then_overrides(tmp_path):
@@ -32,12 +33,15 @@ def test_environment_then_overrides(tmp_path):
         "ML_PLATFORM_SERVING_FEAST": "off",
         "ML_PLATFORM_SERVING_LOG_DIR": str(tmp_path / "logs"),
         "ML_PLATFORM_SERVING_MAX_BATCH_ROWS": "50",
+        "ML_PLATFORM_SERVING_FAST_PATH": "off",
+        "ML_PLATFORM_SERVING_OPENTELEMETRY": "on",
     }
     config = ServerConfig.from_settings(Settings(home=tmp_path), environ=environ, max_batch_rows=7)
     assert config.auth_token == "abc" and config.challenger_weight == 0.25 and config.mode == "shadow"
     assert config.sticky is False and config.feast is None
     assert config.log_dir == Path(tmp_path / "logs")
     assert config.max_batch_rows == 7  # an explicit override beats the environment
+    assert config.fast_path is False and config.opentelemetry is True
 
 
 @pytest.mark.parametrize(

@@ -68,3 +68,81 @@ def test_rows_are_written_by_size_time_and_close(tmp_path):
 def test_empty_log(tmp_path):
     empty = read_prediction_log(tmp_path / "nothing")
     assert empty.empty and list(empty.columns) == list(LOG_COLUMNS)
+
+
+def test_files_are_what_pandas_to_parquet_writes(tmp_path):
+    """The pyarrow writer keeps the file format: schema, pandas metadata and values as DataFrame.to_parquet."""
+    import pyarrow.parquet as pq
+
+    from ml_platform.serving.prediction_log import batches_to_frame
+
+    when = datetime(2026, 3, 14, 12, 30, 15, 123456, tzinfo=UTC)
+    batches = [batch(1, when, start=0), batch(5, when, variant="challenger", start=10), batch(1, when, start=20)]
+    logger = PredictionLogger(tmp_path / "log", flush_rows=1_000, flush_seconds=60)
+    logger.start()
+    logger.log(batches[0])
+    rows = []
+    for index in range(4):  # the fast path's rows, between batches
+        features = [None if (index + k) % 4 == 0 else float(index * 9 + k) for k in range(9)]
+        row = (when.timestamp() + index, f"row-{index}", None if index % 2 else 100 + index, features,
+               index / 10, index >= 2, 0.25, 7, "champion", 0.5 + index)  # fmt: skip
+        logger.log_row(*row)
+        rows.append(row)
+    logger.log(batches[1])
+    logger.log(batches[2])
+    logger.close()
+    assert logger.rows_written == 11 and logger.files_written == 1 and logger.write_errors == 0
+    (written,) = (tmp_path / "log" / "date=2026-03-14").glob("part-*.parquet")
+
+    as_batches = [
+        batches[0],
+        *(
+            PredictionBatch(
+                time=r[0],
+                request_ids=[r[1]],
+                customer_ids=[r[2]],
+                features=np.array([[np.nan if v is None else v for v in r[3]]]),
+                probabilities=np.array([r[4]]),
+                is_fraud=np.array([r[5]]),
+                threshold=r[6],
+                model_version=r[7],
+                variant=r[8],
+                latency_ms=r[9],
+            )  # fmt: skip
+            for r in rows
+        ),
+        batches[1],
+        batches[2],
+    ]
+    reference = tmp_path / "reference.parquet"
+    batches_to_frame(as_batches).to_parquet(reference, index=False)
+    assert pq.read_schema(written).equals(pq.read_schema(reference), check_metadata=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(written), pd.read_parquet(reference))
+    frame = read_prediction_log(tmp_path / "log")
+    assert sorted(frame["request_id"]) == sorted(
+        ["r0", "row-0", "row-1", "row-2", "row-3", "r20"] + [f"r1{i}" for i in range(5)]
+    )
+    assert (
+        str(frame["customer_id"].dtype) == "Int64" and frame["customer_id"].isna().sum() == 4
+    )  # r11, r13, row-1, row-3
+
+
+def test_rows_wait_for_the_writer_without_waking_it(tmp_path):
+    """Logging does not wake the writer per row: nothing is written before flush_rows, flush_seconds or flush()."""
+    logger = PredictionLogger(tmp_path, flush_rows=50, flush_seconds=60)
+    logger.start()
+    when = datetime(2026, 3, 14, tzinfo=UTC).timestamp()
+    for index in range(49):
+        logger.log_row(when, f"r{index}", None, [1.0] * 9, 0.5, True, 0.5, 1, "champion", 1.0)
+    time.sleep(0.3)
+    assert logger.files_written == 0
+    assert logger.flush()
+    assert logger.rows_written == 49 and logger.files_written == 1
+    for index in range(50):  # reaching flush_rows wakes it
+        logger.log_row(when, f"s{index}", None, [1.0] * 9, 0.5, True, 0.5, 1, "champion", 1.0)
+    deadline = time.monotonic() + 5
+    while logger.rows_written < 99:
+        assert time.monotonic() < deadline, "flush_rows did not wake the writer"
+        time.sleep(0.01)
+    logger.close()
+    assert logger.rows_written == 99 and logger.write_errors == 0
