@@ -8,12 +8,13 @@ from assets.features import ALL_STORED_DAYS, feature_store
 from ml_platform.data.schema import LABEL_COLUMN
 from ml_platform.features.engineering import MODEL_FEATURES, describe_features
 from ml_platform.features.store import point_in_time_stats
+from ml_platform.settings import Settings
 from ml_platform.training.dataset import SplitFractions, assemble_training_set, split_summary
 from ml_platform.training.job import TrainingJob
 from resources.feast import FeastResource
 from resources.mlflow import MLflowResource
 from resources.storage import StateStorage
-from resources.training import TrainingCompute
+from resources.training import TrainingCompute, training_step_tags
 
 
 class TrainingSetConfig(dg.Config):
@@ -75,6 +76,9 @@ class TrainingConfig(dg.Config):
     group_name="training",
     deps=["training_set"],
     kinds={"xgboost", "mlflow"},
+    # Under the Kubernetes step executor with training in the step itself, this step's pod asks for the
+    # GPU (limits, node selector, tolerations from the settings); no tag otherwise (resources.training).
+    op_tags=training_step_tags(Settings.from_env()),
     description="XGBoost trained with early stopping through Dagster Pipes (a subprocess here, a GPU pod on "
     "Kubernetes), tracked in MLflow and registered as a new version with alias 'challenger'. "
     "Exactly one version per run, retries included.",

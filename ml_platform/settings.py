@@ -1,22 +1,62 @@
 """One typed settings object for the whole platform.
 
-Everything local lives under one state directory (``.ml_platform/`` in the working directory by
-default, ``ML_PLATFORM_HOME`` to move it), so ``rm -rf`` of it is a clean slate and nothing is
-written elsewhere. Paths and URIs are derived from it; each may be overridden by its own variable.
+Two profiles, chosen by one switch (``ML_PLATFORM_PROFILE``):
+
+- ``local`` (default, no setup): everything lives under one state directory (``.ml_platform/`` in the
+  working directory, ``ML_PLATFORM_HOME`` to move it), so ``rm -rf`` of it is a clean slate: SQLite for
+  Dagster and MLflow, SQLite for Feast's online store, training in a local subprocess, the model server
+  as a local process.
+- ``production``: the same asset code on real services. Dagster's instance on PostgreSQL (the template
+  ``deploy/dagster/dagster.yaml``), MLflow on a PostgreSQL backend store with a local or object-store
+  artifact root, Feast's online store on Redis, training in a (GPU) pod through ``PipesK8sClient``, steps
+  as Kubernetes Jobs, the model server deployed to Kubernetes. Training and deployment may each be kept
+  ``local`` (a machine with the databases but no cluster).
+
+Settings come from ``ML_PLATFORM_*`` environment variables, optionally on top of a YAML file named by
+``ML_PLATFORM_SETTINGS`` whose keys are the field names below (the environment wins). Secrets (database
+and Redis passwords, the serving token, webhook URLs) come only from the environment, which on
+Kubernetes is filled from a Secret: a settings file that carries one is refused, and every text this
+module produces for people (``repr``, :func:`redact`) shows ``***`` in place of a password.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-PROFILES = ("local",)
+import yaml
+
+PROFILES = ("local", "production")
+BACKENDS = ("local", "kubernetes")  # where training runs, where the model is deployed
+EXECUTORS = ("local", "kubernetes")  # Dagster's default executor, or one Kubernetes Job per step
 
 # What this platform is about by default: a card-transaction fraud detector.
 DEFAULT_MODEL_NAME = "fraud_detector"
 DEFAULT_EXPERIMENT = "fraud_detector"
 FEAST_PROJECT = "ml_platform"
+
+SETTINGS_FILE_ENV = "ML_PLATFORM_SETTINGS"
+# Environment variables that hold secrets: read from the environment only, never from a settings file.
+REDIS_PASSWORD_ENV = "ML_PLATFORM_REDIS_PASSWORD"
+# The instance template reads these (deploy/dagster/dagster.yaml); the password may be empty (trust auth).
+DAGSTER_PG_ENV = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DAGSTER_TEMPLATE = REPO_ROOT / "deploy" / "dagster" / "dagster.yaml"
+WRITTEN_BY = "# Written by ml-platform"
+# The PostgreSQL driver the platform ships (psycopg2-binary). SQLAlchemy 2.1 reads a bare postgresql://
+# as psycopg 3, which is not installed, so bare URIs are pinned to psycopg2.
+PG_DRIVER_SCHEME = "postgresql+psycopg2"
+# Taint on GPU nodes of the managed Kubernetes offerings (GKE, EKS, AKS GPU pools): tolerated by default.
+DEFAULT_GPU_TOLERATIONS: tuple[dict[str, str], ...] = (
+    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+)
 
 
 class SettingsError(ValueError):
@@ -24,14 +64,45 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True)
+class _Var:
+    """One setting: its environment variable, how to parse it, and whether the file may set it."""
+
+    env: str
+    parse: Any = str
+    secret: bool = False
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
     home: Path
     profile: str = "local"
     model_name: str = DEFAULT_MODEL_NAME
     experiment_name: str = DEFAULT_EXPERIMENT
     mlflow_tracking_uri: str = ""
+    # Where MLflow stores model files: empty for <home>/mlflow/artifacts; a path or s3://, gs://, ... URI.
+    mlflow_artifact_location: str = ""
     feast_project: str = FEAST_PROJECT
     serving_port: int = 8080
+    # Feast's online store on Redis (production): redis://host:port/db or Feast's "host:port,db=N" form.
+    redis_url: str = ""
+    redis_password: str = ""  # secret: environment only
+    training_backend: str = "local"
+    deployment_target: str = "local"
+    executor: str = "local"
+    k8s_namespace: str = "ml-platform"
+    # Image of step pods (empty: the image that loaded the code location) and of the training pod.
+    k8s_image: str = ""
+    training_image: str = ""
+    training_gpus: int = 1
+    training_node_selector: dict[str, str] = field(default_factory=dict)
+    training_tolerations: tuple[dict[str, Any], ...] = DEFAULT_GPU_TOLERATIONS
+    # Secret whose keys are environment variable names (envFrom in step pods, secretKeyRef in training).
+    k8s_secret: str = "ml-platform-secrets"
+    # ReadWriteMany claim mounted at ``home`` in step and training pods: asset data, Feast repo, artifacts.
+    k8s_state_claim: str = "ml-platform-state"
+    k8s_overlay: str = "prod"
+    serving_url: str = ""  # empty: the overlay's in-cluster Service URL
+    serving_token_env: str = "ML_PLATFORM_SERVING_TOKEN"
 
     # ---- derived locations ---------------------------------------------------------------------
     @property
@@ -49,11 +120,29 @@ class Settings:
 
     @property
     def mlflow_artifact_root(self) -> str:
-        return (self.mlflow_dir / "artifacts").as_uri()
+        """A URI MLflow accepts: ``file://`` for a local directory, the object store's URI otherwise."""
+        location = self.mlflow_artifact_location
+        if not location:
+            return (self.mlflow_dir / "artifacts").as_uri()
+        if "://" in location:
+            return location
+        return Path(location).expanduser().resolve().as_uri()
 
     @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def public_tracking_uri(self) -> str:
+        """The tracking URI as it may be shown or logged: any password replaced by ``***``."""
+        return redact(self.tracking_uri)
+
+    @property
+    def redis_connection_string(self) -> str:
+        """Feast's Redis ``connection_string`` (``host:port,db=N[,password=...]``), or "" without Redis."""
+        if not self.redis_url:
+            return ""
+        return feast_redis_connection(self.redis_url, self.redis_password)
 
     @property
     def feast_dir(self) -> Path:
@@ -74,30 +163,107 @@ class Settings:
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Defaults, then the file named by ``ML_PLATFORM_SETTINGS`` (if any), then ``ML_PLATFORM_*``."""
         env = os.environ if environ is None else environ
-        home = Path(env.get("ML_PLATFORM_HOME") or Path.cwd() / ".ml_platform").expanduser().resolve()
-        profile = env.get("ML_PLATFORM_PROFILE", "local")
+        from_file = _read_settings_file(env.get(SETTINGS_FILE_ENV, ""))
+        values: dict[str, Any] = {}
+        for name, var in _VARS.items():
+            if var.env in env:
+                raw, source = env[var.env], var.env
+            elif name in from_file:
+                raw, source = from_file[name], f"{name} in {env[SETTINGS_FILE_ENV]}"
+            else:
+                continue
+            values[name] = _parse(var, raw, source)
+        home_raw = env.get("ML_PLATFORM_HOME") or from_file.get("home") or Path.cwd() / ".ml_platform"
+        home = Path(home_raw).expanduser().resolve()
+        profile = values.pop("profile", "local")
         if profile not in PROFILES:
             raise SettingsError(
                 f"ML_PLATFORM_PROFILE={profile!r} is not a known profile; expected one of {', '.join(PROFILES)}"
             )
-        return cls(
-            home=home,
-            profile=profile,
-            model_name=env.get("ML_PLATFORM_MODEL_NAME", DEFAULT_MODEL_NAME),
-            experiment_name=env.get("ML_PLATFORM_EXPERIMENT", DEFAULT_EXPERIMENT),
-            mlflow_tracking_uri=env.get("ML_PLATFORM_MLFLOW_URI", ""),
-            serving_port=_port(env.get("ML_PLATFORM_SERVING_PORT", "8080")),
-        )
+        if profile == "production":
+            for name in ("training_backend", "deployment_target", "executor"):
+                values.setdefault(name, "kubernetes")
+        if "training_image" not in values:
+            values["training_image"] = values.get("k8s_image") or env.get("DAGSTER_CURRENT_IMAGE", "")
+        if "mlflow_tracking_uri" in values:
+            values["mlflow_tracking_uri"] = normalize_tracking_uri(values["mlflow_tracking_uri"])
+        settings = cls(home=home, profile=profile, **values)
+        settings.validate()
+        return settings
 
+    def validate(self) -> None:
+        """Raise :class:`SettingsError` naming every variable whose value cannot work for this profile."""
+        problems = []
+        for name, allowed in (
+            ("training_backend", BACKENDS),
+            ("deployment_target", BACKENDS),
+            ("executor", EXECUTORS),
+        ):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{_VARS[name].env}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        if self.training_gpus < 0:
+            problems.append(f"{_VARS['training_gpus'].env}={self.training_gpus}: expected 0 or more")
+        if self.profile == "production":
+            problems.extend(self._production_problems())
+        if problems:
+            raise SettingsError("; ".join(problems))
+
+    def _production_problems(self) -> list[str]:
+        problems = []
+        uri_var = _VARS["mlflow_tracking_uri"].env
+        scheme = urlsplit(self.mlflow_tracking_uri).scheme.split("+")[0] if self.mlflow_tracking_uri else ""
+        if not self.mlflow_tracking_uri:
+            problems.append(
+                f"the production profile needs {uri_var}: MLflow's PostgreSQL backend store "
+                "(postgresql://user@host:5432/mlflow; the password from the environment) or the URL of a "
+                "tracking server in front of one (https://mlflow.example.com)"
+            )
+        elif scheme not in ("postgresql", "http", "https"):
+            problems.append(
+                f"{uri_var}={self.public_tracking_uri!r}: the production profile keeps MLflow on PostgreSQL "
+                "(postgresql://...) or behind a tracking server (http(s)://...), not on one machine's disk"
+            )
+        if not self.redis_url:
+            problems.append(
+                f"the production profile needs {_VARS['redis_url'].env}: Feast's online store on Redis "
+                "(redis://host:6379/0 or host:6379,db=0; the password in ML_PLATFORM_REDIS_PASSWORD)"
+            )
+        else:
+            try:
+                feast_redis_connection(self.redis_url, self.redis_password)
+            except SettingsError as error:
+                problems.append(str(error))
+        if self.training_backend == "kubernetes" and not self.training_image:
+            problems.append(
+                f"training in Kubernetes needs {_VARS['training_image'].env} (or ML_PLATFORM_K8S_IMAGE): "
+                "the image the training pod runs, built from deploy/docker/Dockerfile.user-code"
+            )
+        return problems
+
+    def __repr__(self) -> str:
+        shown = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "redis_password":
+                value = "***" if value else ""
+            elif isinstance(value, str):
+                value = redact(value)
+            shown.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
+
+    # ---- the process ---------------------------------------------------------------------------
     def process_environment(self) -> dict[str, str]:
         """Variables that keep libraries offline and inside the state directory.
 
         MLflow and Dagster phone home unless told not to; Dagster writes under ~/.dagster and matplotlib
         under ~/.cache unless pointed elsewhere (see STACK_NOTES, traps 5 and 12).
         """
-        return {
+        env = {
             "ML_PLATFORM_HOME": str(self.home),
             "DAGSTER_HOME": str(self.dagster_home),
             "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -105,17 +271,43 @@ class Settings:
             "MPLCONFIGDIR": str(self.cache_dir / "matplotlib"),
             "MPLBACKEND": "Agg",
         }
+        if self.profile == "production":
+            env["DAGSTER_PG_PORT"] = "5432"  # the instance template's port when none is given (applied as a default)
+        return env
 
     def apply_environment(self) -> None:
         """Export :meth:`process_environment` into this process (subprocesses inherit it)."""
         for key, value in self.process_environment().items():
+            if key == "DAGSTER_HOME" and self.profile == "production" and os.environ.get(key):
+                continue  # on the cluster the Helm chart's instance (DAGSTER_HOME it mounted) stays in force
             if key in ("ML_PLATFORM_HOME", "DAGSTER_HOME"):
                 os.environ[key] = value
             else:
                 os.environ.setdefault(key, value)
 
+    def environment_for_pods(self) -> dict[str, str]:
+        """The non-secret settings as ``ML_PLATFORM_*`` variables, for pods that must see the same settings.
+
+        Secrets are not in it: pods get those from the Kubernetes Secret :attr:`k8s_secret`.
+        """
+        env = {"ML_PLATFORM_PROFILE": self.profile, "ML_PLATFORM_HOME": str(self.home)}
+        for name, var in _VARS.items():
+            if var.secret or name in ("profile", "mlflow_tracking_uri", "redis_url"):
+                continue
+            value = getattr(self, name)
+            default = _DEFAULTS.get(name, {})  # the one field without a plain default is the empty selector
+            if value == default or value == "":
+                continue
+            env[var.env] = _format(value)
+        return env
+
     def prepare(self) -> None:
-        """Create the state directory layout and the Dagster instance config (telemetry off). Idempotent."""
+        """Create the state directory layout and the Dagster instance config. Idempotent.
+
+        Local profile: a SQLite instance with telemetry off. Production: the PostgreSQL template
+        ``deploy/dagster/dagster.yaml`` (connection from ``DAGSTER_PG_*``). A dagster.yaml written by hand
+        (without the ml-platform header) is left as it is.
+        """
         for directory in (
             self.home,
             self.dagster_home,
@@ -128,19 +320,239 @@ class Settings:
         ):
             directory.mkdir(parents=True, exist_ok=True)
         dagster_yaml = self.dagster_home / "dagster.yaml"
-        if not dagster_yaml.exists():
-            write_text_atomic(
-                dagster_yaml,
-                "# Written by ml-platform for the local profile: SQLite storage under this directory.\n"
-                "telemetry:\n  enabled: false\n"
-                "run_monitoring:\n  enabled: true\n",
+        wanted = self.dagster_instance_yaml()
+        if dagster_yaml.exists():
+            current = dagster_yaml.read_text()
+            if current == wanted or not current.startswith(WRITTEN_BY):
+                return
+        write_text_atomic(dagster_yaml, wanted)
+
+    def dagster_instance_yaml(self) -> str:
+        """The dagster.yaml :meth:`prepare` installs for this profile."""
+        if self.profile == "production":
+            if not DAGSTER_TEMPLATE.exists():
+                raise SettingsError(f"the Dagster instance template {DAGSTER_TEMPLATE} is missing")
+            return (
+                f"{WRITTEN_BY} for the production profile from deploy/dagster/dagster.yaml.\n"
+                + DAGSTER_TEMPLATE.read_text()
             )
+        return (
+            f"{WRITTEN_BY} for the local profile: SQLite storage under this directory.\n"
+            "telemetry:\n  enabled: false\n"
+            "run_monitoring:\n  enabled: true\n"
+        )
+
+
+# ---- the variables ------------------------------------------------------------------------------------
 
 
 def _port(value: str) -> int:
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise SettingsError(f"ML_PLATFORM_SERVING_PORT={value!r} is not a TCP port (1-65535)")
-    return int(value)
+    text = str(value)
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError("not a TCP port (1-65535)")
+    return int(text)
+
+
+def _count(value: str) -> int:
+    text = str(value).strip()
+    if not text.isdigit():
+        raise ValueError("expected a whole number")
+    return int(text)
+
+
+def _mapping(value: Any) -> dict[str, str]:
+    parsed = _structured(value)
+    if parsed is None:
+        return {}
+    if not isinstance(parsed, dict) or not all(isinstance(k, str) for k in parsed):
+        raise ValueError('expected a mapping of labels, e.g. {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}')
+    return {key: str(item) for key, item in parsed.items()}
+
+
+def _tolerations(value: Any) -> tuple[dict[str, Any], ...]:
+    parsed = _structured(value)
+    if parsed is None:
+        return ()
+    if not isinstance(parsed, list) or not all(isinstance(item, dict) for item in parsed):
+        raise ValueError('expected a list of tolerations, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists"}]')
+    allowed = {"key", "operator", "value", "effect", "tolerationSeconds"}
+    for item in parsed:
+        unknown = set(item) - allowed
+        if unknown:
+            raise ValueError(f"unknown toleration field(s) {', '.join(sorted(unknown))}; allowed: {sorted(allowed)}")
+    return tuple(parsed)
+
+
+def _structured(value: Any) -> Any:
+    """A mapping/list given as YAML or JSON text (environment) or as YAML structure (settings file)."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return None
+    try:
+        return yaml.safe_load(value)  # JSON is YAML
+    except yaml.YAMLError as error:
+        raise ValueError(f"not valid YAML/JSON: {error}") from error
+
+
+_VARS: dict[str, _Var] = {
+    "profile": _Var("ML_PLATFORM_PROFILE"),
+    "model_name": _Var("ML_PLATFORM_MODEL_NAME"),
+    "experiment_name": _Var("ML_PLATFORM_EXPERIMENT"),
+    "mlflow_tracking_uri": _Var("ML_PLATFORM_MLFLOW_URI"),
+    "mlflow_artifact_location": _Var("ML_PLATFORM_MLFLOW_ARTIFACT_ROOT"),
+    "serving_port": _Var("ML_PLATFORM_SERVING_PORT", _port),
+    "redis_url": _Var("ML_PLATFORM_REDIS_URL"),
+    "redis_password": _Var(REDIS_PASSWORD_ENV, secret=True),
+    "training_backend": _Var("ML_PLATFORM_TRAINING_BACKEND"),
+    "deployment_target": _Var("ML_PLATFORM_DEPLOYMENT_TARGET"),
+    "executor": _Var("ML_PLATFORM_EXECUTOR"),
+    "k8s_namespace": _Var("ML_PLATFORM_K8S_NAMESPACE"),
+    "k8s_image": _Var("ML_PLATFORM_K8S_IMAGE"),
+    "training_image": _Var("ML_PLATFORM_TRAINING_IMAGE"),
+    "training_gpus": _Var("ML_PLATFORM_TRAINING_GPUS", _count),
+    "training_node_selector": _Var("ML_PLATFORM_TRAINING_NODE_SELECTOR", _mapping),
+    "training_tolerations": _Var("ML_PLATFORM_TRAINING_TOLERATIONS", _tolerations),
+    "k8s_secret": _Var("ML_PLATFORM_K8S_SECRET"),
+    "k8s_state_claim": _Var("ML_PLATFORM_K8S_STATE_CLAIM"),
+    "k8s_overlay": _Var("ML_PLATFORM_K8S_OVERLAY"),
+    "serving_url": _Var("ML_PLATFORM_SERVING_URL"),
+    "serving_token_env": _Var("ML_PLATFORM_SERVING_TOKEN_ENV"),
+}
+ENVIRONMENT_VARIABLES = {name: var.env for name, var in _VARS.items()}
+_DEFAULTS = {item.name: item.default for item in fields(Settings) if item.default is not MISSING}
+
+
+def _parse(var: _Var, raw: Any, source: str) -> Any:
+    try:
+        return var.parse(raw) if var.parse is not str else str(raw)
+    except (ValueError, TypeError) as error:
+        raise SettingsError(f"{source}={redact(str(raw))!r} is not valid: {error}") from error
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(list(value) if isinstance(value, tuple) else value, separators=(",", ":"))
+    return str(value)
+
+
+def _read_settings_file(path: str) -> dict[str, Any]:
+    """The settings file's keys (field names); secrets in it are refused, so none can be committed."""
+    if not path:
+        return {}
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise SettingsError(f"{SETTINGS_FILE_ENV}={path!r}: no such file")
+    try:
+        loaded = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise SettingsError(f"{SETTINGS_FILE_ENV}={path!r} is not valid YAML: {error}") from error
+    if not isinstance(loaded, dict):
+        raise SettingsError(f"{SETTINGS_FILE_ENV}={path!r} must map setting names to values")
+    known = {"home", *_VARS}
+    unknown = sorted(set(loaded) - known)
+    if unknown:
+        raise SettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for name, value in loaded.items():
+        if name != "home" and _VARS[name].secret:
+            raise SettingsError(
+                f"{path}: {name} is a secret; set {_VARS[name].env} in the environment (a Kubernetes Secret), "
+                "never in a file"
+            )
+        if isinstance(value, str) and redact(value) != value:
+            raise SettingsError(
+                f"{path}: {name} carries a password; put the whole value in {_VARS[name].env} in the environment "
+                "(a Kubernetes Secret) or leave the password out of it (libpq reads PGPASSWORD)"
+            )
+    return loaded
+
+
+# ---- URIs and secrets --------------------------------------------------------------------------------
+
+_FEAST_PASSWORD = re.compile(r"(password=)[^,]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` URI and any Feast-style
+    ``password=...`` parameter replaced by ``***``; everything else unchanged."""
+    if not text:
+        return text
+    if "://" in text:
+        try:
+            parts = urlsplit(text)
+        except ValueError:
+            return "***"
+        if parts.password is not None:
+            user = quote(unquote(parts.username or ""), safe="")
+            host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            port = f":{parts.port}" if parts.port else ""
+            text = urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    return _FEAST_PASSWORD.sub(r"\1***", text)
+
+
+def without_password(uri: str) -> str:
+    """``uri`` with its password removed (the user kept): for places that must not carry it, such as a
+    pod spec; libpq then reads the password from ``PGPASSWORD``."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    user = quote(unquote(parts.username or ""), safe="")
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}{port}"))
+
+
+def normalize_tracking_uri(uri: str) -> str:
+    """Pin a driver-less ``postgresql://`` (or ``postgres://``) URI to psycopg2, the driver we ship."""
+    for prefix in ("postgresql://", "postgres://"):
+        if uri.startswith(prefix):
+            return f"{PG_DRIVER_SCHEME}://{uri[len(prefix) :]}"
+    return uri
+
+
+def feast_redis_connection(url: str, password: str = "") -> str:
+    """Feast's Redis ``connection_string`` from ``redis://[:password@]host:port/db`` (``rediss://`` for
+    TLS) or from Feast's own ``host:port,db=N,...`` form; ``password`` (ML_PLATFORM_REDIS_PASSWORD) wins."""
+    var = _VARS["redis_url"].env
+    text = url.strip()
+    if text.startswith(("redis://", "rediss://")):
+        parts = urlsplit(text)
+        if not parts.hostname:
+            raise SettingsError(f"{var}={redact(url)!r}: no host in the URL")
+        try:
+            port = parts.port or 6379
+        except ValueError as error:
+            raise SettingsError(f"{var}={redact(url)!r}: {error}") from error
+        db_text = parts.path.strip("/") or "0"
+        if not db_text.isdigit():
+            raise SettingsError(f"{var}={redact(url)!r}: the database after the port must be a number, got {db_text!r}")
+        params = [f"{parts.hostname}:{port}", f"db={int(db_text)}"]
+        if parts.username:
+            params.append(f"username={unquote(parts.username)}")
+        secret = password or (unquote(parts.password) if parts.password else "")
+        if parts.scheme == "rediss":
+            params.append("ssl=true")
+    elif "://" in text:
+        raise SettingsError(f"{var}={redact(url)!r}: expected redis://host:port/db, rediss://... or host:port,db=N")
+    else:
+        head, *rest = [piece.strip() for piece in text.split(",")]
+        host, _, port_text = head.partition(":")
+        if not host or not port_text.isdigit():
+            raise SettingsError(f"{var}={redact(url)!r}: expected host:port first, e.g. redis:6379,db=0")
+        params = [head]
+        secret = password
+        for piece in rest:
+            if piece.startswith("password="):
+                secret = password or piece.removeprefix("password=")
+            elif piece:
+                params.append(piece)
+    if secret:
+        if "," in secret:
+            raise SettingsError(f"{REDIS_PASSWORD_ENV}: a Redis password with a comma cannot be passed to Feast")
+        params.append(f"password={secret}")
+    return ",".join(params)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -2,23 +2,92 @@
 
 Both run ``python -m ml_platform.training.pipes_entrypoint`` through Dagster Pipes, so the asset code
 does not change when training moves to Kubernetes: only this resource does.
+
+Where the GPU is asked for:
+
+- ``KubernetesTrainingCompute`` (production default): the training pod it starts carries the
+  ``nvidia.com/gpu`` limit, node selector and tolerations. The ``trained_model`` step pod only waits for
+  it, so it asks for no GPU (two GPUs held for one training would leave one idle).
+- ``LocalTrainingCompute`` under the Kubernetes step executor: training runs inside the step pod, so
+  that pod asks for the GPU through the ``dagster-k8s/config`` tag of ``trained_model``
+  (:func:`training_step_tags`).
 """
 
 import sys
 from abc import ABC, abstractmethod
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from typing import Any
 
 import dagster as dg
 
+from ml_platform.settings import Settings, normalize_tracking_uri, redact, without_password
 from ml_platform.training.job import TrainingJob
 
 ENTRYPOINT = ["-m", "ml_platform.training.pipes_entrypoint"]
+POD_PYTHON = "python"  # the interpreter on PATH in the training image
+K8S_CONFIG_TAG = "dagster-k8s/config"
+GPU_RESOURCE = "nvidia.com/gpu"
+STATE_VOLUME = "ml-platform-state"
+# Secret keys (environment variable names) the training pod reads, when the Secret has them: libpq's
+# password for MLflow's PostgreSQL store (the Pipes context carries the tracking URI without it), and a
+# tracking server's or object store's credentials.
+TRAINING_SECRET_ENV = (
+    "PGPASSWORD",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_STORAGE_CONNECTION_STRING",
+)
 
 
 class TrainingCompute(dg.ConfigurableResource, ABC):
     @abstractmethod
     def train(self, context: dg.AssetExecutionContext, job: TrainingJob) -> dg.MaterializeResult:
         """Run the training job and return the asset materialization it reported."""
+
+
+def _external_error(context: dg.AssetExecutionContext) -> str | None:
+    """What the training process raised, as Dagster Pipes reported it ("closed with exception"), or None.
+
+    Pipes itself fails the step with "External execution process failed with code 1" (or the pod's
+    phase); the cause (an unreachable database, a missing file) is in this engine event of the step.
+    """
+    step_key = context.get_step_execution_context().step.key
+    kinds = {dg.DagsterEventType.ENGINE_EVENT, dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_RESTARTED}
+    for record in reversed(context.instance.all_logs(context.run_id, of_type=kinds)):
+        event = record.dagster_event
+        if event is None or event.step_key != step_key:
+            continue
+        if event.event_type != dg.DagsterEventType.ENGINE_EVENT:
+            return None  # reached this attempt's start: an earlier attempt's error is not this one's cause
+        data = event.engine_event_data
+        if data is not None and data.error is not None:
+            return data.error.message.strip()
+    return None
+
+
+def _run_reporting_cause(context: dg.AssetExecutionContext, where: str, launch) -> dg.MaterializeResult:
+    """``launch()``, with a failure of the training process re-raised as a ``dg.Failure`` that says why."""
+    try:
+        return launch()
+    except Exception as error:
+        cause = _external_error(context)
+        if cause is None:
+            raise
+        raise dg.Failure(
+            description=f"training failed in {where}: {redact(cause)}",
+            metadata={"pipes_error": f"{type(error).__name__}: {error}"},
+        ) from error
+
+
+def _connectable(job: TrainingJob) -> TrainingJob:
+    """The job with a driver-less ``postgresql://`` tracking URI pinned to psycopg2 (the driver we ship)."""
+    return replace(job, tracking_uri=normalize_tracking_uri(job.tracking_uri))
 
 
 class LocalTrainingCompute(TrainingCompute):
@@ -29,4 +98,161 @@ class LocalTrainingCompute(TrainingCompute):
     def train(self, context: dg.AssetExecutionContext, job: TrainingJob) -> dg.MaterializeResult:
         command = [self.python_executable or sys.executable, *ENTRYPOINT]
         client = dg.PipesSubprocessClient()
-        return client.run(command=command, context=context, extras={"job": asdict(job)}).get_materialize_result()
+        extras = {"job": asdict(_connectable(job))}
+        return _run_reporting_cause(
+            context,
+            "the training subprocess",
+            lambda: client.run(command=command, context=context, extras=extras).get_materialize_result(),
+        )
+
+
+class KubernetesTrainingCompute(TrainingCompute):
+    """A pod per training through ``dagster_k8s.PipesK8sClient``, running the same entrypoint.
+
+    The pod asks for ``gpus`` × ``nvidia.com/gpu`` on nodes matching ``node_selector`` (tolerating
+    ``tolerations``), mounts the state volume claim at ``state_mount_path`` (the training set is read
+    and, with a local artifact root, the model written there) and reads secrets from the Kubernetes
+    Secret ``secret_name`` by ``secretKeyRef``: no secret value is ever part of the pod spec.
+    """
+
+    namespace: str
+    image: str
+    gpus: int = 1
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+    cpu: str = "2"
+    memory: str = "8Gi"
+    secret_name: str = "ml-platform-secrets"
+    state_claim: str = "ml-platform-state"
+    state_mount_path: str = ""
+    env: dict[str, str] = {}
+    kubeconfig_file: str | None = None
+    load_incluster_config: bool | None = None  # None: in-cluster when there, else the kubeconfig
+    poll_interval_s: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> "KubernetesTrainingCompute":
+        values: dict[str, Any] = {
+            "namespace": settings.k8s_namespace,
+            "image": settings.training_image,
+            "gpus": settings.training_gpus,
+            "node_selector": dict(settings.training_node_selector),
+            "tolerations": [dict(t) for t in settings.training_tolerations],
+            "secret_name": settings.k8s_secret,
+            "state_claim": settings.k8s_state_claim,
+            "state_mount_path": str(settings.home),
+            # The pod's own settings: scratch and caches on the state volume, the local profile's checks
+            # (the job it runs carries every connection it needs).
+            "env": {"ML_PLATFORM_HOME": str(settings.home)},
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    # ---- what is submitted ---------------------------------------------------------------------
+    def command(self) -> list[str]:
+        return [POD_PYTHON, *ENTRYPOINT]
+
+    def job_for_pod(self, job: TrainingJob) -> TrainingJob:
+        """The job as it travels in the pod's Pipes context (a plain environment variable of the pod):
+        without the database password, which the pod reads as ``PGPASSWORD`` from the Secret."""
+        return replace(job, tracking_uri=without_password(normalize_tracking_uri(job.tracking_uri)))
+
+    def pod_meta(self) -> dict[str, Any]:
+        return {
+            "labels": {"app.kubernetes.io/part-of": "ml-platform", "app.kubernetes.io/component": "training"},
+        }
+
+    def pod_spec(self) -> dict[str, Any]:
+        """``base_pod_spec`` for PipesK8sClient: resources, placement, secrets, the state volume."""
+        limits: dict[str, str] = {"memory": self.memory}
+        if self.gpus > 0:
+            limits[GPU_RESOURCE] = str(self.gpus)
+        container: dict[str, Any] = {
+            "resources": {"requests": {"cpu": self.cpu, "memory": self.memory}, "limits": limits},
+            "env": [
+                {"name": name, "valueFrom": {"secretKeyRef": {"name": self.secret_name, "key": name, "optional": True}}}
+                for name in TRAINING_SECRET_ENV
+            ],
+            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        }
+        spec: dict[str, Any] = {
+            "containers": [container],
+            # the image's own non-root user (deploy/docker/Dockerfile.user-code: uid 10001)
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        }
+        if self.state_claim:
+            container["volumeMounts"] = [{"name": STATE_VOLUME, "mountPath": self.state_mount_path}]
+            spec["volumes"] = [{"name": STATE_VOLUME, "persistentVolumeClaim": {"claimName": self.state_claim}}]
+        if self.node_selector:
+            spec["nodeSelector"] = dict(self.node_selector)
+        if self.tolerations:
+            spec["tolerations"] = [dict(t) for t in self.tolerations]
+        return spec
+
+    def pod_body(self, job: TrainingJob, pod_name: str = "ml-platform-training") -> dict[str, Any]:
+        """The pod :meth:`train` would submit for ``job``, as a Kubernetes object (for review and tests).
+
+        Built by dagster-k8s' own ``build_pod_body`` from the same parts :meth:`train` hands to
+        ``PipesK8sClient.run``. Only the Pipes context variable differs: a real run's also carries the
+        run's ids; this one carries the job alone.
+        """
+        import kubernetes
+        from dagster_k8s.pipes import build_pod_body
+        from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, encode_env_var
+
+        context_env = {
+            DAGSTER_PIPES_CONTEXT_ENV_VAR: encode_env_var({"extras": {"job": asdict(self.job_for_pod(job))}})
+        }
+        pod = build_pod_body(
+            pod_name=pod_name,
+            image=self.image,
+            command=self.command(),
+            env_vars={**context_env, **self.env},
+            base_pod_meta=self.pod_meta(),
+            base_pod_spec=self.pod_spec(),
+        )
+        body = kubernetes.client.ApiClient().sanitize_for_serialization(pod)
+        return {"apiVersion": "v1", "kind": "Pod", **body}
+
+    # ---- running -------------------------------------------------------------------------------
+    def train(self, context: dg.AssetExecutionContext, job: TrainingJob) -> dg.MaterializeResult:
+        from dagster_k8s import PipesK8sClient
+
+        client = PipesK8sClient(
+            load_incluster_config=self.load_incluster_config,
+            kubeconfig_file=self.kubeconfig_file,
+            poll_interval=self.poll_interval_s,
+        )
+        return _run_reporting_cause(
+            context,
+            f"the training pod (namespace {self.namespace})",
+            lambda: client.run(
+                context=context,
+                extras={"job": asdict(self.job_for_pod(job))},
+                image=self.image,
+                command=self.command(),
+                namespace=self.namespace,
+                env=dict(self.env),
+                base_pod_meta=self.pod_meta(),
+                base_pod_spec=self.pod_spec(),
+            ).get_materialize_result(),
+        )
+
+
+def training_step_tags(settings: Settings) -> dict[str, Any]:
+    """Op tags of the ``trained_model`` step: under the Kubernetes executor with training in the step
+    itself (``training_backend: local``), its pod asks for the GPU; otherwise no tag at all (the GPU,
+    if any, is the training pod's; see the module docstring). Built once, when the assets are imported."""
+    if settings.executor != "kubernetes" or settings.training_backend != "local" or settings.training_gpus < 1:
+        return {}
+    pod_spec: dict[str, Any] = {}
+    if settings.training_node_selector:
+        pod_spec["node_selector"] = dict(settings.training_node_selector)
+    if settings.training_tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in settings.training_tolerations]
+    config: dict[str, Any] = {
+        "container_config": {"resources": {"limits": {GPU_RESOURCE: str(settings.training_gpus)}}},
+    }
+    if pod_spec:
+        config["pod_spec_config"] = pod_spec
+    return {K8S_CONFIG_TAG: config}

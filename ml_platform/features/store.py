@@ -1,7 +1,8 @@
 """The Feast feature repository, defined in code, and the point-in-time join.
 
 The repo config is built from :class:`~ml_platform.settings.Settings` (DuckDB offline store over the
-parquet feature table, SQLite online store, file registry, all under the state directory). DuckDB runs
+parquet feature table, file registry, all under the state directory; the online store is SQLite there
+too in the local profile and Redis in the production profile). DuckDB runs
 the point-in-time join as one range join: 1M events join in ~7 s where Feast's dask file store takes
 ~30-60 s (it merges every event with every row of its customer first), and it keeps events that have no
 earlier row instead of dropping them. A ``feature_store.yaml`` with the same
@@ -10,7 +11,7 @@ content is written beside it so the ``feast`` CLI works on the same repo.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pandas as pd
 
 from ml_platform.data.schema import ENTITY_COLUMN, TIMESTAMP_COLUMN
 from ml_platform.features.engineering import JOIN_OFFSET, STORED_FEATURES
-from ml_platform.settings import Settings, write_text_atomic
+from ml_platform.settings import REDIS_PASSWORD_ENV, Settings, write_text_atomic
 
 FEATURE_VIEW = "customer_stats"
 FEATURE_SERVICE = "fraud_model_v1"
@@ -28,17 +29,53 @@ OFFLINE_FILE = "customer_stats.parquet"
 ROW_ID = "__row_id"
 
 
+# redis-py options for a server that must answer at once: no retries with back-off (redis-py's default
+# retries a refused connection for ~5 s) and short socket timeouts, so a lookup against a Redis that is
+# down fails in milliseconds and the model server answers 503 straight away.
+FAIL_FAST_REDIS_OPTIONS = {"retry": "null", "socket_connect_timeout": "2", "socket_timeout": "2"}
+
+
 @dataclass(frozen=True)
 class FeatureRepo:
-    """Where one Feast repo lives."""
+    """Where one Feast repo lives, and its online store: SQLite beside the repo, or Redis.
+
+    ``redis_connection`` is Feast's ``connection_string`` (``host:port,db=N[,password=...]``); empty means
+    the SQLite online store. It may hold a password, so it is left out of ``repr``.
+    """
 
     repo_dir: Path
     offline_dir: Path
     project: str
+    redis_connection: str = field(default="", repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FeatureRepo:
-        return cls(settings.feast_dir, settings.offline_features_dir, settings.feast_project)
+        return cls(
+            settings.feast_dir, settings.offline_features_dir, settings.feast_project, settings.redis_connection_string
+        )
+
+    @property
+    def online_store_kind(self) -> str:
+        return "redis" if self.redis_connection else "sqlite"
+
+    def describe_online_store(self) -> str:
+        """Where the online store is, for messages and metadata (no password)."""
+        if not self.redis_connection:
+            return f"SQLite online store {self.online_store_path}"
+        address, *options = self.redis_connection.split(",")
+        database = next((o.removeprefix("db=") for o in options if o.startswith("db=")), "0")
+        return f"Redis online store at {address} (db {database})"
+
+    def online_store_config(self, *, fail_fast: bool = False) -> dict[str, object]:
+        """Feast's ``online_store`` section; ``fail_fast`` for request paths (see FAIL_FAST_REDIS_OPTIONS)."""
+        if not self.redis_connection:
+            return {"type": "sqlite", "path": str(self.online_store_path)}
+        connection = self.redis_connection
+        if fail_fast:
+            present = {piece.split("=", 1)[0] for piece in connection.split(",") if "=" in piece}
+            extra = [f"{key}={value}" for key, value in FAIL_FAST_REDIS_OPTIONS.items() if key not in present]
+            connection = ",".join([connection, *extra])
+        return {"type": "redis", "connection_string": connection}
 
     @property
     def registry_path(self) -> Path:
@@ -53,21 +90,34 @@ class FeatureRepo:
         return self.offline_dir / OFFLINE_FILE
 
     def config_yaml(self) -> str:
+        """The repo's feature_store.yaml for the ``feast`` CLI. A Redis password is not written: Feast
+        substitutes ``${ML_PLATFORM_REDIS_PASSWORD}`` from the environment when it reads the file."""
+        if self.redis_connection:
+            pieces = [
+                f"password=${{{REDIS_PASSWORD_ENV}}}" if piece.startswith("password=") else piece
+                for piece in self.redis_connection.split(",")
+            ]
+            online = f'online_store:\n  type: redis\n  connection_string: "{",".join(pieces)}"\n'
+        else:
+            online = f"online_store:\n  type: sqlite\n  path: {self.online_store_path}\n"
         return (
             f"project: {self.project}\n"
             "provider: local\n"
             f"registry: {self.registry_path}\n"
-            f"online_store:\n  type: sqlite\n  path: {self.online_store_path}\n"
+            f"{online}"
             "offline_store:\n  type: duckdb\n"
             "entity_key_serialization_version: 3\n"
         )
 
 
-def open_store(repo: FeatureRepo):
-    """A FeatureStore on ``repo``; also (re)writes its feature_store.yaml for the feast CLI."""
+def open_store(repo: FeatureRepo, *, fail_fast: bool = False):
+    """A FeatureStore on ``repo``; also (re)writes its feature_store.yaml for the feast CLI.
+
+    ``fail_fast`` (the model server): a Redis online store that is down fails a lookup at once instead of
+    after redis-py's retries. Batch loads keep the retries, which ride out a short blip.
+    """
     from feast import FeatureStore, RepoConfig
     from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
-    from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
     from feast.repo_config import RegistryConfig
 
     repo.repo_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +128,7 @@ def open_store(repo: FeatureRepo):
         project=repo.project,
         provider="local",
         registry=RegistryConfig(registry_type="file", path=str(repo.registry_path)),
-        online_store=SqliteOnlineStoreConfig(path=str(repo.online_store_path)),
+        online_store=repo.online_store_config(fail_fast=fail_fast),
         offline_store=DuckDBOfflineStoreConfig(),
         entity_key_serialization_version=3,
         repo_path=str(repo.repo_dir),
