@@ -16,12 +16,14 @@ export MPLCONFIGDIR := $(ML_PLATFORM_HOME)/cache/matplotlib
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_CACHE_DIR := 1
 
-.PHONY: help install state dev demo test lint format bench mlflow-ui lock clean-state
+.PHONY: help install state dev demo test test-integration lint format bench mlflow-ui lock clean-state
 
 help:
 	@echo "make dev        set up, then start the Dagster UI and daemon on http://127.0.0.1:3000"
 	@echo "make test       set up, then run the whole test suite"
-	@echo "make demo       set up, then materialize the whole graph headless and print what it made"
+	@echo "make test-integration  only the production-profile tests on PostgreSQL and Redis (both must be up)"
+	@echo "make demo       set up, materialize the whole graph headless, then close the loop: drifted traffic,"
+	@echo "                retrain + deploy by the sensors, bad labels, rollback (DEMO_ARGS=--no-loop: the graph only)"
 	@echo "make bench      end-to-end pipeline benchmark on 1,000,000 transactions"
 	@echo "make mlflow-ui  the MLflow UI for the local store on http://127.0.0.1:5000"
 	@echo "make lint       ruff"
@@ -46,11 +48,16 @@ state: install
 dev: state
 	exec $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
+# The graph, then the closed loop with the timings of each leg (`ml-platform demo --help` for the knobs).
 demo: state
-	$(BIN)/ml-platform demo
+	$(BIN)/ml-platform demo $(DEMO_ARGS)
 
 test: install
 	$(BIN)/python -m pytest
+
+# The production profile on real PostgreSQL and Redis (up on loopback; .ci/run starts them). `make test` runs these too.
+test-integration: install
+	$(BIN)/python -m pytest -m integration tests/integration
 
 lint: install
 	$(BIN)/ruff check .

@@ -4,6 +4,7 @@ from assets.data import raw_transactions, validated_transactions
 from assets.deployment import batch_predictions, model_deployment
 from assets.evaluation import champion_model, model_evaluation
 from assets.features import customer_stats, feature_store, online_features
+from assets.monitoring import MONITORING_ASSETS
 from assets.training import trained_model, training_set
 
 ALL_ASSETS = [
@@ -18,4 +19,5 @@ ALL_ASSETS = [
     champion_model,
     model_deployment,
     batch_predictions,
+    *MONITORING_ASSETS,
 ]

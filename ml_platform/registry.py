@@ -174,8 +174,12 @@ class Registry:
 
         try:
             self.client.get_registered_model(self.model_name)
-        except MlflowException:
-            return False
+        except MlflowException as error:
+            # Only "no such model" means none; a store that cannot be reached must fail loudly, not look
+            # like an empty registry (a run would otherwise carry on as if nothing were registered).
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
         return True
 
     def aliases(self) -> dict[str, int]:
@@ -197,6 +201,16 @@ class Registry:
         if THRESHOLD_TAG not in tags:
             raise RegistryError(f"{self.model_name} version {version} has no {THRESHOLD_TAG} tag")
         return float(tags[THRESHOLD_TAG])
+
+    def test_metrics(self, version: int) -> dict[str, float]:
+        """What ``version`` scored on its test split when model_evaluation judged it (the run metrics
+        ``test_*``, returned without the prefix): the baseline live performance is compared with.
+        Empty when the version was never evaluated (e.g. pinned by hand)."""
+        run_id = self.model_version(version).run_id
+        if not run_id:
+            return {}
+        metrics = self.client.get_run(run_id).data.metrics
+        return {key.removeprefix("test_"): float(value) for key, value in metrics.items() if key.startswith("test_")}
 
     def load_booster(self, version: int):
         """The model in XGBoost's own format (never unpickled), ready to predict on CPU."""

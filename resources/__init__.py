@@ -1,22 +1,35 @@
 """Resources, chosen per profile in one place."""
 
-from ml_platform.settings import Settings
+import os
+
+import dagster as dg
+
+from ml_platform.monitoring.health import MonitoringPaths
+from ml_platform.settings import ENVIRONMENT_VARIABLES, REDIS_PASSWORD_ENV, Settings, normalize_tracking_uri, redact
+from resources.alerts import AlertResource
 from resources.deployment import DeploymentTarget, KubernetesDeployment, LocalDeployment
 from resources.feast import FeastResource
 from resources.mlflow import MLflowResource
+from resources.monitoring import MonitoringResource
 from resources.storage import StateIOManager, StateStorage
-from resources.training import LocalTrainingCompute, TrainingCompute
+from resources.training import STATE_VOLUME, KubernetesTrainingCompute, LocalTrainingCompute, TrainingCompute
 
 __all__ = [
+    "AlertResource",
     "DeploymentTarget",
     "FeastResource",
     "KubernetesDeployment",
+    "KubernetesTrainingCompute",
     "LocalDeployment",
+    "LocalTrainingCompute",
     "MLflowResource",
+    "MonitoringResource",
     "StateIOManager",
     "StateStorage",
     "TrainingCompute",
+    "build_executor",
     "build_resources",
+    "k8s_executor_config",
 ]
 
 
@@ -26,7 +39,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "io_manager": StateIOManager(base_dir=str(settings.data_dir)),
         "state": StateStorage(base_dir=str(settings.data_dir)),
         "mlflow": MLflowResource(
-            tracking_uri=settings.tracking_uri,
+            tracking_uri=_secret_aware(settings.tracking_uri, ENVIRONMENT_VARIABLES["mlflow_tracking_uri"]),
             artifact_root=settings.mlflow_artifact_root,
             model_name=settings.model_name,
             experiment_name=settings.experiment_name,
@@ -35,7 +48,74 @@ def build_resources(settings: Settings) -> dict[str, object]:
             repo_dir=str(settings.feast_dir),
             offline_dir=str(settings.offline_features_dir),
             project=settings.feast_project,
+            redis_url=_secret_aware(settings.redis_url, ENVIRONMENT_VARIABLES["redis_url"]),
+            redis_password=_secret_aware(settings.redis_password, REDIS_PASSWORD_ENV, always_secret=True),
         ),
-        "training_compute": LocalTrainingCompute(),
-        "deployment": LocalDeployment(state_dir=str(settings.home / "serving"), port=settings.serving_port),
+        "training_compute": (
+            KubernetesTrainingCompute.from_settings(settings)
+            if settings.training_backend == "kubernetes"
+            else LocalTrainingCompute()
+        ),
+        "deployment": (
+            KubernetesDeployment(
+                overlay=settings.k8s_overlay,
+                token_env_var=settings.serving_token_env,
+                **({"service_url": settings.serving_url} if settings.serving_url else {}),
+            )
+            if settings.deployment_target == "kubernetes"
+            else LocalDeployment(state_dir=str(settings.home / "serving"), port=settings.serving_port)
+        ),
+        **_monitoring_resources(settings),
     }
+
+
+def _monitoring_resources(settings: Settings) -> dict[str, object]:
+    """Monitoring's paths (the server's prediction log, ``<home>/monitoring``) and the alert sink: the
+    JSON-lines history there, plus the webhook named by ML_PLATFORM_ALERT_WEBHOOK_URL when it is set."""
+    paths = MonitoringPaths.from_settings(settings)
+    return {
+        "monitoring": MonitoringResource(log_dir=str(paths.log_dir), monitoring_dir=str(paths.root)),
+        "alerts": AlertResource(jsonl_path=str(paths.alerts_path)),
+    }
+
+
+def build_executor(settings: Settings):
+    """The Definitions' executor: ``None`` (Dagster's default) unless ``settings.executor`` is
+    ``kubernetes``, then dagster-k8s' ``k8s_job_executor``: one Kubernetes Job per step, in the settings'
+    namespace, with the platform's settings as environment, its secrets from the Secret (``envFrom``) and
+    the state volume mounted where the code expects it. Per-step resources come from op tags
+    (``trained_model``'s GPU, see resources.training.training_step_tags)."""
+    if settings.executor != "kubernetes":
+        return None
+    from dagster_k8s import k8s_job_executor
+
+    return k8s_job_executor.configured(k8s_executor_config(settings), name="k8s_job_executor")
+
+
+def k8s_executor_config(settings: Settings) -> dict[str, object]:
+    """The ``k8s_job_executor`` config :func:`build_executor` uses (no secret values: ``envFrom`` the Secret)."""
+    config: dict[str, object] = {
+        "job_namespace": settings.k8s_namespace,
+        "env_secrets": [settings.k8s_secret],
+        "env_vars": [f"{name}={value}" for name, value in settings.environment_for_pods().items()],
+        "labels": {"app.kubernetes.io/part-of": "ml-platform"},
+    }
+    if settings.k8s_image:
+        config["job_image"] = settings.k8s_image  # else: the image that loaded the code location
+    if settings.k8s_state_claim:
+        config["volumes"] = [
+            {"name": STATE_VOLUME, "persistent_volume_claim": {"claim_name": settings.k8s_state_claim}}
+        ]
+        config["volume_mounts"] = [{"name": STATE_VOLUME, "mount_path": str(settings.home)}]
+    return config
+
+
+def _secret_aware(value: str, env_name: str, *, always_secret: bool = False):
+    """``value``, or ``dg.EnvVar(env_name)`` when it holds a secret read from that variable: Dagster then
+    resolves it when a run starts and shows only the variable's name in the UI and run records."""
+    if not value or (not always_secret and redact(value) == value):
+        return value
+    raw = os.environ.get(env_name)
+    if raw is not None and value in (raw, normalize_tracking_uri(raw)):
+        return dg.EnvVar(env_name)
+    return value

@@ -1,8 +1,11 @@
-"""Jobs (verbs) and the schedules that run them."""
+"""Jobs (verbs), the schedules that run them, and the sensors that close the loop."""
 
 import dagster as dg
 
+from sensors.monitoring import MONITORING_JOBS, MONITORING_SCHEDULES, SENSORS
 from sensors.rollback import rollback
+
+__all__ = ["JOBS", "SCHEDULES", "SENSORS"]
 
 # Take in a day of transactions: raw -> validated (daily partitions).
 ingest = dg.define_asset_job(
@@ -18,11 +21,13 @@ refresh_features = dg.define_asset_job(
     description="Recompute customer_stats from every stored day, apply the Feast repo, load the online store.",
 )
 
-# Train a challenger, evaluate it against the champion, promote it if every gate passes.
+# Train a challenger, evaluate it against the champion, promote it if every gate passes, and serve it: a
+# retrain the drift sensor requests ends with the new champion answering. A failed gate stops the run
+# before champion_model, so nothing is promoted and nothing is deployed.
 retrain = dg.define_asset_job(
     "retrain",
-    selection=dg.AssetSelection.groups("training", "evaluation"),
-    description="training_set -> trained_model -> model_evaluation (gates) -> champion_model.",
+    selection=dg.AssetSelection.groups("training", "evaluation") | dg.AssetSelection.assets("model_deployment"),
+    description="training_set -> trained_model -> model_evaluation (gates) -> champion_model -> model_deployment.",
 )
 
 # Everything, raw data to champion, over a range of days in one run (make demo, first start).
@@ -46,7 +51,7 @@ predict_batch = dg.define_asset_job(
     description="Score one day of transactions with the champion (parquet in, parquet out).",
 )
 
-JOBS = [ingest, refresh_features, retrain, bootstrap, deploy, predict_batch, rollback]
+JOBS = [ingest, refresh_features, retrain, bootstrap, deploy, predict_batch, rollback, *MONITORING_JOBS]
 
 ingest_daily = dg.build_schedule_from_partitioned_job(
     ingest,
@@ -74,4 +79,4 @@ retrain_daily = dg.ScheduleDefinition(
     description="The original design's daily retraining at 02:00 UTC.",
 )
 
-SCHEDULES = [ingest_daily, refresh_features_daily, retrain_daily]
+SCHEDULES = [ingest_daily, refresh_features_daily, retrain_daily, *MONITORING_SCHEDULES]

@@ -9,6 +9,8 @@ import socket
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from ml_platform.settings import Settings
 
 # Step subprocesses of a test run (re-execution uses the multiprocess executor) import this module
@@ -24,3 +26,13 @@ if "ML_PLATFORM_SERVING_PORT" not in os.environ:  # a free port, so a test serve
 SESSION_SETTINGS = Settings.from_env()
 SESSION_SETTINGS.apply_environment()
 SESSION_SETTINGS.prepare()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_the_session_model_server():
+    """Jobs that deploy (deploy, retrain, rollback) leave the local model server running, as they should
+    outside tests; the session stops it at the end so no process outlives the tests."""
+    yield
+    from ml_platform.deploy.local import LocalProcessTarget
+
+    LocalProcessTarget(SESSION_SETTINGS.home / "serving", port=SESSION_SETTINGS.serving_port).stop()

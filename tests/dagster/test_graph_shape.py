@@ -1,17 +1,22 @@
 """A snapshot of the asset graph: an accidental change to keys, groups, deps or checks shows up here."""
 
 import dataclasses
+from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
 
 from assets.data import RawTransactionsConfig
 from assets.evaluation import EvaluationConfig
+from assets.monitoring import PREDICTION_LOG_PARTITIONS
 from assets.training import TrainingConfig, TrainingSetConfig
 from ml_platform.data.synthetic import SyntheticConfig
 from ml_platform.evaluation.gate import GateConfig
+from ml_platform.monitoring.alerts import DEFAULT_RULES
+from ml_platform.monitoring.drift import DriftConfig
 from ml_platform.training.dataset import SplitFractions
 from ml_platform.training.train import TrainingParams
+from resources.monitoring import MonitoringResource
 
 EXPECTED_GROUPS = {
     "raw_transactions": "data",
@@ -25,6 +30,11 @@ EXPECTED_GROUPS = {
     "champion_model": "evaluation",
     "model_deployment": "deployment",
     "batch_predictions": "deployment",
+    "prediction_log": "monitoring",
+    "drift_report": "monitoring",
+    "live_performance": "monitoring",
+    "serving_metrics": "monitoring",
+    "model_health": "monitoring",
 }
 EXPECTED_DEPS = {
     "raw_transactions": set(),
@@ -38,6 +48,11 @@ EXPECTED_DEPS = {
     "champion_model": {"model_evaluation"},
     "model_deployment": {"champion_model"},
     "batch_predictions": {"validated_transactions", "champion_model", "feature_store"},
+    "prediction_log": set(),
+    "drift_report": {"prediction_log", "training_set"},
+    "live_performance": {"prediction_log", "champion_model"},
+    "serving_metrics": {"prediction_log", "model_deployment"},
+    "model_health": {"drift_report", "live_performance", "serving_metrics"},
 }
 EXPECTED_CHECKS = {
     ("validated_transactions", "schema"),
@@ -47,6 +62,13 @@ EXPECTED_CHECKS = {
     ("model_evaluation", "quality_floor"),
     ("model_evaluation", "no_regression"),
     ("model_deployment", "smoke"),
+}
+# The alert rules as checks: signals for the sensors, never blocking (model_health must still be written).
+MONITORING_CHECKS = {
+    ("drift_report", "drift_score"): dg.AssetCheckSeverity.WARN,
+    ("live_performance", "accuracy_drop"): dg.AssetCheckSeverity.ERROR,
+    ("serving_metrics", "latency_p99"): dg.AssetCheckSeverity.WARN,
+    ("serving_metrics", "error_rate"): dg.AssetCheckSeverity.ERROR,
 }
 
 
@@ -60,21 +82,28 @@ def test_asset_keys_groups_and_deps(defs):
         assert {p.to_user_string() for p in node.parent_keys} == EXPECTED_DEPS[name], name
 
 
-def test_checks_are_blocking(defs):
+def test_gates_block_and_monitoring_checks_do_not(defs):
     graph = defs.resolve_asset_graph()
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
-    assert checks == EXPECTED_CHECKS
+    assert checks == EXPECTED_CHECKS | set(MONITORING_CHECKS)
     for key in graph.asset_check_keys:
-        assert graph.get_check_spec(key).blocking, key
+        name = (key.asset_key.to_user_string(), key.name)
+        assert graph.get_check_spec(key).blocking is (name in EXPECTED_CHECKS), name
 
 
 def test_daily_partitions_on_transactions_and_batch_scores(defs):
     graph = defs.resolve_asset_graph()
     partitioned = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def}
-    assert partitioned == {"raw_transactions", "validated_transactions", "batch_predictions"}
+    assert partitioned == {"raw_transactions", "validated_transactions", "batch_predictions", "prediction_log"}
     daily = graph.get(dg.AssetKey("raw_transactions")).partitions_def
     assert isinstance(daily, dg.DailyPartitionsDefinition)
     assert daily.get_partition_keys()[0] == "2025-01-01"
+    # The prediction log's days include today (the server is writing it): one partition more.
+    log_days = graph.get(dg.AssetKey("prediction_log")).partitions_def
+    assert log_days is PREDICTION_LOG_PARTITIONS
+    assert log_days.get_partition_keys()[0] == "2025-01-01"
+    assert log_days.get_last_partition_key() == datetime.now(UTC).date().isoformat()
+    assert len(log_days.get_partition_keys()) == len(daily.get_partition_keys()) + 1
 
 
 def test_jobs_and_schedules(defs):
@@ -84,6 +113,7 @@ def test_jobs_and_schedules(defs):
         "trained_model",
         "model_evaluation",
         "champion_model",
+        "model_deployment",  # a promoted model is served by the same run
     }
     schedule = defs.resolve_schedule_def("retrain_daily")
     assert schedule.cron_schedule == "0 2 * * *"
@@ -92,6 +122,67 @@ def test_jobs_and_schedules(defs):
     ingest = defs.resolve_schedule_def("ingest_daily")
     assert ingest.job_name == "ingest"
     assert ingest.cron_schedule == "0 1 * * *"
+
+    monitor = defs.resolve_job_def("monitor")
+    assert {k.to_user_string() for k in monitor.asset_layer.executable_asset_keys} == {
+        "drift_report",
+        "live_performance",
+        "serving_metrics",
+        "model_health",
+    }
+    collect = defs.resolve_job_def("collect_predictions")
+    assert {k.to_user_string() for k in collect.asset_layer.executable_asset_keys} == {"prediction_log"}
+    hourly = defs.resolve_schedule_def("monitor_hourly")
+    assert (hourly.job_name, hourly.cron_schedule, hourly.default_status) == (
+        "monitor",
+        "0 * * * *",
+        dg.DefaultScheduleStatus.RUNNING,
+    )
+    compaction = defs.resolve_schedule_def("collect_predictions_daily")
+    assert (compaction.job_name, compaction.cron_schedule) == ("collect_predictions", "15 0 * * *")
+    assert {s.name for s in defs.schedules} == {
+        "ingest_daily",
+        "refresh_features_daily",
+        "retrain_daily",
+        "monitor_hourly",
+        "collect_predictions_daily",
+    }
+
+
+def test_daily_compaction_targets_yesterday(defs):
+    schedule = defs.resolve_schedule_def("collect_predictions_daily")
+    context = dg.build_schedule_context(
+        scheduled_execution_time=datetime(2026, 3, 2, 0, 15, tzinfo=UTC), repository_def=defs.get_repository_def()
+    )
+    request = schedule.evaluate_tick(context).run_requests[0]
+    assert (request.partition_key, request.run_key) == ("2026-03-01", "prediction_log-2026-03-01")
+
+
+def test_sensors_run_by_default_and_target_their_jobs(defs):
+    sensors = {s.name: s for s in defs.sensors}
+    assert set(sensors) == {"retrain_on_drift", "rollback_on_failure", "alert_on_failed_checks"}
+    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors.values())
+    assert sensors["retrain_on_drift"].job_name == "retrain"
+    assert sensors["rollback_on_failure"].job_name == "rollback"
+    assert not sensors["alert_on_failed_checks"].has_jobs  # it sends alerts, it launches nothing
+
+
+def test_monitoring_thresholds_and_drift_method_mirror_the_core_defaults():
+    """The resource's defaults are the original design's alert rules and the core's drift config."""
+    fields = {name: field.default for name, field in MonitoringResource.model_fields.items()}
+    assert fields["latency_p99_threshold_ms"] == DEFAULT_RULES["latency_p99"].threshold == 200.0
+    assert fields["error_rate_threshold"] == DEFAULT_RULES["error_rate"].threshold == 0.01
+    assert fields["accuracy_drop_threshold"] == DEFAULT_RULES["accuracy_drop"].threshold == 0.05
+    assert fields["drift_score_threshold"] == DEFAULT_RULES["drift_score"].threshold == 0.15
+    assert (fields["drift_method"], fields["drift_feature_threshold"]) == (
+        DriftConfig().method,
+        DriftConfig().feature_threshold,
+    )
+    rules = MonitoringResource(log_dir="/x", monitoring_dir="/y", drift_score_threshold=0.4).rules()
+    assert rules["drift_score"].threshold == 0.4
+    assert {name: rule.severity for name, rule in rules.items()} == {
+        name[1]: severity.value for name, severity in MONITORING_CHECKS.items()
+    }
 
 
 @pytest.mark.parametrize(

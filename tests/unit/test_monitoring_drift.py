@@ -218,3 +218,28 @@ def test_columns_scored_in_threads_give_the_same_report(reference, current, monk
         assert threaded == serial[method]  # equality ignores the timing field
     with pytest.raises(ValueError, match=r"current\['amount'\]: no finite values"):
         compute_drift(reference, current.assign(amount=np.nan), EDGE_COLUMNS)
+
+
+def test_the_synthetic_worlds_normal_days_do_not_drift_and_drifted_days_do():
+    """The platform's own defaults on its own data: new days with the drift knob off score 0 against the
+    newest slice of the history (so the hourly check stays quiet); with the knob on, the request-time
+    features move past the 0.15 rule. The cumulative features are left out: they move every day."""
+    from datetime import date
+
+    from ml_platform.data.synthetic import SyntheticConfig, generate_transactions
+    from ml_platform.features.engineering import CUMULATIVE_FEATURES, DRIFT_FEATURES, model_features, stats_before
+
+    assert not set(CUMULATIVE_FEATURES) & set(DRIFT_FEATURES)
+    world = {"n_customers": 1_500, "transactions_per_day": 1_200, "seed": 7}
+    history = generate_transactions(SyntheticConfig(**world), date(2026, 3, 1), date(2026, 3, 14))
+    features = model_features(history, stats_before(history))
+    reference = features.iloc[int(len(features) * 0.85) :]  # the time split's test slice
+    scores = {}
+    for knob in (0.0, 0.3):
+        new_days = generate_transactions(SyntheticConfig(**world, drift=knob), date(2026, 3, 15), date(2026, 3, 18))
+        both = pd.concat([history, new_days], ignore_index=True)
+        current = model_features(both, stats_before(both)).iloc[len(history) :]
+        scores[knob] = compute_drift(reference, current, DRIFT_FEATURES)
+    assert scores[0.0].drift_score == 0.0 and max(f.score for f in scores[0.0].features) < 0.06
+    assert scores[0.3].drift_score > 0.5
+    assert {"amount", "amount_to_avg_ratio", "is_online"} <= set(scores[0.3].drifted_features)

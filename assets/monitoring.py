@@ -1,0 +1,432 @@
+"""Group monitoring: the server's prediction log by day, and over a trailing window of it, drift against
+the training data, live performance against late labels, serving figures and the health summary.
+
+The alert rules are asset checks on these assets (thresholds are fields of the ``monitoring``
+resource, so the checks, ``model_health`` and ``ml-platform status`` judge by the same numbers). The
+checks never block: a failing check is a signal for the sensors (retrain, roll back, alert), and the
+health summary must still be written when something is wrong. A check with nothing to judge (no
+traffic, no labels yet) passes and says so.
+
+The window assets read the log directory directly (it is ``prediction_log``'s storage); they are not
+partitioned, because a monitoring question is "the last 24 hours", which crosses day boundaries.
+"""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from assets.common import md_table
+from ml_platform.features.engineering import CUMULATIVE_FEATURES, DRIFT_FEATURES
+from ml_platform.monitoring.alerts import AlertRule
+from ml_platform.monitoring.compaction import compact_day
+from ml_platform.monitoring.dashboard import render_markdown, render_png
+from ml_platform.monitoring.drift import METHOD_TITLES, compute_drift, render_drift_html
+from ml_platform.monitoring.health import collect_model_health, finite_or_none, reference_features
+from ml_platform.monitoring.performance import LIVE_METRICS
+from ml_platform.monitoring.performance import live_performance as compute_live_performance
+from ml_platform.monitoring.serving_metrics import scrape_metrics
+from ml_platform.monitoring.serving_metrics import serving_metrics as compute_serving_metrics
+from ml_platform.monitoring.window import Window, read_predictions
+from ml_platform.registry import CHAMPION
+from ml_platform.serving.prediction_log import read_prediction_log
+from resources.deployment import DeploymentTarget
+from resources.mlflow import MLflowResource
+from resources.monitoring import MonitoringResource
+from resources.storage import StateStorage
+
+# The days of the prediction log. Unlike the transaction stream (DAILY_PARTITIONS), today is a
+# partition too (end_offset=1): the server is writing today's folder, and it can be compacted and
+# inspected before the day is over.
+PREDICTION_LOG_PARTITIONS = dg.DailyPartitionsDefinition(start_date="2025-01-01", end_offset=1, timezone="UTC")
+
+
+class WindowConfig(dg.Config):
+    """The trailing window of traffic to judge, ending when the run starts: "24h", "7d", "90m", "2w"."""
+
+    window: str = "24h"
+
+
+class DriftReportConfig(WindowConfig):
+    """The HTML report is drawn from a seeded sample of each side (it is for looking at distributions;
+    the scores the check uses are computed on every row). Only the newest ``keep_reports`` are kept."""
+
+    html_sample_rows: int = 20_000
+    keep_reports: int = 48
+
+
+def _window(config: WindowConfig) -> Window:
+    try:
+        return Window.parse(config.window)
+    except ValueError as error:
+        raise dg.Failure(str(error)) from error
+
+
+def _rule(monitoring: MonitoringResource, name: str) -> AlertRule:
+    try:
+        return monitoring.rules()[name]
+    except ValueError as error:
+        raise dg.Failure(f"monitoring resource: {error}") from error
+
+
+def rule_check(
+    rule: AlertRule,
+    value: float | None,
+    window: Window,
+    *,
+    no_data: str | None = None,
+    describe: str = "",
+    metadata: dict | None = None,
+) -> dg.AssetCheckResult:
+    """A check from an alert rule: fails when the rule fires on ``value``; with ``no_data`` it passes
+    and says why there was nothing to judge. Metadata always holds value, threshold and window."""
+    value = finite_or_none(value)
+    if no_data is not None:
+        passed, description = True, f"nothing to judge: {no_data}"
+    else:
+        passed = not rule.fires(value)
+        verdict = "breaks" if not passed else "within"
+        description = f"{rule.metric} {_shown(value)} {verdict} the rule {rule.describe()} over {window.label}"
+        if describe:
+            description += f"; {describe}"
+    return dg.AssetCheckResult(
+        check_name=rule.name,
+        passed=passed,
+        severity=dg.AssetCheckSeverity(rule.severity),
+        description=description,
+        metadata={"value": value, "threshold": rule.threshold, "window": window.label, **(metadata or {})},
+    )
+
+
+def _shown(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.4g}"
+
+
+def _stamp(context: dg.AssetExecutionContext) -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{context.run.run_id[:8]}"
+
+
+def _prune(folder: Path, pattern: str, keep: int) -> int:
+    """Delete all but the newest ``keep`` files matching ``pattern`` (names sort by time); returns how many."""
+    files = sorted(folder.glob(pattern))
+    stale = files[:-keep] if keep > 0 else files
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+# ---- the log, by day ---------------------------------------------------------------------------------
+@dg.asset(
+    group_name="monitoring",
+    partitions_def=PREDICTION_LOG_PARTITIONS,
+    kinds={"parquet"},
+    description="The model server's logged predictions of one UTC day. Materializing a day compacts its "
+    "many small part files into one (atomically: readers never count a row twice) and records what the "
+    "day holds: rows, model versions and variants, latency.",
+)
+def prediction_log(context: dg.AssetExecutionContext, monitoring: MonitoringResource) -> dg.MaterializeResult:
+    paths = monitoring.paths()
+    result = compact_day(paths.log_dir, context.partition_key)
+    frame = read_prediction_log(paths.log_dir, context.partition_key)
+    metadata: dict[str, object] = {
+        "dagster/row_count": len(frame),
+        "files_compacted": result.files_before if result.compacted else 0,
+        "files_now": result.files_after,
+        "compaction_seconds": result.seconds,
+        "folder": dg.MetadataValue.path(str(result.folder)),
+    }
+    if any(result.recovered.values()):
+        metadata["recovered_from_interrupted_compaction"] = dg.MetadataValue.json(result.recovered)
+    if len(frame):
+        mix = frame.groupby(["model_version", "variant"]).size().rename("rows").reset_index()
+        metadata.update(
+            {
+                "model_versions": md_table(mix, max_rows=50, index=False),
+                "versions": ", ".join(f"v{v}" for v in sorted(frame["model_version"].unique())),
+                "latency_p50_ms": float(frame["latency_ms"].quantile(0.50)),
+                "latency_p99_ms": float(frame["latency_ms"].quantile(0.99)),
+                "flagged_as_fraud": int(frame["is_fraud"].sum()),
+                "first_prediction": frame["time"].iloc[0].isoformat(),
+                "last_prediction": frame["time"].iloc[-1].isoformat(),
+            }
+        )
+    return dg.MaterializeResult(metadata=metadata)
+
+
+# ---- drift ---------------------------------------------------------------------------------------------
+@dg.asset(
+    group_name="monitoring",
+    deps=[prediction_log, "training_set"],
+    kinds={"evidently", "scipy"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "drift_score",
+            asset="drift_report",
+            description="share of features whose distribution drifted from the training data (WARN)",
+        )
+    ],
+    description="The window's traffic against the training set's train split, per feature and for the "
+    "dataset: scores on every row (scipy, equal to Evidently's DataDriftPreset), Evidently's HTML report "
+    "from a sample.",
+)
+def drift_report(
+    context: dg.AssetExecutionContext,
+    config: DriftReportConfig,
+    monitoring: MonitoringResource,
+    state: StateStorage,
+):
+    window = _window(config)
+    rule = _rule(monitoring, "drift_score")
+    try:
+        drift_config = monitoring.drift_config()
+    except ValueError as error:
+        raise dg.Failure(f"monitoring resource: {error}") from error
+    paths = monitoring.paths()
+    current = read_predictions(paths.log_dir, window)
+    method = METHOD_TITLES.get(drift_config.method, drift_config.method)
+    if current.empty:
+        note = f"no predictions logged over {window.label}"
+        yield dg.MaterializeResult(metadata={"rows": 0, "window": window.label, "method": method, "note": note})
+        yield rule_check(rule, None, window, no_data=note)
+        return
+    try:
+        reference = reference_features(state.table_path("training_set"))
+    except FileNotFoundError as error:
+        raise dg.Failure(str(error)) from error
+    try:
+        report = compute_drift(reference, current, DRIFT_FEATURES, drift_config)
+    except ValueError as error:  # e.g. a feature with no finite value on one side
+        raise dg.Failure(f"drift_report: {error}") from error
+    html = render_drift_html(
+        reference,
+        current,
+        DRIFT_FEATURES,
+        drift_config,
+        paths.reports_dir / f"drift-{_stamp(context)}.html",
+        sample_rows=config.html_sample_rows,
+    )
+    _prune(paths.reports_dir, "drift-*.html", config.keep_reports)
+    top = ", ".join(f"{f.feature} ({f.score:.3g})" for f in report.top(3) if f.drifted) or "none"
+    yield dg.MaterializeResult(
+        metadata={
+            "drift_score": float(report.drift_score),
+            "drifted_features": f"{len(report.drifted_features)} of {len(report.features)}",
+            "top_drifted": top,
+            "features": md_table(report.to_frame(), max_rows=len(report.features), index=False),
+            "method": method,
+            "feature_threshold": report.features[0].threshold,
+            "rows": report.current_rows,
+            "reference_rows": report.reference_rows,
+            "not_scored": ", ".join(CUMULATIVE_FEATURES) + " (grow with each customer's history by construction)",
+            "window": window.label,
+            "report": dg.MetadataValue.path(str(html)),
+            "report_url": dg.MetadataValue.url(html.resolve().as_uri()),
+            "compute_seconds": report.seconds,
+        }
+    )
+    yield rule_check(
+        rule,
+        report.drift_score,
+        window,
+        describe=f"drifted: {', '.join(report.drifted_features) or 'none'}",
+        metadata={"drifted_features": ", ".join(report.drifted_features), "rows": report.current_rows},
+    )
+
+
+# ---- live performance ------------------------------------------------------------------------------
+@dg.asset(
+    group_name="monitoring",
+    deps=[prediction_log, "champion_model"],
+    kinds={"scikitlearn"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "accuracy_drop",
+            asset="live_performance",
+            description="the champion's accuracy on labeled traffic fell below its test accuracy (ERROR)",
+        )
+    ],
+    description="The champion's answers in the window judged by the labels that have arrived (ground truth "
+    "comes late): accuracy, precision, recall and F1 against what the version scored on its test split.",
+)
+def live_performance(config: WindowConfig, monitoring: MonitoringResource, mlflow: MLflowResource):
+    window = _window(config)
+    rule = _rule(monitoring, "accuracy_drop")
+    registry = mlflow.registry()
+    version = registry.version_for_alias(CHAMPION)
+    if version is None:
+        note = f"{registry.model_name} has no champion yet"
+        yield dg.MaterializeResult(metadata={"model_version": "none", "window": window.label, "note": note})
+        yield rule_check(rule, None, window, no_data=note)
+        return
+    paths = monitoring.paths()
+    predictions = read_predictions(paths.log_dir, window)
+    labels = paths.labels().read(as_of=window.end)
+    performance = compute_live_performance(predictions, labels, registry.test_metrics(version), model_version=version)
+    table = pd.DataFrame(
+        {
+            "metric": list(LIVE_METRICS),
+            "live": [performance.metrics.get(name) for name in LIVE_METRICS],
+            "baseline": [performance.baseline.get(name) for name in LIVE_METRICS],
+            "drop": [performance.drop(name) for name in LIVE_METRICS],
+        }
+    )
+    metadata: dict[str, object] = {
+        "model_version": version,
+        "labeled_rows": performance.labeled_rows,
+        "unlabeled_rows": performance.unlabeled_rows,
+        "window": window.label,
+        "metrics": md_table(table, index=False),
+    }
+    for name in LIVE_METRICS:
+        for key, value in ((name, performance.metrics.get(name)), (f"baseline_{name}", performance.baseline.get(name))):
+            if finite_or_none(value) is not None:
+                metadata[key] = float(value)
+    drop = finite_or_none(performance.drop("accuracy"))
+    if drop is not None:
+        metadata["accuracy_drop"] = drop
+    if finite_or_none(performance.label_coverage) is not None:
+        metadata["label_coverage"] = float(performance.label_coverage)
+    yield dg.MaterializeResult(metadata=metadata)
+
+    no_data = None
+    if performance.labeled_rows == 0:
+        no_data = (
+            f"no labeled predictions of v{version} over {window.label} ({performance.unlabeled_rows} awaiting labels)"
+        )
+    elif "accuracy" not in performance.baseline:
+        no_data = f"v{version} has no test metrics to compare with (it was never evaluated)"
+    yield rule_check(
+        rule,
+        drop,
+        window,
+        no_data=no_data,
+        describe=f"v{version} live accuracy {_shown(finite_or_none(performance.metrics.get('accuracy')))} "
+        f"vs test {_shown(finite_or_none(performance.baseline.get('accuracy')))} on "
+        f"{performance.labeled_rows} labeled predictions",
+        metadata={"model_version": version, "labeled_rows": performance.labeled_rows},
+    )
+
+
+# ---- serving -------------------------------------------------------------------------------------------
+@dg.asset(
+    group_name="monitoring",
+    deps=[prediction_log, "model_deployment"],
+    kinds={"prometheus"},
+    check_specs=[
+        dg.AssetCheckSpec("latency_p99", asset="serving_metrics", description="p99 latency of answers (WARN)"),
+        dg.AssetCheckSpec("error_rate", asset="serving_metrics", description="share of 5xx responses (ERROR)"),
+    ],
+    description="Latency p50/p95/p99 and throughput from the window's log; requests and 5xx errors from the "
+    "endpoint's /metrics counters since the previous monitoring run (the scrape is kept between runs).",
+)
+def serving_metrics(
+    config: WindowConfig, monitoring: MonitoringResource, deployment: DeploymentTarget, mlflow: MLflowResource
+):
+    window = _window(config)
+    latency_rule, error_rule = _rule(monitoring, "latency_p99"), _rule(monitoring, "error_rate")
+    paths = monitoring.paths()
+    predictions = read_predictions(paths.log_dir, window)
+    scrapes = paths.scrape_state()
+    previous = scrapes.latest()
+    scrape = scrape_metrics(deployment.endpoint(), token=deployment.token())
+    metrics = compute_serving_metrics(
+        predictions, window, scrape=scrape, previous_scrape=previous if scrape is not None else None
+    )
+    if scrape is not None:
+        scrapes.advance(scrape)
+    counted = (
+        "since the previous monitoring run"
+        if scrape is not None and previous is not None
+        else "since the server started"
+        if scrape is not None
+        else f"from the log (the endpoint {deployment.endpoint()} did not answer /metrics)"
+    )
+    version_rows = pd.DataFrame({"model_version": list(metrics.by_version), "rows": list(metrics.by_version.values())})
+    metadata: dict[str, object] = {
+        "rows": metrics.rows,
+        "requests": metrics.requests,
+        "errors": metrics.errors,
+        "error_rate": metrics.error_rate,
+        "throughput_rps": metrics.throughput_rps,
+        "requests_counted": counted,
+        "endpoint": dg.MetadataValue.url(deployment.endpoint()),
+        "window": window.label,
+    }
+    for name in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
+        if finite_or_none(getattr(metrics, name)) is not None:
+            metadata[name] = float(getattr(metrics, name))
+    if metrics.by_version:
+        metadata["rows_by_version"] = md_table(version_rows, index=False)
+    yield dg.MaterializeResult(metadata=metadata)
+    champion = mlflow.registry().version_for_alias(CHAMPION)
+    yield rule_check(
+        latency_rule,
+        metrics.latency_p99_ms,
+        window,
+        no_data=f"no predictions logged over {window.label}" if metrics.rows == 0 else None,
+        describe=f"p50 {_shown(finite_or_none(metrics.latency_p50_ms))} ms over {metrics.rows} answers",
+        metadata={"rows": metrics.rows},
+    )
+    yield rule_check(
+        error_rule,
+        metrics.error_rate,
+        window,
+        no_data=f"no requests answered {counted}" if metrics.requests == 0 else None,
+        describe=f"{metrics.errors} of {metrics.requests} responses were 5xx ({counted})",
+        metadata={"requests": metrics.requests, "errors": metrics.errors, "model_version": champion},
+    )
+
+
+# ---- the summary ---------------------------------------------------------------------------------------
+@dg.asset(
+    group_name="monitoring",
+    deps=[drift_report, live_performance, serving_metrics],
+    kinds={"matplotlib"},
+    description="The original design's monitoring dashboard in one place: model, status, deployed when, "
+    "uptime, latency percentiles, throughput, errors, live accuracy/precision/recall/F1 against the "
+    "baseline, drift score and top drifted features, the histogram of prediction scores, alerts firing. "
+    "`ml-platform status` prints the same summary.",
+)
+def model_health(
+    context: dg.AssetExecutionContext,
+    config: WindowConfig,
+    monitoring: MonitoringResource,
+    mlflow: MLflowResource,
+    deployment: DeploymentTarget,
+    state: StateStorage,
+) -> dg.MaterializeResult:
+    window = _window(config)
+    paths = monitoring.paths()
+    try:
+        rules, drift_config = monitoring.rules(), monitoring.drift_config()
+    except ValueError as error:
+        raise dg.Failure(f"monitoring resource: {error}") from error
+    health = collect_model_health(
+        mlflow.registry(),
+        paths,
+        window,
+        endpoint=deployment.endpoint(),
+        token=deployment.token(),
+        training_set_path=state.table_path("training_set"),
+        drift_config=drift_config,
+        rules=rules,
+    )
+    png = render_png(health, paths.reports_dir / f"health-{_stamp(context)}.png")
+    _prune(paths.reports_dir, "health-*.png", 48)
+    metadata: dict[str, object] = {
+        "status": health.status,
+        "model_version": health.model_version if health.model_version is not None else "none",
+        "alerts_firing": len(health.alerts),
+        "dashboard": dg.MetadataValue.md(render_markdown(health)),
+        "dashboard_png": dg.MetadataValue.path(str(png)),
+        "window": window.label,
+        "predictions": len(health.prediction_scores),
+    }
+    if health.alerts:
+        metadata["alerts"] = ", ".join(f"{a.name} ({a.severity})" for a in health.alerts)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+MONITORING_ASSETS = [prediction_log, drift_report, live_performance, serving_metrics, model_health]
+WINDOW_ASSETS = ["drift_report", "live_performance", "serving_metrics", "model_health"]

@@ -1,0 +1,244 @@
+"""The model's health assembled from everything monitoring reads: one builder for the ``model_health``
+asset and for ``ml-platform status``, so the UI and the terminal never disagree.
+
+It gathers the champion from the registry, what the endpoint says (``/health``, ``/metrics``), the
+prediction log of a window, the labels known by the end of the window and the training reference,
+then computes drift, live performance, serving figures and the alert rules that fire. Each part may
+be missing (no server, no traffic, no labels, no training set yet): the part is left out and the
+dashboard says "n/a", because a dashboard is needed most when something is down.
+
+Also here: where monitoring keeps its files (:class:`MonitoringPaths`), the training reference
+(:func:`reference_features`) and the ``/metrics`` scrape kept between runs (:class:`ScrapeState`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ml_platform.features.engineering import DRIFT_FEATURES
+from ml_platform.monitoring.alerts import DEFAULT_RULES, AlertRule, evaluate_rules
+from ml_platform.monitoring.dashboard import ModelHealth, health_status
+from ml_platform.monitoring.drift import DriftConfig, DriftReport, compute_drift
+from ml_platform.monitoring.labels import LabelStore
+from ml_platform.monitoring.performance import LivePerformance, live_performance
+from ml_platform.monitoring.serving_metrics import ServingMetrics, scrape_metrics, serving_metrics
+from ml_platform.monitoring.window import Window, read_predictions
+from ml_platform.settings import Settings, write_text_atomic
+from ml_platform.training.dataset import SPLIT_COLUMN
+
+# The split whose rows are the drift reference (the split is by time, so this is the newest slice).
+REFERENCE_SPLIT = "test"  # drift's reference: the newest slice the champion was judged on
+
+
+@dataclass(frozen=True)
+class MonitoringPaths:
+    """Where monitoring reads and writes, all under the state directory.
+
+    - ``log_dir``: the prediction log the model server writes (``logs/predictions`` unless
+      ``ML_PLATFORM_SERVING_LOG_DIR`` moves it, as it moves the server's);
+    - ``root``: ``<home>/monitoring``, holding ``labels/`` (the label store), ``reports/`` (drift HTML,
+      dashboard PNG), ``state/`` (the last ``/metrics`` scrape) and ``alerts.jsonl`` (the alert history).
+    """
+
+    log_dir: Path
+    root: Path
+
+    @classmethod
+    def from_settings(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> MonitoringPaths:
+        env = os.environ if environ is None else environ
+        log_dir = env.get("ML_PLATFORM_SERVING_LOG_DIR") or settings.logs_dir / "predictions"
+        return cls(log_dir=Path(log_dir), root=settings.home / "monitoring")
+
+    @property
+    def labels_dir(self) -> Path:
+        return self.root / "labels"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def alerts_path(self) -> Path:
+        return self.root / "alerts.jsonl"
+
+    def labels(self) -> LabelStore:
+        return LabelStore(self.labels_dir)
+
+    def scrape_state(self) -> ScrapeState:
+        return ScrapeState(self.state_dir / "metrics-scrape.json")
+
+
+class ScrapeState:
+    """The endpoint's ``/metrics`` text between monitoring runs, so counters become per-period deltas.
+
+    ``latest`` is the scrape of the last ``serving_metrics`` run and ``baseline`` the one that run
+    compared against; :meth:`advance` moves them on. A reader that comes after that run (the dashboard)
+    compares a fresh scrape with ``baseline``, covering the same period as the run did.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def _read(self) -> dict[str, str | None]:
+        try:
+            record = json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {"baseline": None, "latest": None}
+        return {"baseline": record.get("baseline"), "latest": record.get("latest")}
+
+    def latest(self) -> str | None:
+        return self._read()["latest"]
+
+    def baseline(self) -> str | None:
+        return self._read()["baseline"]
+
+    def advance(self, scrape: str) -> None:
+        """Record ``scrape`` as the latest; the previous latest becomes the baseline (atomic write)."""
+        write_text_atomic(self.path, json.dumps({"baseline": self.latest(), "latest": scrape}))
+
+
+def reference_features(training_set_path: Path, columns: Sequence[str] = DRIFT_FEATURES) -> pd.DataFrame:
+    """The training set's test split, only ``columns``: drift's reference.
+
+    The test split is the newest slice of the data the champion was built and judged on (the split is by
+    time), so drift measures how traffic moved since then, not how the world looked at the start of the
+    history. Reads only those columns and the rows of the test split (the file can be large).
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(training_set_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; materialize training_set first (the drift reference)")
+    table = pq.read_table(path, columns=list(columns), filters=[(SPLIT_COLUMN, "=", REFERENCE_SPLIT)])
+    return table.to_pandas()
+
+
+def rule_values(
+    *,
+    drift: DriftReport | None = None,
+    performance: LivePerformance | None = None,
+    serving: ServingMetrics | None = None,
+) -> dict[str, float]:
+    """The metrics the alert rules compare (``AlertRule.metric`` names); unknown ones are NaN (never fire)."""
+    nan = float("nan")
+    values = {
+        "drift_score": drift.drift_score if drift is not None else nan,
+        "accuracy_drop": performance.drop("accuracy") if performance is not None else nan,
+        "latency_p99_ms": serving.latency_p99_ms if serving is not None and serving.rows else nan,
+        "error_rate": serving.error_rate if serving is not None and serving.requests else nan,
+    }
+    return {name: float(value) for name, value in values.items()}
+
+
+def rules_with_thresholds(
+    thresholds: Mapping[str, float], rules: Mapping[str, AlertRule] = DEFAULT_RULES
+) -> dict[str, AlertRule]:
+    """``rules`` with the thresholds given by rule name replaced (the rest as they are)."""
+    unknown = sorted(set(thresholds) - set(rules))
+    if unknown:
+        raise ValueError(f"thresholds: unknown rule(s) {', '.join(unknown)}; expected some of {', '.join(rules)}")
+    changed = dict(rules)
+    for name, threshold in thresholds.items():
+        try:
+            changed[name] = replace(rules[name], threshold=float(threshold))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{name} threshold: {error}") from error
+    return changed
+
+
+def served_health(endpoint: str | None, token: str | None = None, timeout: float = 3.0) -> dict | None:
+    """The endpoint's ``/health`` answer when it answers 200, else None (down, not ready, unreachable)."""
+    if not endpoint:
+        return None
+    from ml_platform.deploy.local import http_json
+
+    try:
+        status, body = http_json(f"{endpoint.rstrip('/')}/health", token=token, timeout=timeout)
+    except OSError:
+        return None
+    return body if status == 200 else None
+
+
+def collect_model_health(
+    registry,
+    paths: MonitoringPaths,
+    window: Window,
+    *,
+    endpoint: str | None,
+    token: str | None = None,
+    training_set_path: Path | None = None,
+    drift_config: DriftConfig = DriftConfig(),  # noqa: B008 - frozen dataclass
+    rules: Mapping[str, AlertRule] = DEFAULT_RULES,
+) -> ModelHealth:
+    """The champion's health over ``window``: the one builder behind ``model_health`` and ``status``.
+
+    ``registry`` is a :class:`ml_platform.registry.Registry`. Reads the prediction log and the labels
+    known at the end of the window, scrapes ``/metrics`` (counters compared with the baseline the last
+    ``serving_metrics`` run used), and scores drift against the train split of ``training_set_path``.
+    """
+    from ml_platform.registry import CHAMPION, PROMOTED_AT_TAG
+
+    version = registry.version_for_alias(CHAMPION)
+    health = served_health(endpoint, token)
+    predictions = read_predictions(paths.log_dir, window)
+
+    drift = None
+    if training_set_path is not None and Path(training_set_path).exists() and len(predictions):
+        try:
+            drift = compute_drift(reference_features(training_set_path), predictions, DRIFT_FEATURES, drift_config)
+        except ValueError:  # nothing scoreable (e.g. a feature with no finite value): shown as n/a
+            drift = None
+
+    performance = None
+    deployed_at = None
+    if version is not None:
+        labels = paths.labels().read(as_of=window.end)
+        performance = live_performance(predictions, labels, registry.test_metrics(version), model_version=version)
+        deployed_at = registry.model_version(version).tags.get(PROMOTED_AT_TAG)
+
+    scrape = scrape_metrics(endpoint, token=token) if health is not None and endpoint else None
+    serving = None
+    if health is not None or len(predictions):
+        serving = serving_metrics(
+            predictions, window, scrape=scrape, previous_scrape=paths.scrape_state().baseline() if scrape else None
+        )
+
+    alerts = evaluate_rules(
+        rule_values(drift=drift, performance=performance, serving=serving),
+        model=registry.model_name,
+        window=window.label,
+        rules=rules,
+    )
+    return ModelHealth(
+        model_name=registry.model_name,
+        model_version=version,
+        status=health_status(model_version=version, server_up=health is not None, alerts=alerts),
+        deployed_at=deployed_at,
+        uptime_seconds=health.get("uptime_seconds") if health else None,
+        endpoint=endpoint,
+        serving=serving,
+        performance=performance,
+        drift=drift,
+        prediction_scores=predictions["probability"].to_numpy(dtype="float64") if len(predictions) else np.empty(0),
+        alerts=alerts,
+    )
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """``value`` as a float, or None when it is unknown (NaN): what metadata and JSON can carry."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value

@@ -1,0 +1,52 @@
+"""Monitoring's settings: where the server's prediction log and the monitoring files are, the alert
+rules' thresholds, how drift is scored, and how often the sensors may remediate."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from ml_platform.monitoring.alerts import DEFAULT_RULES, AlertRule
+from ml_platform.monitoring.drift import DriftConfig
+from ml_platform.monitoring.health import MonitoringPaths, rules_with_thresholds
+
+
+class MonitoringResource(dg.ConfigurableResource):
+    """One place for the numbers every monitoring consumer must agree on (checks, ``model_health``,
+    ``ml-platform status``), so they are resource fields rather than per-run config.
+
+    - thresholds of the original design's alert rules: p99 latency over 200 ms (WARN), error rate over
+      1% (ERROR), accuracy drop over 0.05 (ERROR), drift score over 0.15 (WARN);
+    - ``drift_method``: ``wasserstein`` (normed; a feature drifted at >= 0.1) or ``ks`` (p-value; drifted
+      at <= 0.05); ``drift_feature_threshold`` overrides the method's per-feature default;
+    - ``remediation_cooldown_seconds``: after a sensor requested a retrain (or a rollback), further failing
+      evaluations of its checks within this many seconds are recorded and skipped, so one bad hour does
+      not queue a run per monitoring tick.
+    """
+
+    log_dir: str
+    monitoring_dir: str
+    latency_p99_threshold_ms: float = DEFAULT_RULES["latency_p99"].threshold
+    error_rate_threshold: float = DEFAULT_RULES["error_rate"].threshold
+    accuracy_drop_threshold: float = DEFAULT_RULES["accuracy_drop"].threshold
+    drift_score_threshold: float = DEFAULT_RULES["drift_score"].threshold
+    drift_method: str = "wasserstein"
+    drift_feature_threshold: float | None = None
+    remediation_cooldown_seconds: float = 600.0
+
+    def paths(self) -> MonitoringPaths:
+        return MonitoringPaths(log_dir=Path(self.log_dir), root=Path(self.monitoring_dir))
+
+    def rules(self) -> dict[str, AlertRule]:
+        """The alert rules with this resource's thresholds (ValueError naming a bad one)."""
+        return rules_with_thresholds(
+            {
+                "latency_p99": self.latency_p99_threshold_ms,
+                "error_rate": self.error_rate_threshold,
+                "accuracy_drop": self.accuracy_drop_threshold,
+                "drift_score": self.drift_score_threshold,
+            }
+        )
+
+    def drift_config(self) -> DriftConfig:
+        """How drift is scored (ValueError naming the field for an unknown method or a bad threshold)."""
+        return DriftConfig(method=self.drift_method, feature_threshold=self.drift_feature_threshold)

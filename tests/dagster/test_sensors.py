@@ -1,0 +1,307 @@
+"""The sensors that close the loop, evaluated tick by tick as the daemon would (build_sensor_context +
+evaluate_tick on the session's instance) against check evaluations from real runs: one run per failing
+evaluation, the cooldown, the reason in the tags, declining a rollback with nowhere to go, and every
+failed check turned into an alert, through a webhook that fails, retries and is recorded."""
+
+import json
+import socket
+import threading
+from datetime import date
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import dagster as dg
+import pytest
+
+from ml_platform.cli import launch, launch_run_request
+from ml_platform.deploy.local import http_json
+from ml_platform.registry import CHAMPION, PREVIOUS
+from resources.alerts import WEBHOOK_ENV_VAR, AlertResource
+from sensors.monitoring import CHECK_RUN_TAG, REASON_TAG, TRIGGER_TAG, check_name
+from tests.dagster.test_monitoring import (
+    drifted_transactions,
+    endpoint,
+    monitoring_resources,
+    run_monitor,
+    send_with_labels,
+)
+
+SENSOR_DAY = date(2026, 5, 11)  # this module's traffic (test_monitoring's is another day)
+DRIFT = dg.AssetCheckKey(dg.AssetKey("drift_report"), "drift_score")
+ACCURACY = dg.AssetCheckKey(dg.AssetKey("live_performance"), "accuracy_drop")
+SMOKE = dg.AssetCheckKey(dg.AssetKey("model_deployment"), "smoke")
+
+
+@pytest.fixture(scope="module")
+def traffic(bootstrap_result, defs, settings):
+    """The champion served, drifted traffic sent to it, its labels arrived with a third inverted."""
+    assert launch("deploy", defs=defs).success
+    return send_with_labels(settings, defs, drifted_transactions(SENSOR_DAY, rows=400), flip_fraction=0.3, seed=5)
+
+
+@pytest.fixture(scope="module")
+def another_version(bootstrap_result, defs, registry):
+    """A registered version other than the champion (a weak retrain that the gates stop, if none exists);
+    the champion and previous aliases are put back as they were after the module."""
+    aliases = registry.aliases()
+    champion = aliases[CHAMPION]
+    versions = {int(v.version) for v in registry.client.search_model_versions(f"name='{registry.model_name}'")}
+    if versions == {champion}:
+        weak = {"trained_model": {"n_estimators": 1, "max_depth": 1, "early_stopping_rounds": 0}}
+        launch("retrain", weak, defs=defs)
+        versions = {int(v.version) for v in registry.client.search_model_versions(f"name='{registry.model_name}'")}
+    yield max(versions - {champion})
+    registry.set_alias(CHAMPION, champion)
+    if aliases.get(PREVIOUS) is not None:
+        registry.set_alias(PREVIOUS, aliases[PREVIOUS])
+    elif registry.version_for_alias(PREVIOUS) is not None:
+        registry.client.delete_registered_model_alias(registry.model_name, PREVIOUS)
+
+
+def caught_up(instance, keys, *, remediation: bool = True) -> str:
+    """A cursor that has handled every evaluation so far (what earlier tests left behind)."""
+    latest = {}
+    for key in keys:
+        record = instance.get_latest_asset_check_evaluation_record(key)
+        if record is not None:
+            latest[check_name(key)] = record.id
+    return json.dumps({"seen": latest, "fired_at": None} if remediation else latest)
+
+
+def tick(defs, instance, sensor: str, cursor: str | None, **resources):
+    context = dg.build_sensor_context(
+        instance=instance,
+        definitions=defs,
+        resources={**defs.resources, **resources},
+        cursor=cursor,
+        sensor_name=sensor,
+    )
+    return defs.resolve_sensor_def(sensor).evaluate_tick(context)
+
+
+def latest(instance, key):
+    return instance.get_latest_asset_check_evaluation_record(key)
+
+
+# ---- drift -> retrain ----------------------------------------------------------------------------------
+def test_a_failed_drift_check_requests_one_retrain_then_cools_down(traffic, defs, instance):
+    cursor = caught_up(instance, [DRIFT])
+    assert tick(defs, instance, "retrain_on_drift", cursor).run_requests == []  # nothing new yet
+
+    failing = run_monitor(defs, instance)
+    assert failing.success
+    record = latest(instance, DRIFT)
+    assert record.run_id == failing.run_id and record.evaluation.passed is False
+    first = tick(defs, instance, "retrain_on_drift", cursor)
+    [request] = first.run_requests
+    assert request.job_name == "retrain"
+    assert request.run_key == f"drift_score-{record.id}"
+    assert request.tags[TRIGGER_TAG] == "drift_score"
+    assert request.tags[CHECK_RUN_TAG] == failing.run_id
+    assert request.tags[REASON_TAG].startswith("drift_report:drift_score failed: drift_score ")
+    assert "threshold=0.15]" in request.tags[REASON_TAG]
+
+    again = tick(defs, instance, "retrain_on_drift", first.cursor)  # the same evaluation: handled
+    assert again.run_requests == [] and "no new failed evaluation" in again.skip_message
+
+    assert run_monitor(defs, instance).success  # fails again, within the cooldown
+    cooling = tick(defs, instance, "retrain_on_drift", again.cursor)
+    assert cooling.run_requests == []
+    assert cooling.skip_message.startswith("cooldown: retrain was requested")
+    assert f"evaluation {latest(instance, DRIFT).id}" in cooling.skip_message
+
+    assert run_monitor(defs, instance).success
+    no_cooldown = monitoring_resources(defs, remediation_cooldown_seconds=0)["monitoring"]
+    fired = tick(defs, instance, "retrain_on_drift", cooling.cursor, monitoring=no_cooldown)
+    assert [r.run_key for r in fired.run_requests] == [f"drift_score-{latest(instance, DRIFT).id}"]
+
+    assert run_monitor(defs, instance, drift_score_threshold=1.0).success  # now it passes
+    calm = tick(defs, instance, "retrain_on_drift", fired.cursor, monitoring=no_cooldown)
+    assert calm.run_requests == []
+    assert calm.skip_message == "no new failed evaluation (passed: drift_report:drift_score)"
+
+
+# ---- accuracy / smoke -> rollback ----------------------------------------------------------------------
+def test_rollback_needs_a_previous_champion_and_a_current_verdict(traffic, defs, instance, registry, another_version):
+    champion = registry.version_for_alias(CHAMPION)
+    if registry.version_for_alias(PREVIOUS) is not None:
+        registry.client.delete_registered_model_alias(registry.model_name, PREVIOUS)
+    cursor = caught_up(instance, [ACCURACY, SMOKE])
+    assert run_monitor(defs, instance).success
+    assert latest(instance, ACCURACY).evaluation.passed is False
+    declined = tick(defs, instance, "rollback_on_failure", cursor)
+    assert declined.run_requests == []
+    assert f"has no previous champion to roll back to (champion v{champion})" in declined.skip_message
+
+    # A previous champion exists, but the failing verdict was about a version no longer serving.
+    other = another_version
+    registry.set_alias(PREVIOUS, other)
+    assert run_monitor(defs, instance).success
+    registry.set_alias(CHAMPION, other)
+    try:
+        stale = tick(defs, instance, "rollback_on_failure", declined.cursor)
+    finally:
+        registry.set_alias(CHAMPION, champion)
+    assert stale.run_requests == []
+    assert f"it judged v{champion}, and the champion is already v{other}" in stale.skip_message
+
+    assert run_monitor(defs, instance).success
+    wanted = tick(defs, instance, "rollback_on_failure", stale.cursor)
+    [request] = wanted.run_requests
+    record = latest(instance, ACCURACY)
+    assert (request.job_name, request.run_key) == ("rollback", f"accuracy_drop-{record.id}")
+    assert request.tags[TRIGGER_TAG] == "accuracy_drop"
+    reason = request.run_config["ops"]["roll_back_champion"]["config"]["reason"]
+    assert reason == request.tags[REASON_TAG] and reason.startswith("live_performance:accuracy_drop failed")
+
+
+def test_a_failed_smoke_check_rolls_back_and_the_old_version_answers(
+    traffic, defs, instance, registry, settings, another_version
+):
+    champion, previous = registry.version_for_alias(CHAMPION), another_version
+    registry.set_alias(PREVIOUS, previous)
+    cursor = caught_up(instance, [ACCURACY, SMOKE])
+    # The smoke check as a probe outside Dagster runs would report it (a runless evaluation).
+    instance.report_runless_asset_event(
+        dg.AssetCheckEvaluation(
+            asset_key=SMOKE.asset_key,
+            check_name=SMOKE.name,
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=f"/predict answered 503 for v{champion}",
+            metadata={"expected_version": champion},
+        )
+    )
+    result = tick(defs, instance, "rollback_on_failure", cursor)
+    [request] = result.run_requests
+    assert request.tags[TRIGGER_TAG] == "smoke"
+    assert "/predict answered 503" in request.tags[REASON_TAG]
+
+    run = launch_run_request(request, defs)
+    assert run.success
+    assert run.dagster_run.tags[TRIGGER_TAG] == "smoke"
+    assert registry.version_for_alias(CHAMPION) == previous
+    tags = registry.model_version(champion).tags
+    assert tags["ml_platform.rollback_reason"] == request.tags[REASON_TAG]
+    status, answer = http_json(f"{endpoint(settings)}/predict", body={"features": [50.0] * 9})
+    assert status == 200 and answer["model_version"] == previous
+    registry.set_alias(CHAMPION, champion)  # the session's champion back for the tests after this one
+
+
+# ---- alerts --------------------------------------------------------------------------------------------
+class Webhook:
+    """A Slack-like webhook on 127.0.0.1 that fails the first ``failures`` posts with HTTP 500."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.bodies: list[dict] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                owner.bodies.append(body)
+                status = 500 if len(owner.bodies) <= owner.failures else 200
+                self.send_response(status)
+                self.end_headers()
+                self.wfile.write(b"ok" if status == 200 else b"try again")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/T000/B000"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def alert_lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def all_checks(defs):
+    return list(defs.resolve_asset_graph().asset_check_keys)
+
+
+def test_every_failed_check_becomes_one_alert(traffic, defs, instance, registry, tmp_path):
+    path = tmp_path / "alerts.jsonl"
+    alerts = AlertResource(jsonl_path=str(path))
+    cursor = caught_up(instance, all_checks(defs), remediation=False)
+    failing = run_monitor(defs, instance)
+    first = tick(defs, instance, "alert_on_failed_checks", cursor, alerts=alerts)
+    lines = alert_lines(path)
+    assert {line["check"] for line in lines} == {"drift_report:drift_score", "live_performance:accuracy_drop"}
+    by_check = {line["check"]: line for line in lines}
+    evaluation = {e.check_name: e for e in failing.get_asset_check_evaluations()}["accuracy_drop"]
+    accuracy = by_check["live_performance:accuracy_drop"]
+    assert accuracy["name"] == "accuracy_drop" and accuracy["severity"] == "ERROR"
+    assert accuracy["model"] == registry.model_name and accuracy["run_id"] == failing.run_id
+    assert accuracy["value"] == evaluation.metadata["value"].value and accuracy["threshold"] == 0.05
+    assert accuracy["window"] == evaluation.metadata["window"].value
+    assert accuracy["message"] == evaluation.description and accuracy["delivery"] == "recorded"
+    assert by_check["drift_report:drift_score"]["severity"] == "WARN"
+    assert first.skip_message.startswith("2 alert(s) delivered")
+
+    again = tick(defs, instance, "alert_on_failed_checks", first.cursor, alerts=alerts)
+    assert len(alert_lines(path)) == 2 and again.skip_message == "no new failed check evaluation"
+
+    # A gate's failure is alerted too (here the smoke check, reported without a value or threshold).
+    instance.report_runless_asset_event(
+        dg.AssetCheckEvaluation(asset_key=SMOKE.asset_key, check_name="smoke", passed=False, description="down")
+    )
+    tick(defs, instance, "alert_on_failed_checks", again.cursor, alerts=alerts)
+    smoke = alert_lines(path)[-1]
+    assert (smoke["check"], smoke["message"], smoke["value"], smoke["threshold"]) == (
+        "model_deployment:smoke",
+        "down",
+        None,
+        None,
+    )
+
+
+def test_a_flaky_webhook_is_retried_and_an_unreachable_one_is_recorded(traffic, defs, instance, tmp_path):
+    path = tmp_path / "alerts.jsonl"
+    cursor = caught_up(instance, all_checks(defs), remediation=False)
+    assert run_monitor(defs, instance).success
+    with Webhook(failures=2) as hook:
+        flaky = AlertResource(jsonl_path=str(path), webhook_url=hook.url, backoff_seconds=0.01)
+        result = tick(defs, instance, "alert_on_failed_checks", cursor, alerts=flaky)
+    lines = alert_lines(path)
+    assert [line["delivery"] for line in lines] == ["delivered", "delivered"]
+    assert lines[0]["attempts"] == 3 and lines[1]["attempts"] == 1  # 500, 500, then 200
+    assert len(hook.bodies) == 4
+    assert all(body["text"].startswith(":") and body["blocks"] for body in hook.bodies)
+    assert result.skip_message.startswith("2 alert(s) delivered")
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/hook"
+    assert run_monitor(defs, instance).success
+    down = AlertResource(jsonl_path=str(path), webhook_url=closed, retries=2, backoff_seconds=0.01)
+    unreachable = tick(defs, instance, "alert_on_failed_checks", result.cursor, alerts=down)
+    failed = alert_lines(path)[2:]
+    assert [line["delivery"] for line in failed] == ["failed", "failed"]
+    assert all(line["attempts"] == 3 and "cannot reach the webhook" in line["error"] for line in failed)
+    assert unreachable.skip_message == "0 alert(s) delivered, 2 recorded undelivered"
+    assert json.loads(unreachable.cursor) != json.loads(result.cursor)  # recorded, so not sent again
+
+
+def test_the_webhook_url_comes_from_the_environment(tmp_path, monkeypatch):
+    resource = AlertResource(jsonl_path=str(tmp_path / "alerts.jsonl"))
+    monkeypatch.delenv(WEBHOOK_ENV_VAR, raising=False)
+    assert resource.url() is None and type(resource.sink()).__name__ == "JsonlAlertSink"
+    monkeypatch.setenv(WEBHOOK_ENV_VAR, "https://hooks.example.invalid/T/B/X")
+    assert resource.url() == "https://hooks.example.invalid/T/B/X"
+    assert type(resource.sink()).__name__ == "WebhookAlertSink"
+    monkeypatch.setenv(WEBHOOK_ENV_VAR, "not a url")
+    from ml_platform.monitoring.alerts import Alert
+
+    delivery = resource.send(Alert("drift_score", "WARN", "m", "fraud_detector", 0.3, 0.15))
+    assert delivery.delivered is False and "http(s) URL" in delivery.error
+    assert alert_lines(tmp_path / "alerts.jsonl")[0]["delivery"] == "failed"
