@@ -100,9 +100,10 @@ def child_prepare() -> dict:
     settings.prepare()
     started = time.perf_counter()
 
-    # As tests/unit/conftest.py: ~3k rows over 3 days, stats strictly before each transaction.
-    config = SyntheticConfig(seed=11, n_customers=200, transactions_per_day=1_000, fraud_rate=0.04)
-    transactions = generate_transactions(config, date(2024, 3, 1), date(2024, 3, 4))
+    # A model the size the demo trains (~40k rows over 14 days: tens of trees, not the handful a toy set
+    # stops at), so the XGBoost share of each request is what a user's champion costs.
+    config = SyntheticConfig(seed=11, n_customers=3_000, transactions_per_day=3_000, fraud_rate=0.02)
+    transactions = generate_transactions(config, date(2024, 3, 1), date(2024, 3, 14))
     training_set = assemble_training_set(transactions, stats_before(transactions))
     x_train, y_train = split_xy(training_set, "train")
     x_valid, y_valid = split_xy(training_set, "validation")
