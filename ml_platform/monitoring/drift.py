@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ml_platform.cpus import usable_cpus
+
 DRIFT_METHODS: tuple[str, ...] = ("wasserstein", "ks")
 DEFAULT_THRESHOLDS: dict[str, float] = {"wasserstein": 0.1, "ks": 0.05}
 METHOD_TITLES: dict[str, str] = {"wasserstein": "Wasserstein distance (normed)", "ks": "K-S p-value"}
@@ -260,7 +262,7 @@ def compute_drift(
 
     # numpy's sorts and ufuncs release the GIL: columns in threads use the machine's cores (the results
     # do not depend on it). Small inputs stay on this thread, where a pool would cost more than it saves.
-    workers = min(len(names), os.cpu_count() or 1, MAX_WORKERS)
+    workers = min(len(names), usable_cpus(), MAX_WORKERS)
     if workers > 1 and len(reference) + len(current) >= PARALLEL_MIN_ROWS:
         from concurrent.futures import ThreadPoolExecutor
 

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 from ml_platform.features.engineering import MODEL_FEATURES
-from ml_platform.serving.batch import BatchResult, predict_parquet
+from ml_platform.serving.batch import MAX_WORKERS, BatchResult, _feature_table, default_workers, predict_parquet
 from ml_platform.training.train import predict_probability
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,25 +125,98 @@ def test_a_missing_feature_raises_and_writes_nothing(tmp_path, training_set, tra
     assert os.listdir(out_dir) == []  # neither the destination nor a temporary file
 
 
-def test_a_failure_midway_leaves_the_old_destination_and_no_temporary_file(tmp_path, source, trained_model):
-    class FailsOnThirdBatch:
-        calls = 0
+class FailsOnThirdBatch:
+    """A booster whose third prediction fails; ``copy`` gives itself, so the count spans every worker."""
 
-        def inplace_predict(self, features):
+    def __init__(self, booster):
+        self.booster, self.calls, self.lock = booster, 0, threading.Lock()
+
+    def copy(self):
+        return self
+
+    def set_param(self, params):
+        pass
+
+    def inplace_predict(self, features):
+        with self.lock:
             self.calls += 1
-            if self.calls == 3:
-                raise RuntimeError("scoring failed")
-            return trained_model.booster.inplace_predict(features)
+            calls = self.calls
+        if calls == 3:
+            raise RuntimeError("scoring failed")
+        return self.booster.inplace_predict(features)
 
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_a_failure_midway_leaves_the_old_destination_and_no_temporary_file(tmp_path, source, trained_model, workers):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     destination = out_dir / "scores.parquet"
     destination.write_bytes(b"yesterday's scores")
+    failing = FailsOnThirdBatch(trained_model.booster)
 
-    with pytest.raises(RuntimeError, match="scoring failed"):
-        score(source, destination, FailsOnThirdBatch(), batch_rows=100)
+    # In a thread with a deadline: a worker waiting for its turn to write must not wait forever.
+    outcome = {}
+    run = lambda: outcome.update(error=_raised(score, source, destination, failing, batch_rows=100, workers=workers))  # noqa: E731
+    runner = threading.Thread(target=run)
+    runner.start()
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "the other workers did not stop after one failed"
+    assert isinstance(outcome["error"], RuntimeError) and str(outcome["error"]) == "scoring failed"
     assert os.listdir(out_dir) == ["scores.parquet"]
     assert destination.read_bytes() == b"yesterday's scores"
+    if workers == 1:
+        assert failing.calls == 3  # stopped at the failure
+    assert failing.calls < -(-len(pq.read_table(source, columns=["transaction_id"])) // 100)  # not every batch
+
+
+def _raised(function, *args, **kwargs):
+    try:
+        function(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - the test inspects it
+        return error
+    return None
+
+
+@pytest.mark.parametrize("workers", [2, 3, 8])
+def test_any_number_of_workers_gives_the_same_file_as_one(tmp_path, source, trained_model, workers):
+    """Batches are scored out of order by several workers but written in the order they were read."""
+    one = score(source, tmp_path / "one.parquet", trained_model.booster, batch_rows=97, workers=1)
+    several = score(source, tmp_path / "several.parquet", trained_model.booster, batch_rows=97, workers=workers)
+
+    assert several.rows == one.rows
+    assert pq.read_table(tmp_path / "several.parquet").equals(pq.read_table(tmp_path / "one.parquet"))
+
+
+def test_the_callers_booster_keeps_its_thread_setting(tmp_path, source, trained_model):
+    booster = trained_model.booster.copy()
+    booster.set_param({"nthread": 3})
+    score(source, tmp_path / "scores.parquet", booster, batch_rows=500, workers=2)
+    assert json.loads(booster.save_config())["learner"]["generic_param"]["nthread"] == "3"
+
+
+def test_bad_worker_counts_are_refused_before_anything_is_written(tmp_path, source, trained_model):
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        score(source, tmp_path / "scores.parquet", trained_model.booster, workers=0)
+    assert not (tmp_path / "scores.parquet").exists()
+    assert 1 <= default_workers() <= MAX_WORKERS
+
+
+def test_a_column_that_starts_inside_its_buffer_is_scored_from_its_own_first_row(trained_model, training_set):
+    """XGBoost's Arrow path reads a column's buffer by address, ignoring an Arrow offset; 3.2 copies each
+    column first (so the offset is 0 by then). Should a release stop copying, a slice would be misread."""
+    table = pa.Table.from_pandas(training_set[list(MODEL_FEATURES)].head(300), preserve_index=False)
+    nulls = pa.array(table.column("amount").to_numpy(), mask=np.arange(300) % 3 == 0)
+    table = table.set_column(table.schema.get_field_index("amount"), "amount", nulls)
+    sliced = table.slice(37, 200).to_batches()[0]
+    assert sliced.column("amount").offset == 37
+
+    got = trained_model.booster.inplace_predict(_feature_table(sliced))
+
+    expected = trained_model.booster.inplace_predict(
+        np.stack([sliced.column(name).to_numpy(zero_copy_only=False) for name in MODEL_FEATURES], axis=1)
+    )
+    assert np.isnan(np.stack([sliced.column("amount").to_numpy(zero_copy_only=False)])).any()
+    np.testing.assert_array_equal(got, expected)
 
 
 # ---- bounded memory ------------------------------------------------------------------------------
