@@ -11,10 +11,13 @@ Readers glob ``part-*.parquet`` and must never count a row twice, so the swap go
    (``.<part>.into.<compacted>``): from here on readers do not see it;
 3. the compacted file is renamed to its visible name;
 4. the hidden parts are deleted.
-A reader in the instant between 2 and 3 sees fewer rows (never more), and a crash at any point is
+Steps 2 and 3 (and the repair below) run under the day's swap lock, held exclusively; readers
+(``read_prediction_log``) hold it shared while they list and read the day, so a reader sees the
+parts or the compacted file, never a listing that one of them left, nor neither. Writing the
+compacted file (step 1) takes no lock: readers wait for renames only. A crash at any point is
 repaired by the next compaction of the day: a hidden part whose compacted file was published is
-deleted, one whose compacted file was not is renamed back. An exclusive lock file per day keeps two
-compactions from interleaving.
+deleted, one whose compacted file was not is renamed back. A second lock file per day, exclusive
+for the whole compaction, keeps two compactions from interleaving.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml_platform.serving.prediction_log import DAY_PREFIX
+from ml_platform.serving.prediction_log import DAY_PREFIX, day_swap_lock
 
 PART_GLOB = "part-*.parquet"
 COMPACTED_MARK = "compacted"
@@ -91,7 +94,8 @@ def compact_day(log_dir: str | Path, day: str | date) -> CompactionResult:
     if not folder.is_dir():
         return CompactionResult(day_text, folder, 0, 0, 0, False, None, time.perf_counter() - started)
     with _day_lock(folder):
-        recovered = _recover(folder)
+        with day_swap_lock(folder, exclusive=True):
+            recovered = _recover(folder)
         parts = sorted(folder.glob(PART_GLOB))
         if len(parts) <= 1:
             rows = _rows(parts[0]) if parts else 0
@@ -113,14 +117,18 @@ def compact_day(log_dir: str | Path, day: str | date) -> CompactionResult:
         hidden: list[tuple[Path, Path]] = []
         try:
             frame.to_parquet(temporary, index=False)
-            for part in parts:
-                target = folder / f".{part.name}{_INTO}{name}"
-                os.replace(part, target)
-                hidden.append((target, part))
-            os.replace(temporary, folder / name)
+            with day_swap_lock(folder, exclusive=True):
+                try:
+                    for part in parts:
+                        target = folder / f".{part.name}{_INTO}{name}"
+                        os.replace(part, target)
+                        hidden.append((target, part))
+                    os.replace(temporary, folder / name)
+                except BaseException:
+                    for target, part in hidden:  # not published: every part back where it was
+                        os.replace(target, part)
+                    raise
         except BaseException:
-            for target, part in hidden:  # not published: every part back where it was
-                os.replace(target, part)
             temporary.unlink(missing_ok=True)
             raise
         for target, _ in hidden:

@@ -14,12 +14,14 @@ is still queued, so after a graceful shutdown the log holds one row per answer.
 from __future__ import annotations
 
 import collections
+import fcntl
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -44,6 +46,9 @@ LOG_COLUMNS: tuple[str, ...] = (
     "latency_ms",
 )
 DAY_PREFIX = "date="
+# Readers of a day's part files hold this lock shared; compaction holds it exclusively while it swaps
+# the parts for the compacted file (ml_platform.monitoring.compaction), so no reader sees half a swap.
+SWAP_LOCK_NAME = ".compaction.swap.lock"
 
 
 @dataclass(frozen=True)
@@ -375,7 +380,8 @@ def read_prediction_log(log_dir: str | Path, day: str | date | datetime | None =
     """Every logged prediction under ``log_dir`` (or of one UTC ``day``), oldest first.
 
     Files still being written (temporary names) are skipped; an empty log gives an empty frame with
-    the log's columns.
+    the log's columns. Each day is listed and read under its swap lock (shared), so a compaction of
+    that day is either wholly before the read or wholly after it.
     """
     log_dir = Path(log_dir)
     if day is None:
@@ -383,11 +389,40 @@ def read_prediction_log(log_dir: str | Path, day: str | date | datetime | None =
     else:
         day_text = day.strftime("%Y-%m-%d") if isinstance(day, date | datetime) else str(day)
         folders = [log_dir / f"{DAY_PREFIX}{day_text}"]
-    files = [path for folder in folders if folder.is_dir() for path in sorted(folder.glob("part-*.parquet"))]
-    if not files:
+    frames = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        with day_swap_lock(folder, exclusive=False):
+            frames += [pd.read_parquet(path) for path in sorted(folder.glob("part-*.parquet"))]
+    if not frames:
         return _empty_frame()
-    frame = pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
+    frame = pd.concat(frames, ignore_index=True)
     return frame.sort_values("time", kind="stable").reset_index(drop=True)
+
+
+@contextmanager
+def day_swap_lock(folder: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold ``folder``'s swap lock: shared to read its part files, exclusive to swap them.
+
+    A reader that cannot create the lock file (a read-only copy of the log, which nothing compacts)
+    reads without it.
+    """
+    try:
+        handle = open(folder / SWAP_LOCK_NAME, "a")  # noqa: SIM115 - closed below, after the lock
+    except OSError:
+        if exclusive:
+            raise
+        handle = None
+    if handle is None:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _empty_frame() -> pd.DataFrame:
