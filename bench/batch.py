@@ -9,8 +9,9 @@ MLflow registry first, not timed), each reporting its peak RSS (ru_maxrss):
 - raw script: what one writes without a scorer: the whole file read into memory (``pq.read_table``), the
   matrix built, ``inplace_predict``, the same output columns written with one ``pq.write_table``.
 Ours runs again on the first 250,000 rows, to show that its peak memory does not grow with the rows.
-Ours and the ceiling run in alternating processes, ``ROUNDS`` of each, and each keeps its fastest: on a
-shared machine the speed of the box drifts by a third within minutes, and the two are compared.
+Ours, the ceiling, the raw script and the I/O measure below run in alternating processes, ``ROUNDS`` of
+each, and each keeps its fastest: on a shared machine the speed of the box drifts by a third within
+minutes, and these figures are compared with one another.
 
 A fourth process measures what no scorer can avoid: ``predict_parquet`` on one thread with a stand-in
 model that answers zeros, i.e. reading the rows and writing the same output, in CPU seconds. Beside the

@@ -1,10 +1,10 @@
 """Batch scoring: a parquet file of model features in, a parquet file of fraud scores out.
 
 The file is streamed: pyarrow reads ``batch_rows`` rows at a time, ``Booster.inplace_predict``
-scores each batch's feature columns where they lie (XGBoost reads Arrow columns and their null masks
-itself: no matrix is built), and one ``ParquetWriter`` appends the result.
+scores each batch's feature columns as Arrow columns with their null masks (no row-major matrix is
+built), and one ``ParquetWriter`` appends the result.
 
-Several workers (one per core, up to 8) share the work: each takes the next batch from the reader,
+Several workers (one per usable core, up to 8) share the work: each takes the next batch from the reader,
 scores it on one thread and writes it when its turn comes, so batches leave in the order they came
 and reading, scoring and writing overlap on every core. (XGBoost's own threads would score one batch
 on all cores and then leave all but one idle while the batch is read and written: that ran the whole
