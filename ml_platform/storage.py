@@ -6,8 +6,11 @@ name and a rename, so a reader never sees half a file and a failed write leaves 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +40,22 @@ def write_record(record: object, path: Path) -> None:
     tmp = _temporary(path)
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
+
+
+@contextmanager
+def file_lock(path: Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on ``path`` (created when missing): exclusive, or shared with other
+    shared holders. It is released when the block ends, and by the kernel if the process dies.
+
+    The file is opened read-only, so an existing lock file can be locked in a folder this process
+    cannot write; creating a missing one there raises OSError.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing the only descriptor releases the lock
 
 
 def read_record(path: Path) -> object:

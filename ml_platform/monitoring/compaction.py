@@ -22,18 +22,16 @@ for the whole compaction, keeps two compactions from interleaving.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 import pandas as pd
 
-from ml_platform.serving.prediction_log import DAY_PREFIX, day_swap_lock
+from ml_platform.serving.prediction_log import DAY_PREFIX, SWAP_LOCK_NAME
+from ml_platform.storage import file_lock
 
 PART_GLOB = "part-*.parquet"
 COMPACTED_MARK = "compacted"
@@ -60,16 +58,6 @@ def day_folder(log_dir: str | Path, day: str | date) -> Path:
     return Path(log_dir) / f"{DAY_PREFIX}{day_text}"
 
 
-@contextmanager
-def _day_lock(folder: Path) -> Iterator[None]:
-    with open(folder / LOCK_NAME, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _recover(folder: Path) -> dict[str, int]:
     """Finish or undo what an interrupted compaction left in ``folder``."""
     restored = removed = 0
@@ -93,8 +81,8 @@ def compact_day(log_dir: str | Path, day: str | date) -> CompactionResult:
     day_text = folder.name.removeprefix(DAY_PREFIX)
     if not folder.is_dir():
         return CompactionResult(day_text, folder, 0, 0, 0, False, None, time.perf_counter() - started)
-    with _day_lock(folder):
-        with day_swap_lock(folder, exclusive=True):
+    with file_lock(folder / LOCK_NAME):
+        with file_lock(folder / SWAP_LOCK_NAME):
             recovered = _recover(folder)
         parts = sorted(folder.glob(PART_GLOB))
         if len(parts) <= 1:
@@ -117,7 +105,7 @@ def compact_day(log_dir: str | Path, day: str | date) -> CompactionResult:
         hidden: list[tuple[Path, Path]] = []
         try:
             frame.to_parquet(temporary, index=False)
-            with day_swap_lock(folder, exclusive=True):
+            with file_lock(folder / SWAP_LOCK_NAME):
                 try:
                     for part in parts:
                         target = folder / f".{part.name}{_INTO}{name}"

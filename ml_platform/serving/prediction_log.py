@@ -14,14 +14,13 @@ is still queued, so after a graceful shutdown the log holds one row per answer.
 from __future__ import annotations
 
 import collections
-import fcntl
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ml_platform.features.engineering import MODEL_FEATURES
+from ml_platform.storage import file_lock
 
 _log = logging.getLogger(__name__)
 
@@ -393,36 +393,15 @@ def read_prediction_log(log_dir: str | Path, day: str | date | datetime | None =
     for folder in folders:
         if not folder.is_dir():
             continue
-        with day_swap_lock(folder, exclusive=False):
+        with ExitStack() as lock:
+            # No lock file and no right to create one: a read-only copy of the log, which nothing compacts.
+            with suppress(OSError):
+                lock.enter_context(file_lock(folder / SWAP_LOCK_NAME, shared=True))
             frames += [pd.read_parquet(path) for path in sorted(folder.glob("part-*.parquet"))]
     if not frames:
         return _empty_frame()
     frame = pd.concat(frames, ignore_index=True)
     return frame.sort_values("time", kind="stable").reset_index(drop=True)
-
-
-@contextmanager
-def day_swap_lock(folder: Path, *, exclusive: bool) -> Iterator[None]:
-    """Hold ``folder``'s swap lock: shared to read its part files, exclusive to swap them.
-
-    A reader that cannot create the lock file (a read-only copy of the log, which nothing compacts)
-    reads without it.
-    """
-    try:
-        handle = open(folder / SWAP_LOCK_NAME, "a")  # noqa: SIM115 - closed below, after the lock
-    except OSError:
-        if exclusive:
-            raise
-        handle = None
-    if handle is None:
-        yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _empty_frame() -> pd.DataFrame:

@@ -1,12 +1,15 @@
-"""Settings derive every location from one home; prepare() is idempotent; storage writes are atomic."""
+"""Settings derive every location from one home; prepare() is idempotent; storage writes are atomic;
+file locks are shared or exclusive."""
 
+import fcntl
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from ml_platform.settings import Settings, SettingsError, write_text_atomic
-from ml_platform.storage import asset_path, read_record, write_record, write_table
+from ml_platform.storage import asset_path, file_lock, read_record, write_record, write_table
 
 
 def test_relative_home_is_resolved_to_an_absolute_path(tmp_path, monkeypatch):
@@ -140,3 +143,30 @@ def test_asset_path_with_and_without_partition(tmp_path):
         tmp_path / "features" / "stats" / "2024-01-01.parquet"
     )
     assert asset_path(tmp_path, ["features", "stats"], None, ".json") == tmp_path / "features" / "stats.json"
+
+
+def _can_lock(path: Path, operation: int) -> bool:
+    """Whether another open file description could take ``operation`` on ``path`` right now."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, operation | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)
+
+
+def test_file_lock_is_shared_or_exclusive_and_released_after_the_block(tmp_path):
+    path = tmp_path / ".lock"
+    with file_lock(path, shared=True):
+        assert path.exists()  # created on first use
+        assert _can_lock(path, fcntl.LOCK_SH)  # readers together
+        assert not _can_lock(path, fcntl.LOCK_EX)  # a writer waits for them
+    with file_lock(path):
+        assert not _can_lock(path, fcntl.LOCK_SH)
+    assert _can_lock(path, fcntl.LOCK_EX)  # released
+
+    with pytest.raises(RuntimeError), file_lock(path):
+        raise RuntimeError("boom")
+    assert _can_lock(path, fcntl.LOCK_EX)  # released on error too
