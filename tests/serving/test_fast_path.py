@@ -19,8 +19,8 @@ import pytest
 
 from ml_platform.features.engineering import MODEL_FEATURES
 from ml_platform.serving import read_prediction_log
-from ml_platform.serving.app import _plain_features
 from ml_platform.serving.models import Deployment, InplacePredictor, ModelHandle
+from ml_platform.serving.protocol.predict import _plain_features
 from ml_platform.serving.server import ModelServer, Routing, _RequestIds
 from tests.serving.conftest import make_config, serve
 from tests.serving.test_errors import CASES, GOOD
