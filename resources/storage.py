@@ -1,5 +1,6 @@
 """The IO manager: tables as parquet and small results as JSON under the state directory."""
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -65,10 +66,17 @@ class StateIOManager(dg.ConfigurableIOManager):
 
     def _write_partitions(self, context: dg.OutputContext, frame: pd.DataFrame) -> list[str]:
         keys = list(context.asset_partition_keys)
+        column = context.definition_metadata.get("partition_column")
+        if column and column in frame.columns:
+            undated = int(frame[column].isna().sum())
+            if undated:
+                raise ValueError(
+                    f"{context.asset_key.to_user_string()}: {undated} rows have no {column}, so they belong to "
+                    "no day's partition; nothing was written"
+                )
         if len(keys) == 1:
             write_table(frame, self.path(context.asset_key, keys[0]))
             return keys
-        column = context.definition_metadata.get("partition_column")
         if not column or column not in frame.columns:
             raise ValueError(
                 f"{context.asset_key.to_user_string()}: a run over {len(keys)} partitions needs the asset's "
@@ -122,9 +130,17 @@ class StateIOManager(dg.ConfigurableIOManager):
 
 
 class StateStorage(dg.ConfigurableResource):
-    """Paths of stored assets, for code that hands a file to another process (the training job)."""
+    """Paths of stored assets, for code that hands a file to another process (the training job), and
+    where rejected batches are kept for inspection."""
 
     base_dir: str
 
     def table_path(self, asset: str, partition: str | None = None) -> Path:
         return asset_path(self.base_dir, dg.AssetKey.from_user_string(asset).path, partition, TABLE_SUFFIX)
+
+    def rejected_path(self, asset: str, label: str, run_id: str) -> Path:
+        """``<asset dir>/rejected/<label>-<UTC time>-<run>.parquet``: beside the asset's partitions, never
+        one of them (the IO manager reads partitions by name, so a rejected batch is never read as data)."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        directory = Path(self.base_dir).joinpath(*dg.AssetKey.from_user_string(asset).path, "rejected")
+        return directory / f"{label}-{stamp}-{run_id[:8]}{TABLE_SUFFIX}"

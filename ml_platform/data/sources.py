@@ -18,9 +18,13 @@ class SourceError(ValueError):
 
 
 def read_transactions_file(path: str | Path, start: date, end: date) -> pd.DataFrame:
-    """Rows of a parquet or CSV file whose ``event_timestamp`` falls on the days [start, end).
+    """Rows of a parquet or CSV file whose ``event_timestamp`` falls on the days [start, end), and every
+    row whose ``event_timestamp`` is missing or not a time: no day can be told for those, so they stay in
+    the batch for validation to reject, rather than vanish from it.
 
-    Types are not coerced beyond parsing the timestamp: validation reports what is wrong.
+    Types are not coerced beyond parsing the timestamp: validation reports what is wrong. When every
+    present value parses, the column comes back as UTC timestamps (NaT where missing); when some do not,
+    it comes back as it was read, and the schema check names those rows.
     """
     path = Path(path)
     if not path.exists():
@@ -34,14 +38,24 @@ def read_transactions_file(path: str | Path, start: date, end: date) -> pd.DataF
         raise SourceError(f"transactions file {path} must be .parquet or .csv, not {suffix or 'no suffix'}")
     if TIMESTAMP_COLUMN not in frame.columns:
         raise SourceError(f"transactions file {path} has no {TIMESTAMP_COLUMN} column; columns: {list(frame)}")
-    try:
-        timestamps = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True)
-    except (ValueError, TypeError) as error:
-        raise SourceError(f"{path}: column {TIMESTAMP_COLUMN} is not parseable as timestamps: {error}") from error
-    frame[TIMESTAMP_COLUMN] = timestamps
+    timestamps, every_value_parsed = parse_timestamps(frame[TIMESTAMP_COLUMN])
+    if every_value_parsed:
+        frame[TIMESTAMP_COLUMN] = timestamps
     lower, upper = pd.Timestamp(start, tz="UTC"), pd.Timestamp(end, tz="UTC")
-    in_window = (timestamps >= lower) & (timestamps < upper)
-    return frame.loc[in_window].sort_values(TIMESTAMP_COLUMN, kind="stable").reset_index(drop=True)
+    keep = ((timestamps >= lower) & (timestamps < upper)) | timestamps.isna()
+    order = timestamps[keep].sort_values(kind="stable", na_position="last").index  # undated rows last
+    return frame.loc[order].reset_index(drop=True)
+
+
+def parse_timestamps(values: pd.Series) -> tuple[pd.Series, bool]:
+    """``values`` as UTC timestamps (NaT where missing or not a time), and whether every present value
+    parsed. Values of one format are parsed together (fast); a column that will not parse that way is
+    parsed value by value, so one bad value does not hide the good ones."""
+    try:
+        return pd.to_datetime(values, utc=True), True
+    except (ValueError, TypeError, OverflowError):
+        parsed = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+        return parsed, bool((parsed.notna() | values.isna()).all())
 
 
 def load_transactions(

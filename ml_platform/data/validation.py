@@ -1,7 +1,9 @@
 """Checks a batch of transactions against the schema.
 
 Each check says exactly what is wrong: which columns, how many rows, and the first offending
-transaction ids, so a bad batch can be found and fixed without opening files.
+transaction ids, so a bad batch can be found and fixed without opening files. Every column of the
+schema is required: a null anywhere, the timestamp included, fails ``no_nulls``; a timestamp that is
+not a time fails ``schema``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pandas as pd
 from pandas.api import types as ptypes
 
 from ml_platform.data.schema import ID_COLUMN, TRANSACTION_SCHEMA, Column
+from ml_platform.data.sources import parse_timestamps
 
 MAX_EXAMPLES = 5
 
@@ -36,19 +39,40 @@ _KIND_TEST = {
 
 
 def _row_ids(frame: pd.DataFrame, mask: pd.Series) -> list[str]:
+    """The first offending rows by transaction id (by row number where the id itself is missing)."""
     rows = frame.loc[mask]
     if ID_COLUMN in frame.columns:
-        return [str(v) for v in rows[ID_COLUMN].head(MAX_EXAMPLES)]
+        return [str(v) if pd.notna(v) else f"row {i}" for i, v in rows[ID_COLUMN].head(MAX_EXAMPLES).items()]
     return [f"row {i}" for i in rows.index[:MAX_EXAMPLES]]
+
+
+def _unreadable(values: pd.Series, kind: str) -> pd.Series | None:
+    """For a column of the wrong type: the rows holding a value that is not a ``kind`` at all (a time
+    that does not parse, a number that is text), or None when the kind has no such test."""
+    if kind == "timestamp":
+        converted = parse_timestamps(values)[0]
+    elif kind in ("integer", "float"):
+        converted = pd.to_numeric(values, errors="coerce")
+    else:
+        return None
+    return values.notna() & converted.isna()
 
 
 def check_schema(frame: pd.DataFrame, schema: tuple[Column, ...] = TRANSACTION_SCHEMA) -> CheckOutcome:
     missing = [c.name for c in schema if c.name not in frame.columns]
-    wrong = [
-        f"{c.name} (expected {c.kind}, got {frame[c.name].dtype})"
-        for c in schema
-        if c.name in frame.columns and not _KIND_TEST[c.kind](frame[c.name])
-    ]
+    wrong: list[str] = []
+    examples: dict[str, list[str]] = {}
+    failing = pd.Series(False, index=frame.index)
+    for column in schema:
+        if column.name not in frame.columns or _KIND_TEST[column.kind](frame[column.name]):
+            continue
+        problem = f"{column.name} (expected {column.kind}, got {frame[column.name].dtype}"
+        unreadable = _unreadable(frame[column.name], column.kind)
+        if unreadable is not None and unreadable.any():
+            problem += f"; {int(unreadable.sum())} values are not {column.kind}s"
+            examples[column.name] = _row_ids(frame, unreadable)
+            failing |= unreadable
+        wrong.append(problem + ")")
     unexpected = sorted(set(frame.columns) - {c.name for c in schema})
     problems = []
     if missing:
@@ -62,7 +86,9 @@ def check_schema(frame: pd.DataFrame, schema: tuple[Column, ...] = TRANSACTION_S
         name="schema",
         passed=not problems,
         description="; ".join(problems) if problems else f"all {len(schema)} columns present with their types",
+        failing_rows=int(failing.sum()),
         columns=bad_columns,
+        examples=examples,
     )
 
 

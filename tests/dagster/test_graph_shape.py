@@ -55,6 +55,7 @@ EXPECTED_DEPS = {
     "model_health": {"drift_report", "live_performance", "serving_metrics"},
 }
 EXPECTED_CHECKS = {
+    ("raw_transactions", "batch_accepted"),
     ("validated_transactions", "schema"),
     ("validated_transactions", "no_nulls"),
     ("validated_transactions", "value_ranges"),

@@ -144,29 +144,133 @@ def test_a_retried_run_registers_one_version_not_two(bootstrap_result, registry,
     assert [v.tags[RUN_KEY_TAG] for v in versions].count(first.run_id) == 1
 
 
-def test_a_bad_batch_stops_the_graph_and_is_not_stored(bootstrap_result, defs, settings, tmp_path):
+def step_failure(result, step: str) -> str:
+    failures = [
+        e.event_specific_data.error.message
+        for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE" and e.step_key == step
+    ]
+    assert len(failures) == 1, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return failures[0]
+
+
+def steps_started(result) -> set[str]:
+    return {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+
+
+def rejected_files(settings) -> set:
+    return set((settings.data_dir / "raw_transactions" / "rejected").glob("*.parquet"))
+
+
+def test_a_bad_batch_is_rejected_before_it_is_stored(bootstrap_result, defs, settings, tmp_path):
     day = date(2026, 4, 2)
     batch = generate_transactions(SyntheticConfig(seed=3, transactions_per_day=300), day, date(2026, 4, 3))
     batch.loc[[4, 9], "amount"] = np.nan
     batch.loc[12, "transaction_id"] = batch.loc[13, "transaction_id"]
     path = tmp_path / "bad_batch.parquet"
     write_table(batch, path)
+    before = rejected_files(settings)
 
     result = launch(
         "ingest", {"raw_transactions": {"source": "file", "path": str(path)}}, start=day, end=day, defs=defs
     )
     assert not result.success
-    checks = check_results(result)
-    assert checks[("validated_transactions", "no_nulls")] is False
-    assert checks[("validated_transactions", "unique_ids")] is False
-    assert checks[("validated_transactions", "schema")] is True
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    message = failure.event_specific_data.error.message
-    assert "amount: 2 null" in message
+    message = step_failure(result, "raw_transactions")
+    assert "2 of 4 data checks failed" in message
+    assert "- no_nulls: amount: 2 null" in message
+    assert "- unique_ids: transaction_id: 1 ids appear more than once (2 rows)" in message
     assert batch.loc[4, "transaction_id"] in message
     assert batch.loc[12, "transaction_id"] in message
-    assert (settings.data_dir / "raw_transactions" / "2026-04-02.parquet").exists()
+    assert steps_started(result) == {"raw_transactions"}  # validated_transactions never ran
+    (rejected,) = rejected_files(settings) - before
+    assert rejected.name.startswith("2026-04-02-") and str(rejected) in message
+    pd.testing.assert_frame_equal(pd.read_parquet(rejected), batch)
+    # the verdict is an evaluated, failed check (what the alert sensor sends), not only a failed run
+    (verdict,) = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert (verdict.asset_key.to_user_string(), verdict.check_name, verdict.passed) == (
+        "raw_transactions",
+        "batch_accepted",
+        False,
+    )
+    assert "no_nulls, unique_ids" in verdict.description and str(rejected) in verdict.description
+    assert not (settings.data_dir / "raw_transactions" / "2026-04-02.parquet").exists()
     assert not (settings.data_dir / "validated_transactions" / "2026-04-02.parquet").exists()
+
+
+def test_a_rejected_batch_keeps_the_days_last_good_partition(bootstrap_result, defs, settings, tmp_path):
+    """A good day is ingested; then a batch for the same day with 50 of its 200 timestamps missing. It
+    fails naming the column and the ids, is kept under rejected/, and nothing of it is stored."""
+    day = date(2026, 4, 5)
+    good = generate_transactions(SyntheticConfig(seed=8, transactions_per_day=300), day, date(2026, 4, 6))
+    good = good.head(200).reset_index(drop=True)
+    good_path, bad_path = tmp_path / "good.parquet", tmp_path / "null_times.parquet"
+    write_table(good, good_path)
+    ingested = launch(
+        "ingest", {"raw_transactions": {"source": "file", "path": str(good_path)}}, start=day, end=day, defs=defs
+    )
+    assert ingested.success
+    raw_file = settings.data_dir / "raw_transactions" / f"{day}.parquet"
+    validated_file = settings.data_dir / "validated_transactions" / f"{day}.parquet"
+    stored_raw, stored_validated = pd.read_parquet(raw_file), pd.read_parquet(validated_file)
+    assert len(stored_raw) == len(stored_validated) == 200
+
+    bad = good.copy()
+    bad["amount"] = bad["amount"] * 2  # a different batch: had any of it been stored, it would show
+    null_rows = list(range(1, 200, 4))
+    bad.loc[null_rows, "event_timestamp"] = pd.NaT
+    write_table(bad, bad_path)
+    before = rejected_files(settings)
+    result = launch(
+        "ingest", {"raw_transactions": {"source": "file", "path": str(bad_path)}}, start=day, end=day, defs=defs
+    )
+
+    assert not result.success
+    message = step_failure(result, "raw_transactions")
+    assert "- no_nulls: event_timestamp: 50 null" in message
+    for transaction_id in bad.loc[null_rows[:5], "transaction_id"]:
+        assert transaction_id in message
+    assert steps_started(result) == {"raw_transactions"}
+    # the day's good partitions are untouched
+    pd.testing.assert_frame_equal(pd.read_parquet(raw_file), stored_raw)
+    pd.testing.assert_frame_equal(pd.read_parquet(validated_file), stored_validated)
+    assert not materializations(result, "raw_transactions") and not materializations(result, "validated_transactions")
+    # the whole rejected batch (undated rows included) is kept for inspection, named in the failure and
+    # in an observation of raw_transactions for that day
+    (rejected,) = rejected_files(settings) - before
+    assert str(rejected) in message
+    kept = pd.read_parquet(rejected)
+    assert len(kept) == 200 and kept["event_timestamp"].isna().sum() == 50
+    assert sorted(kept["transaction_id"]) == sorted(bad["transaction_id"])
+    observations = [
+        e.event_specific_data.asset_observation for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"
+    ]
+    assert [(o.asset_key.to_user_string(), o.partition) for o in observations] == [("raw_transactions", str(day))]
+    metadata = observations[0].metadata
+    assert metadata["rejected_path"].value == str(rejected)
+    assert (metadata["rejected_rows"].value, metadata["failed_checks"].value) == (200, "no_nulls")
+
+
+@pytest.mark.parametrize(
+    "partitions",
+    [{"partition_key": "2026-04-02"}, {"asset_partition_key_range": dg.PartitionKeyRange("2026-04-02", "2026-04-03")}],
+)
+def test_the_io_manager_stores_no_row_without_a_day(tmp_path, partitions):
+    """Rows without a timestamp belong to no daily partition: the IO manager refuses the output rather
+    than dropping them (one day) or filing them under a nonsense day (a range)."""
+    from resources.storage import StateIOManager
+
+    frame = pd.DataFrame(
+        {"event_timestamp": pd.to_datetime(["2026-04-02T10:00Z", None, "2026-04-03T01:00Z"], utc=True), "x": [1, 2, 3]}
+    )
+    context = dg.build_output_context(
+        asset_key=dg.AssetKey("raw_transactions"),
+        asset_partitions_def=dg.DailyPartitionsDefinition(start_date="2025-01-01"),
+        definition_metadata={"partition_column": "event_timestamp"},
+        **partitions,
+    )
+    with pytest.raises(ValueError, match="raw_transactions: 1 rows have no event_timestamp, so they belong to no day"):
+        StateIOManager(base_dir=str(tmp_path)).handle_output(context, frame)
+    assert list(tmp_path.rglob("*.parquet")) == []
 
 
 @pytest.mark.parametrize("days", [1])

@@ -66,7 +66,7 @@ def test_runs_and_events_are_stored_in_postgresql(production, bootstrapped):
     )
     assert counts["PIPELINE_SUCCESS"] == 1  # RUN_SUCCESS, under its stored name
     assert counts["STEP_SUCCESS"] == 9  # one per asset of the graph (checks run in their assets' steps)
-    assert counts["ASSET_CHECK_EVALUATION"] == 6  # 4 data checks, 2 gates
+    assert counts["ASSET_CHECK_EVALUATION"] == 7  # the batch verdict, 4 data checks, 2 gates
     materialized = {
         key
         for (key,) in pg_query(

@@ -136,6 +136,50 @@ def test_missing_id_column_fails_unique_ids_and_examples_fall_back_to_row_number
     assert check_nulls(frame).examples == {"amount": ["row 4"]}
 
 
+@pytest.mark.parametrize(
+    "column", ["transaction_id", "customer_id", "merchant_id", "category", "amount", "channel", "is_fraud"]
+)
+def test_a_null_in_any_required_column_fails_no_nulls(batch, column):
+    batch[column] = batch[column].astype(object)
+    batch.loc[[7, 11], column] = None
+    outcome = check_nulls(batch)
+    assert not outcome.passed
+    assert outcome.description == f"{column}: 2 null"
+    assert outcome.columns == (column,) and outcome.failing_rows == 2
+    # a row whose id is the missing value is named by its row number
+    expected = ["row 7", "row 11"] if column == "transaction_id" else list(batch.loc[[7, 11], "transaction_id"])
+    assert outcome.examples == {column: expected}
+
+
+def test_null_timestamps_fail_no_nulls_with_their_ids(batch):
+    rows = [0, 5, 9]
+    batch.loc[rows, "event_timestamp"] = pd.NaT
+    outcomes = by_name(validate_transactions(batch))
+    assert outcomes["schema"].passed  # still a timestamp column
+    nulls = outcomes["no_nulls"]
+    assert (nulls.passed, nulls.description, nulls.failing_rows) == (False, "event_timestamp: 3 null", 3)
+    assert nulls.examples == {"event_timestamp": list(batch.loc[rows, "transaction_id"])}
+
+
+def test_values_of_the_wrong_kind_are_named_by_the_schema_check(batch):
+    batch["event_timestamp"] = batch["event_timestamp"].astype(str)
+    batch.loc[[2, 6], "event_timestamp"] = ["yesterday", "2024-13-45 25:61:00"]
+    batch["amount"] = batch["amount"].astype(object)
+    batch.loc[[3], "amount"] = "12,50"
+    outcome = check_schema(batch)
+    assert not outcome.passed
+    assert outcome.description == (
+        "wrong types: amount (expected float, got object; 1 values are not floats), "
+        "event_timestamp (expected timestamp, got object; 2 values are not timestamps)"
+    )
+    assert outcome.columns == ("amount", "event_timestamp")
+    assert outcome.failing_rows == 3
+    assert outcome.examples == {
+        "amount": [batch.loc[3, "transaction_id"]],
+        "event_timestamp": list(batch.loc[[2, 6], "transaction_id"]),
+    }
+
+
 def test_failure_message_names_each_failed_check_and_a_row_id(batch):
     batch.loc[[3], "amount"] = np.nan
     batch.loc[[8], "category"] = "casino"
@@ -213,11 +257,71 @@ def test_file_without_event_timestamp_raises(tmp_path, three_days):
         read_transactions_file(path, date(2024, 6, 1), date(2024, 6, 2))
 
 
-def test_unparseable_timestamps_raise(tmp_path):
+@pytest.fixture(scope="module")
+def two_hundred():
+    """200 transactions of 2024-06-01 and 2024-06-02, in time order."""
+    return generate_transactions(CONFIG, date(2024, 6, 1), date(2024, 6, 3)).head(200).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_rows_with_null_timestamps_reach_validation_and_fail_it(tmp_path, two_hundred, suffix):
+    """A file of 200 rows, 50 of them without a timestamp: none may vanish on the way to the checks."""
+    frame = two_hundred.copy()
+    null_rows = list(range(0, 200, 4))
+    frame.loc[null_rows, "event_timestamp"] = pd.NaT
+    path = tmp_path / f"null_times{suffix}"
+    frame.to_parquet(path, index=False) if suffix == ".parquet" else frame.to_csv(path, index=False)
+    days = (date(2024, 6, 1), date(2024, 6, 3))  # every dated row is inside the window
+
+    loaded = read_transactions_file(path, *days)
+    assert len(loaded) == 200
+    assert str(loaded["event_timestamp"].dt.tz) == "UTC"
+    assert loaded["event_timestamp"].isna().sum() == 50
+    assert loaded["event_timestamp"].iloc[150:].isna().all()  # undated rows come last
+    assert set(loaded["transaction_id"]) == set(frame["transaction_id"])
+    outcomes = by_name(validate_transactions(loaded))
+    assert [name for name, outcome in outcomes.items() if not outcome.passed] == ["no_nulls"]
+    nulls = outcomes["no_nulls"]
+    assert (nulls.description, nulls.failing_rows) == ("event_timestamp: 50 null", 50)
+    assert nulls.columns == ("event_timestamp",)
+    assert nulls.examples == {"event_timestamp": list(frame.loc[null_rows[:5], "transaction_id"])}
+    message = failure_message(list(outcomes.values()))
+    assert "- no_nulls: event_timestamp: 50 null" in message
+    for transaction_id in frame.loc[null_rows[:5], "transaction_id"]:
+        assert transaction_id in message
+
+
+def test_undated_rows_are_kept_whatever_days_are_asked_for(tmp_path, two_hundred):
+    frame = two_hundred.copy()
+    frame.loc[[3, 4], "event_timestamp"] = pd.NaT
+    path = tmp_path / "two_undated.parquet"
+    frame.to_parquet(path, index=False)
+    loaded = read_transactions_file(path, date(2024, 6, 5), date(2024, 6, 6))  # no dated row on that day
+    assert loaded["transaction_id"].tolist() == frame.loc[[3, 4], "transaction_id"].tolist()
+
+
+def test_unparseable_timestamps_reach_validation_and_fail_the_schema_check(tmp_path, two_hundred):
+    frame = two_hundred.copy()
+    frame["event_timestamp"] = frame["event_timestamp"].map(lambda t: t.isoformat())
+    frame.loc[[10, 20], "event_timestamp"] = ["not a time", "2024-06-31T10:00:00+00:00"]
+    frame.loc[[30], "event_timestamp"] = None
     path = tmp_path / "bad_time.csv"
-    pd.DataFrame({"transaction_id": ["a"], "event_timestamp": ["not a time"]}).to_csv(path, index=False)
-    with pytest.raises(SourceError, match="not parseable as timestamps"):
-        read_transactions_file(path, date(2024, 6, 1), date(2024, 6, 2))
+    frame.to_csv(path, index=False)
+
+    loaded = read_transactions_file(path, date(2024, 6, 1), date(2024, 6, 3))
+    assert len(loaded) == 200
+    # the column stays as read (text), the undated rows last in file order
+    assert loaded["event_timestamp"].iloc[0] == frame["event_timestamp"].iloc[0]
+    assert loaded["event_timestamp"].iloc[-3:-1].tolist() == ["not a time", "2024-06-31T10:00:00+00:00"]
+    assert pd.isna(loaded["event_timestamp"].iloc[-1])
+    outcomes = by_name(validate_transactions(loaded))
+    schema = outcomes["schema"]
+    assert not schema.passed
+    assert schema.description == (
+        "wrong types: event_timestamp (expected timestamp, got object; 2 values are not timestamps)"
+    )
+    assert schema.examples == {"event_timestamp": list(frame.loc[[10, 20], "transaction_id"])}
+    assert outcomes["no_nulls"].examples == {"event_timestamp": [frame.loc[30, "transaction_id"]]}
 
 
 def test_load_transactions_rejects_unknown_sources_and_a_file_source_without_path():
