@@ -41,6 +41,26 @@ DEFAULT_MODEL_NAME = "fraud_detector"
 DEFAULT_EXPERIMENT = "fraud_detector"
 FEAST_PROJECT = "ml_platform"
 
+# The local Dagster instance (SQLite storage is Dagster's default under DAGSTER_HOME). Run monitoring:
+# the daemon of `dagster dev` looks at every in-progress run each poll_interval_seconds and fails a run
+# that has not started within start_timeout_seconds, or whose process the run launcher reports dead.
+# Dagster's default launcher reports nothing, so a run whose process died with the code server or the
+# command that ran it (`dagster dev` stopped mid-run, `ml-platform run` killed) would stay STARTED
+# forever; resources.run_launcher.LocalRunLauncher is the default launcher plus that report (the run's
+# process id, on this machine). A dead run is failed, not resumed: neither launcher can resume one.
+LOCAL_INSTANCE_YAML = """\
+telemetry:
+  enabled: false
+run_launcher:
+  module: resources.run_launcher
+  class: LocalRunLauncher
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  max_resume_run_attempts: 0
+  poll_interval_seconds: 15
+"""
+
 SETTINGS_FILE_ENV = "ML_PLATFORM_SETTINGS"
 # Environment variables that hold secrets: read from the environment only, never from a settings file.
 REDIS_PASSWORD_ENV = "ML_PLATFORM_REDIS_PASSWORD"
@@ -102,7 +122,10 @@ class Settings:
     k8s_state_claim: str = "ml-platform-state"
     k8s_overlay: str = "prod"
     serving_url: str = ""  # empty: the overlay's in-cluster Service URL
+    # The variables holding the model server's bearer tokens: the scoring token and the admin token (the
+    # only one that opens /admin/*). Secrets: their values come from the environment only.
     serving_token_env: str = "ML_PLATFORM_SERVING_TOKEN"
+    serving_admin_token_env: str = "ML_PLATFORM_SERVING_ADMIN_TOKEN"
 
     # ---- derived locations ---------------------------------------------------------------------
     @property
@@ -304,7 +327,8 @@ class Settings:
     def prepare(self) -> None:
         """Create the state directory layout and the Dagster instance config. Idempotent.
 
-        Local profile: a SQLite instance with telemetry off. Production: the PostgreSQL template
+        Local profile: a SQLite instance with telemetry off, and runs whose process died marked failed
+        (:data:`LOCAL_INSTANCE_YAML`). Production: the PostgreSQL template
         ``deploy/dagster/dagster.yaml`` (connection from ``DAGSTER_PG_*``). A dagster.yaml written by hand
         (without the ml-platform header) is left as it is.
         """
@@ -336,11 +360,7 @@ class Settings:
                 f"{WRITTEN_BY} for the production profile from deploy/dagster/dagster.yaml.\n"
                 + DAGSTER_TEMPLATE.read_text()
             )
-        return (
-            f"{WRITTEN_BY} for the local profile: SQLite storage under this directory.\n"
-            "telemetry:\n  enabled: false\n"
-            "run_monitoring:\n  enabled: true\n"
-        )
+        return f"{WRITTEN_BY} for the local profile: SQLite storage under this directory.\n" + LOCAL_INSTANCE_YAML
 
 
 # ---- the variables ------------------------------------------------------------------------------------
@@ -418,6 +438,7 @@ _VARS: dict[str, _Var] = {
     "k8s_overlay": _Var("ML_PLATFORM_K8S_OVERLAY"),
     "serving_url": _Var("ML_PLATFORM_SERVING_URL"),
     "serving_token_env": _Var("ML_PLATFORM_SERVING_TOKEN_ENV"),
+    "serving_admin_token_env": _Var("ML_PLATFORM_SERVING_ADMIN_TOKEN_ENV"),
 }
 ENVIRONMENT_VARIABLES = {name: var.env for name, var in _VARS.items()}
 _DEFAULTS = {item.name: item.default for item in fields(Settings) if item.default is not MISSING}

@@ -1,6 +1,7 @@
 """Settings derive every location from one home; prepare() is idempotent; storage writes are atomic;
 file locks are shared or exclusive."""
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -80,6 +81,123 @@ def test_prepare_creates_the_layout_and_a_telemetry_free_dagster_yaml(tmp_path):
     import yaml
 
     assert yaml.safe_load(text)["telemetry"] == {"enabled": False}
+
+
+def test_the_local_instance_fails_runs_whose_process_died(tmp_path):
+    """The local dagster.yaml turns run monitoring on, with a run launcher that can tell a dead run."""
+    import dagster as dg
+    import yaml
+
+    from resources.run_launcher import LocalRunLauncher
+
+    settings = Settings.from_env({"ML_PLATFORM_HOME": str(tmp_path / "home")})
+    settings.prepare()
+    config = yaml.safe_load((settings.dagster_home / "dagster.yaml").read_text())
+    assert config["run_monitoring"] == {
+        "enabled": True,
+        "start_timeout_seconds": 180,
+        "max_resume_run_attempts": 0,  # neither launcher can resume a run
+        "poll_interval_seconds": 15,
+    }
+    assert config["run_launcher"] == {"module": "resources.run_launcher", "class": "LocalRunLauncher"}
+    with dg.DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        assert instance.run_monitoring_enabled
+        assert (instance.run_monitoring_start_timeout_seconds, instance.run_monitoring_poll_interval_seconds) == (
+            180,
+            15,
+        )
+        assert "MONITORING" in instance.get_required_daemon_types()  # `dagster dev` starts the daemon for it
+        assert isinstance(instance.run_launcher, LocalRunLauncher)
+        assert instance.run_launcher.supports_check_run_worker_health
+
+
+SLOW_JOB = """
+import os
+import time
+
+import dagster as dg
+
+
+@dg.op
+def wait(context):
+    with open(os.environ["STARTED_FILE"], "w") as started:
+        started.write(context.run_id)
+    time.sleep(600)
+
+
+@dg.job
+def slow():
+    wait()
+
+
+if __name__ == "__main__":
+    slow.execute_in_process(instance=dg.DagsterInstance.get())
+"""
+
+
+@pytest.mark.parametrize("worker", ["in process", "run worker"])
+def test_run_monitoring_fails_a_run_whose_process_was_killed(tmp_path, worker):
+    """A run executed in the process that started it (``ml-platform run``), or by a run worker process of
+    its own (what the code server under ``dagster dev`` starts), is SIGKILLed: one iteration of the
+    daemon's run monitoring marks it FAILURE, naming the process; while it lived it was left alone."""
+    import logging
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import dagster as dg
+    from dagster._core.definitions.reconstruct import ReconstructableJob
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import EmptyWorkspaceTarget
+    from dagster._daemon.monitoring import execute_run_monitoring_iteration
+    from dagster._grpc.types import ExecuteRunArgs
+    from dagster._serdes import serialize_value
+
+    settings = Settings.from_env({"ML_PLATFORM_HOME": str(tmp_path / "home")})
+    settings.prepare()
+    script, started = tmp_path / "slow_job.py", tmp_path / "started"
+    script.write_text(SLOW_JOB)
+    env = {**os.environ, "DAGSTER_HOME": str(settings.dagster_home), "STARTED_FILE": str(started)}
+    with dg.DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        if worker == "in process":
+            command = [sys.executable, str(script)]
+        else:
+            job = ReconstructableJob.for_file(str(script), "slow")
+            run = instance.create_run_for_job(job_def=job.get_definition(), job_code_origin=job.get_python_origin())
+            args = ExecuteRunArgs(
+                job_origin=job.get_python_origin(), run_id=run.run_id, instance_ref=instance.get_ref()
+            )
+            command = [sys.executable, "-m", "dagster", "api", "execute_run", serialize_value(args)]
+        # A session of its own: the run's step processes (multiprocess executor) go with it at the end.
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not (started.exists() and started.read_text()):
+                assert process.poll() is None, process.stderr.read().decode()[-3000:]
+                assert time.monotonic() < deadline, "the run did not reach its op within 2 minutes"
+                time.sleep(0.1)
+            run_id = started.read_text()
+
+            def monitor() -> dg.DagsterRunStatus:
+                with WorkspaceProcessContext(instance, EmptyWorkspaceTarget()) as context:
+                    iteration = execute_run_monitoring_iteration(context, logging.getLogger(__name__))
+                    assert [error for error in iteration if error is not None] == []
+                return instance.get_run_by_id(run_id).status
+
+            assert monitor() == dg.DagsterRunStatus.STARTED  # alive: left alone
+            process.send_signal(signal.SIGKILL)
+            process.wait(30)
+            assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED  # nothing else notices
+            assert monitor() == dg.DagsterRunStatus.FAILURE
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+        messages = [record.message for record in instance.all_logs(run_id)]
+        assert any(f"the run's process {process.pid} is gone" in message for message in messages), messages
 
 
 def test_prepare_is_idempotent_and_keeps_an_edited_dagster_yaml(tmp_path):
