@@ -43,8 +43,8 @@ def smoke_rows(state: StateStorage, rows: int = 3) -> pd.DataFrame:
             "smoke",
             asset="model_deployment",
             blocking=True,
-            description="the endpoint is healthy, serves the champion, and answers a prediction equal to the "
-            "offline prediction for the same row",
+            description="the endpoint is healthy, serves the champion, answers a prediction equal to the "
+            "offline prediction for the same row, and requires the configured tokens",
         )
     ],
     description="The champion served by the deployment target (a local process here, Kubernetes in production).",
@@ -74,8 +74,10 @@ def model_deployment(mlflow: MLflowResource, deployment: DeploymentTarget, state
 
 
 def smoke_check(deployment: DeploymentTarget, registry, version: int, rows: pd.DataFrame) -> dg.AssetCheckResult:
-    """Health says the champion is served, and the endpoint's answer equals the offline prediction."""
-    url, token = deployment.endpoint(), deployment.token()
+    """Health says the champion is served, the endpoint's answer equals the offline prediction, and the
+    server requires the tokens the deployment has: a prediction without the scoring token is refused,
+    the admin token opens /admin/routing."""
+    url, token, admin_token = deployment.endpoint(), deployment.token(), deployment.admin_token()
     problems: list[str] = []
     metadata: dict[str, object] = {"endpoint": url, "expected_version": version}
     try:
@@ -98,6 +100,7 @@ def smoke_check(deployment: DeploymentTarget, registry, version: int, rows: pd.D
                 problems.append(f"/predict answered with v{answer.get('model_version')}, not v{version}")
             if abs(served - float(offline[0])) > SMOKE_TOLERANCE:
                 problems.append(f"/predict gave {served:.8f}, offline {float(offline[0]):.8f}")
+        problems.extend(_auth_problems(url, token, admin_token, features, metadata))
     except OSError as error:
         problems.append(f"{url} did not answer: {error}")
     return dg.AssetCheckResult(
@@ -107,6 +110,26 @@ def smoke_check(deployment: DeploymentTarget, registry, version: int, rows: pd.D
         description="; ".join(problems) or f"v{version} healthy at {url}; /predict equals the offline prediction",
         metadata=metadata,
     )
+
+
+def _auth_problems(
+    url: str, token: str | None, admin_token: str | None, features: list, metadata: dict[str, object]
+) -> list[str]:
+    """What is wrong with the served endpoint's auth, given the tokens this deployment holds."""
+    problems = []
+    metadata["scoring_auth"] = "required" if token else "not checked: this deployment holds no scoring token"
+    if token:
+        status, _ = http_json(f"{url}/predict", body={"features": features})
+        metadata["predict_without_token_status"] = status
+        if status != 401:
+            problems.append(f"/predict without the scoring token answered {status}, not 401: the token is not required")
+    metadata["admin_auth"] = "opens /admin" if admin_token else "not checked: this deployment holds no admin token"
+    if admin_token:
+        status, _ = http_json(f"{url}/admin/routing", token=admin_token)
+        metadata["admin_routing_status"] = status
+        if status != 200:
+            problems.append(f"GET /admin/routing with the admin token answered {status}, not 200")
+    return problems
 
 
 @dg.asset(

@@ -510,9 +510,20 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 unless you mean to expose it.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
 ) -> None:
-    """Run the model server in the foreground (Ctrl-C drains and flushes the prediction log)."""
-    _settings()
-    os.execv(sys.executable, [sys.executable, "-m", "ml_platform.serving", "--host", host, "--port", str(port)])
+    """Run the model server in the foreground (Ctrl-C drains and flushes the prediction log).
+
+    Its bearer tokens come from the variables the settings name (``serving_token_env``,
+    ``serving_admin_token_env``), as for a server ``deploy`` starts."""
+    settings = _settings()
+    from ml_platform.deploy.local import LocalProcessTarget
+
+    env = LocalProcessTarget(
+        settings.home / "serving",
+        token=os.environ.get(settings.serving_token_env),
+        admin_token=os.environ.get(settings.serving_admin_token_env),
+    ).server_environment()
+    command = [sys.executable, "-m", "ml_platform.serving", "--host", host, "--port", str(port)]
+    os.execve(sys.executable, command, env)
 
 
 @app.command()

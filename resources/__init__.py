@@ -60,10 +60,16 @@ def build_resources(settings: Settings) -> dict[str, object]:
             KubernetesDeployment(
                 overlay=settings.k8s_overlay,
                 token_env_var=settings.serving_token_env,
+                admin_token_env_var=settings.serving_admin_token_env,
                 **({"service_url": settings.serving_url} if settings.serving_url else {}),
             )
             if settings.deployment_target == "kubernetes"
-            else LocalDeployment(state_dir=str(settings.home / "serving"), port=settings.serving_port)
+            else LocalDeployment(
+                state_dir=str(settings.home / "serving"),
+                port=settings.serving_port,
+                token_env_var=settings.serving_token_env,
+                admin_token_env_var=settings.serving_admin_token_env,
+            )
         ),
         **_monitoring_resources(settings),
     }

@@ -5,6 +5,10 @@ The server's pid, address and log live under the state directory (``serving/serv
 until it answers with that version (the server watches the registry alias and swaps models itself,
 atomically, without dropping requests). Stopping sends SIGTERM, so the server drains and flushes its
 prediction log.
+
+The server gets exactly the bearer tokens the target was given (the scoring token as
+``ML_PLATFORM_SERVING_TOKEN``, the admin token as ``ML_PLATFORM_SERVING_ADMIN_TOKEN``; a token not given
+is not set), and the target's own calls to it send the scoring token.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ml_platform.settings import write_text_atomic
+
+# The variables the model server reads its bearer tokens from (ml_platform.serving.config).
+SERVER_TOKEN_VARIABLES = ("ML_PLATFORM_SERVING_TOKEN", "ML_PLATFORM_SERVING_ADMIN_TOKEN")
 
 
 class DeploymentError(RuntimeError):
@@ -81,12 +88,27 @@ class LocalProcessTarget:
         port: int = 8080,
         python_executable: str = "",
         environment: dict[str, str] | None = None,
+        token: str | None = None,
+        admin_token: str | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.host = host
         self.port = port
         self.python_executable = python_executable or sys.executable
         self.environment = environment or {}
+        self.token = token
+        self.admin_token = admin_token
+
+    def server_environment(self) -> dict[str, str]:
+        """The server process's environment: this one, ``environment``, then the target's tokens (a token
+        the target was not given is removed, so what the server requires is what the target sends)."""
+        env = {**os.environ, **self.environment}
+        for name, value in zip(SERVER_TOKEN_VARIABLES, (self.token, self.admin_token), strict=True):
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        return env
 
     @property
     def state_file(self) -> Path:
@@ -115,7 +137,7 @@ class LocalProcessTarget:
         if server is None:
             return None
         try:
-            status, payload = http_json(f"{server.url}/health", timeout=2.0)
+            status, payload = http_json(f"{server.url}/health", timeout=2.0, token=self.token)
         except OSError:
             return None
         return payload if status == 200 else None
@@ -136,7 +158,7 @@ class LocalProcessTarget:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **self.environment},
+            env=self.server_environment(),
             start_new_session=True,  # outlives the command that deployed it; stopped by stop()
         )
         log.close()
@@ -178,7 +200,7 @@ class LocalProcessTarget:
     # ---- internals -----------------------------------------------------------------------------
     def _refuse_if_port_taken(self) -> None:
         try:
-            status, payload = http_json(f"http://{self.host}:{self.port}/health", timeout=1.0)
+            status, payload = http_json(f"http://{self.host}:{self.port}/health", timeout=1.0, token=self.token)
         except OSError:
             return
         raise DeploymentError(
@@ -196,7 +218,7 @@ class LocalProcessTarget:
                     f"last lines of {self.log_path}:\n{self._log_tail()}"
                 )
             try:
-                status, payload = http_json(f"{server.url}/v2/health/ready", timeout=2.0)
+                status, payload = http_json(f"{server.url}/v2/health/ready", timeout=2.0, token=self.token)
                 if status == 200:
                     return
                 last = f"HTTP {status}: {payload}"

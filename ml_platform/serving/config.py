@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -17,6 +18,10 @@ SERVE_ALIASES = ("champion", "challenger")
 ENV_PREFIX = "ML_PLATFORM_SERVING_"
 _FALSE = {"0", "false", "no", "off", ""}
 _TRUE = {"1", "true", "yes", "on"}
+# The bearer tokens and the variables they come from. A token is what RFC 6750 lets a bearer credential
+# be (b64token: letters, digits, -._~+/ and trailing =), so a client can send it exactly as configured.
+TOKEN_VARIABLES = {"auth_token": ENV_PREFIX + "TOKEN", "admin_token": ENV_PREFIX + "ADMIN_TOKEN"}
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,12 @@ class ServerConfig:
       ``challenger_shadow``, never returned); the weight is kept for when the mode goes back to split.
     - ``sticky``: route by a hash of ``customer_id`` when the request has one (a customer always sees
       the same variant, and raising the weight only moves customers from champion to challenger).
-    - ``auth_token``: when set, every route except the health, readiness and metrics routes needs
-      ``Authorization: Bearer <token>``.
+    - ``auth_token`` (``ML_PLATFORM_SERVING_TOKEN``): the scoring token. When set, every route except the
+      health, readiness and metrics routes and ``/admin/*`` needs ``Authorization: Bearer <token>``.
+    - ``admin_token`` (``ML_PLATFORM_SERVING_ADMIN_TOKEN``): the only token that opens ``/admin/*``
+      (reading and changing the routing). Without one, changing the routing is refused (403) and reading
+      it is a scoring route. The two tokens must differ; neither may be empty (an empty variable stops
+      the server at start rather than silently serving without auth).
     - ``log_flush_rows`` / ``log_flush_seconds``: the prediction log writes a parquet file whenever this
       many rows are waiting or this much time has passed since the last write.
     - ``serve_alias``: ``champion`` (default) or ``challenger``; a server of the challenger alias loads
@@ -54,6 +63,7 @@ class ServerConfig:
     sticky: bool = True
     poll_seconds: float = 5.0
     auth_token: str | None = None
+    admin_token: str | None = None
     max_body_bytes: int = 1_000_000
     max_batch_rows: int = 10_000
     log_flush_rows: int = 5_000
@@ -64,9 +74,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_dir", Path(self.log_dir))
-        if self.auth_token == "":
-            object.__setattr__(self, "auth_token", None)
-        problems = []
+        problems = _token_problems(self.auth_token, self.admin_token)
         if not 0.0 <= float(self.challenger_weight) <= 1.0:
             problems.append(f"challenger_weight must be within [0, 1], got {self.challenger_weight}")
         if self.mode not in MODES:
@@ -90,9 +98,9 @@ class ServerConfig:
     ) -> ServerConfig:
         """Settings' model and stores, then ``ML_PLATFORM_SERVING_*`` variables, then ``overrides``.
 
-        Variables: ``TOKEN``, ``CHALLENGER_WEIGHT``, ``MODE``, ``STICKY``, ``POLL_SECONDS``, ``LOG_DIR``,
-        ``MAX_BODY_BYTES``, ``MAX_BATCH_ROWS``, ``LOG_FLUSH_ROWS``, ``LOG_FLUSH_SECONDS``, ``ALIAS``, ``FAST_PATH``,
-        ``OPENTELEMETRY`` and ``FEAST`` (``off`` serves without the feature store), each prefixed with
+        Variables: ``TOKEN``, ``ADMIN_TOKEN``, ``CHALLENGER_WEIGHT``, ``MODE``, ``STICKY``, ``POLL_SECONDS``,
+        ``LOG_DIR``, ``MAX_BODY_BYTES``, ``MAX_BATCH_ROWS``, ``LOG_FLUSH_ROWS``, ``LOG_FLUSH_SECONDS``, ``ALIAS``,
+        ``FAST_PATH``, ``OPENTELEMETRY`` and ``FEAST`` (``off`` serves without the feature store), each prefixed with
         ``ML_PLATFORM_SERVING_``.
         """
         env = os.environ if environ is None else environ
@@ -105,6 +113,7 @@ class ServerConfig:
         }
         converters = {
             "auth_token": ("TOKEN", str),
+            "admin_token": ("ADMIN_TOKEN", str),
             "challenger_weight": ("CHALLENGER_WEIGHT", float),
             "mode": ("MODE", str),
             "sticky": ("STICKY", _parse_bool),
@@ -138,6 +147,30 @@ class ServerConfig:
 
     def with_overrides(self, **overrides: object) -> ServerConfig:
         return replace(self, **overrides)
+
+
+def _token_problems(auth_token: str | None, admin_token: str | None) -> list[str]:
+    problems = []
+    for name, value in (("auth_token", auth_token), ("admin_token", admin_token)):
+        variable = TOKEN_VARIABLES[name]
+        if value is None:
+            continue
+        if value == "":
+            problems.append(
+                f"{variable} ({name}) is set but empty; unset it to serve without that token, or set a token "
+                "(e.g. openssl rand -hex 32)"
+            )
+        elif not _B64TOKEN.fullmatch(value):
+            problems.append(
+                f"{variable} ({name}) holds characters a bearer token cannot carry (whitespace, a trailing "
+                "newline from a file?); use letters, digits and -._~+/ (= only as trailing padding)"
+            )
+    if auth_token and auth_token == admin_token:
+        problems.append(
+            f"{TOKEN_VARIABLES['admin_token']} must differ from {TOKEN_VARIABLES['auth_token']}: one token "
+            "would open both scoring and /admin"
+        )
+    return problems
 
 
 def _parse_bool(raw: str) -> bool:

@@ -30,7 +30,16 @@ def serving_version(target) -> int | None:
     return health and health.get("model_version")
 
 
-def test_deploy_serves_the_champion_and_passes_the_smoke_check(bootstrap_result, defs, registry, local_target):
+SCORING_TOKEN, ADMIN_TOKEN = "deploy-sc0ring", "deploy-adm1n"
+
+
+def test_deploy_serves_the_champion_and_passes_the_smoke_check(
+    bootstrap_result, defs, registry, local_target, monkeypatch
+):
+    # The job-started server takes both tokens from the environment and requires them.
+    local_target.stop()  # a server an earlier run started has other tokens (none)
+    monkeypatch.setenv("ML_PLATFORM_SERVING_TOKEN", SCORING_TOKEN)
+    monkeypatch.setenv("ML_PLATFORM_SERVING_ADMIN_TOKEN", ADMIN_TOKEN)
     result = launch("deploy", defs=defs)
     assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert check_results(result)[("model_deployment", "smoke")] is True
@@ -40,6 +49,18 @@ def test_deploy_serves_the_champion_and_passes_the_smoke_check(bootstrap_result,
     assert serving_version(local_target) == champion
     smoke = next(e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION")
     assert smoke.metadata["difference"].value <= 1e-6
+    assert smoke.metadata["predict_without_token_status"].value == 401
+    assert smoke.metadata["admin_routing_status"].value == 200
+
+    url, body = f"http://127.0.0.1:{local_target.port}", {"features": [50.0] * 9}
+    assert http_json(f"{url}/predict", body=body)[0] == 401
+    assert http_json(f"{url}/predict", body=body, token=ADMIN_TOKEN)[0] == 403
+    status, answer = http_json(f"{url}/predict", body=body, token=SCORING_TOKEN)
+    assert status == 200 and answer["model_version"] == champion
+    assert http_json(f"{url}/admin/routing", token=SCORING_TOKEN)[0] == 403
+    status, routing = http_json(f"{url}/admin/routing", token=ADMIN_TOKEN)
+    assert status == 200 and routing["champion_version"] == champion
+    local_target.stop()  # the next tests talk to a server without tokens
 
 
 def test_rollback_puts_the_previous_champion_back_and_serves_it(bootstrap_result, defs, registry, local_target):

@@ -171,6 +171,8 @@ def test_configuration_comes_from_the_configmap_and_an_optional_secret(rendered)
         assert container(deployment)["envFrom"] == [{"configMapRef": {"name": "fraud-detector-config"}}]
         token = env_of(deployment)["ML_PLATFORM_SERVING_TOKEN"]["valueFrom"]["secretKeyRef"]
         assert token == {"name": "fraud-detector-secrets", "key": "serving-token", "optional": True}
+        admin = env_of(deployment)["ML_PLATFORM_SERVING_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert admin == {"name": "fraud-detector-secrets", "key": "admin-token", "optional": True}
         assert env_of(deployment)["ML_PLATFORM_HOME"]["value"] == "/var/lib/ml_platform"
 
 
@@ -285,16 +287,18 @@ def test_staging_overlay(rendered):
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
     assert one(objects, "ConfigMap", "fraud-detector-config")["data"]["ML_PLATFORM_SERVING_CHALLENGER_WEIGHT"] == "0.1"
     assert container(champion)["image"] == "ml-platform/model-server:staging"
-    token = env_of(champion)["ML_PLATFORM_SERVING_TOKEN"]["valueFrom"]["secretKeyRef"]
-    assert token["optional"] is True
+    for variable in ("ML_PLATFORM_SERVING_TOKEN", "ML_PLATFORM_SERVING_ADMIN_TOKEN"):
+        assert env_of(champion)[variable]["valueFrom"]["secretKeyRef"]["optional"] is True, variable
 
 
-def test_prod_overlay_requires_the_token_and_gives_more_memory(rendered):
+def test_prod_overlay_requires_both_tokens_and_gives_more_memory(rendered):
     objects = rendered["prod"]
     for name in ("fraud-detector", "fraud-detector-canary"):
         deployment = one(objects, "Deployment", name)
         token = env_of(deployment)["ML_PLATFORM_SERVING_TOKEN"]["valueFrom"]["secretKeyRef"]
         assert token == {"name": "fraud-detector-secrets", "key": "serving-token", "optional": False}
+        admin = env_of(deployment)["ML_PLATFORM_SERVING_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert admin == {"name": "fraud-detector-secrets", "key": "admin-token", "optional": False}
         assert container(deployment)["resources"] == {
             "requests": {"cpu": "250m", "memory": "1Gi"},
             "limits": {"cpu": "1", "memory": "2Gi"},
@@ -380,7 +384,7 @@ def test_prod_server_settings_load_with_the_rendered_environment(rendered, tmp_p
     from ml_platform.settings import Settings
 
     objects = rendered["prod"]
-    secrets = {"serving-token": "t0ken", "redis-url": "redis://redis.example:6379/0"}
+    secrets = {"serving-token": "t0ken", "admin-token": "adm1n", "redis-url": "redis://redis.example:6379/0"}
     for name in ("fraud-detector", "fraud-detector-canary"):
         deployment = one(objects, "Deployment", name)
         env = deployment_environment(objects, deployment, container(deployment)["env"], secrets)
@@ -389,8 +393,24 @@ def test_prod_server_settings_load_with_the_rendered_environment(rendered, tmp_p
         assert settings.profile == "production"
         config = ServerConfig.from_settings(settings, environ=env)
         assert config.feast is not None and config.feast.online_store_kind == "redis"
-        assert config.auth_token == "t0ken"
+        assert (config.auth_token, config.admin_token) == ("t0ken", "adm1n")
         assert config.serve_alias == env["ML_PLATFORM_SERVING_ALIAS"]
+
+
+@pytest.mark.parametrize("missing", ["serving-token", "admin-token"])
+def test_prod_pods_cannot_start_without_either_token(rendered, missing):
+    """A Secret without one of the tokens leaves the prod pods unstartable (the kubelet refuses a required
+    secretKeyRef whose key is absent), where staging starts without it."""
+    secrets = {"serving-token": "t0ken", "admin-token": "adm1n", "redis-url": "redis://redis.example:6379/0"}
+    del secrets[missing]
+    for name in ("fraud-detector", "fraud-detector-canary"):
+        prod = one(rendered["prod"], "Deployment", name)
+        with pytest.raises(AssertionError, match=f"the Secret has no {missing}"):
+            deployment_environment(rendered["prod"], prod, container(prod)["env"], secrets)
+        staging = one(rendered["staging"], "Deployment", name)
+        env = deployment_environment(rendered["staging"], staging, container(staging)["env"], secrets)
+        variable = {"serving-token": "ML_PLATFORM_SERVING_TOKEN", "admin-token": "ML_PLATFORM_SERVING_ADMIN_TOKEN"}
+        assert variable[missing] not in env
 
 
 @pytest.fixture
