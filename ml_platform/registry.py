@@ -20,6 +20,8 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from ml_platform.features.engineering import MODEL_FEATURES
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS = "previous"
@@ -33,6 +35,14 @@ ROLLBACK_REASON_TAG = "ml_platform.rollback_reason"
 
 class RegistryError(RuntimeError):
     """The registry is not in the state an operation needs."""
+
+
+class ModelRefused(RegistryError):
+    """A registered version that is not a native XGBoost model of the model's features, so it is not loaded.
+
+    Only a model file in XGBoost's own format (ubj or json) is ever read; anything else could hold code
+    that loading would run (a pickled ``python_function`` model does).
+    """
 
 
 @dataclass(frozen=True)
@@ -213,22 +223,39 @@ class Registry:
         return {key.removeprefix("test_"): float(value) for key, value in metrics.items() if key.startswith("test_")}
 
     def load_booster(self, version: int):
-        """The model in XGBoost's own format (never unpickled), ready to predict on CPU."""
+        """The model in XGBoost's own format, ready to predict on CPU; nothing in it is executed.
+
+        Only the version's native XGBoost model file is read, and only after its MLmodel file says
+        that is what the version is (:func:`native_model_file`). A version that is anything else (a
+        pickled ``python_function`` model above all: unpickling it runs whatever it was made to run)
+        raises :class:`ModelRefused`, which names the version and the reason.
+        """
         import xgboost as xgb
 
+        label = f"{self.model_name} version {version}"
+        path = self._model_directory(version)
+        booster = xgb.Booster()
+        model_file = native_model_file(path, label)
+        try:
+            booster.load_model(model_file)
+        except xgb.core.XGBoostError as error:  # the same file fails the same way every time
+            raise ModelRefused(f"{label} has a model file XGBoost cannot read ({error}); refusing to load it") from None
+        names = booster.feature_names
+        if booster.num_features() != len(MODEL_FEATURES) or (names is not None and tuple(names) != MODEL_FEATURES):
+            raise ModelRefused(
+                f"{label} does not take the model's features: its booster has {booster.num_features()} features"
+                f" named {names}; expected {list(MODEL_FEATURES)}; refusing to load it"
+            )
+        return booster
+
+    def _model_directory(self, version: int) -> str:
         uri = self.client.get_model_version_download_uri(self.model_name, str(version))
         if uri.startswith("file://") or "://" not in uri:
-            path = _local_path(uri)
-        else:  # an object store: fetch the model's files once into a temporary directory
-            import mlflow.artifacts
+            return _local_path(uri)
+        # An object store: the model's files are fetched into a temporary directory (read, never run).
+        import mlflow.artifacts
 
-            path = mlflow.artifacts.download_artifacts(artifact_uri=uri)
-        model_files = [name for name in os.listdir(path) if name.startswith("model.")]
-        if not model_files:
-            raise RegistryError(f"{self.model_name} version {version} has no model file under {path}")
-        booster = xgb.Booster()
-        booster.load_model(os.path.join(path, model_files[0]))
-        return booster
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri)
 
     def predict(self, version: int, features: pd.DataFrame) -> np.ndarray:
         from ml_platform.training.train import predict_probability
@@ -274,6 +301,79 @@ class Registry:
         """Make an explicit, existing version the champion (a manual deploy of ``--version N``)."""
         self.model_version(version)  # raises with MLflow's message naming the version if it does not exist
         return self.promote(version, promoted_at=promoted_at)
+
+
+NATIVE_FORMATS = ("ubj", "json")
+_COLUMN_TYPE = "double"
+
+
+def native_model_file(path: str, label: str) -> str:
+    """The native XGBoost model file of the MLflow model in directory ``path``, once its MLmodel says so.
+
+    The MLmodel must have the ``xgboost`` flavor with a ``model_format`` of ubj or json naming a file of
+    that format inside ``path`` that exists, and a signature whose inputs are exactly
+    :data:`MODEL_FEATURES`, as double columns in that order. Anything else raises :class:`ModelRefused`
+    naming ``label`` (the model and version) and the reason. Only YAML and JSON are parsed here.
+    """
+    import json
+
+    import yaml
+
+    def refuse(reason: str, why: str = "") -> ModelRefused:
+        return ModelRefused(f"{label} {reason}; refusing to load it{why}")
+
+    mlmodel_path = os.path.join(path, "MLmodel")
+    try:
+        with open(mlmodel_path, encoding="utf-8") as handle:
+            mlmodel = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise refuse(f"has no MLmodel file at {mlmodel_path}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise refuse(f"has an MLmodel file that cannot be read: {type(error).__name__}: {error}") from None
+    if not isinstance(mlmodel, dict):
+        raise refuse(f"has an MLmodel file that is not a mapping (got {type(mlmodel).__name__})")
+    flavors = mlmodel.get("flavors")
+    if not isinstance(flavors, dict) or not flavors:
+        raise refuse("has an MLmodel file without flavors")
+    flavor = flavors.get("xgboost")
+    if not isinstance(flavor, dict):
+        raise refuse(
+            f"is not a native XGBoost model: its MLmodel has flavors {', '.join(map(str, flavors))} only",
+            " (loading it could run code)",
+        )
+    model_format = flavor.get("model_format")
+    if model_format not in NATIVE_FORMATS:
+        raise refuse(
+            f"is not in XGBoost's own format: its xgboost flavor has model_format {model_format!r};"
+            f" expected one of {', '.join(NATIVE_FORMATS)}"
+        )
+    data = flavor.get("data")
+    if not isinstance(data, str) or not data.endswith(f".{model_format}"):
+        raise refuse(f"names no {model_format} model file: its xgboost flavor has data {data!r}")
+    root = os.path.realpath(path)
+    model_file = os.path.realpath(os.path.join(root, data))
+    if not model_file.startswith(root + os.sep):
+        raise refuse(f"names a model file outside its own directory: data {data!r}")
+    if not os.path.isfile(model_file):
+        raise refuse(f"has no model file {data!r} (its xgboost flavor names it) under {path}")
+    signature = mlmodel.get("signature")
+    inputs = signature.get("inputs") if isinstance(signature, dict) else None
+    try:
+        columns = json.loads(inputs) if isinstance(inputs, str) else None
+    except ValueError:
+        columns = None
+    expected = [{"name": name, "type": _COLUMN_TYPE} for name in MODEL_FEATURES]
+    found = (
+        [{"name": column.get("name"), "type": column.get("type")} for column in columns]
+        if isinstance(columns, list) and all(isinstance(column, dict) for column in columns)
+        else None
+    )
+    if found != expected:
+        raise refuse(
+            f"does not take the model's features: its signature inputs are {inputs if inputs else 'missing'};"
+            f" expected the {len(MODEL_FEATURES)} {_COLUMN_TYPE} columns {', '.join(MODEL_FEATURES)}, in that order"
+        )
+    return model_file
 
 
 def _local_path(uri: str) -> str:

@@ -2,20 +2,25 @@
 
 The routes live one protocol per module under :mod:`ml_platform.serving.protocol` (``predict``,
 ``mlflow``, ``v2``, ``admin``); auth, the body limit, request metrics and the fast paths are one ASGI
-layer, :mod:`ml_platform.serving.middleware`. This module puts them together with the error handlers.
+layer, :mod:`ml_platform.serving.middleware`; the served OpenAPI document is completed by
+:mod:`ml_platform.serving.openapi`. This module puts them together with the error handlers: every
+refusal is a 4xx with the error body; a 500 is left only for a bug (an exception nothing expected).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
+from ml_platform.serving import openapi
 from ml_platform.serving.config import ServerConfig
 from ml_platform.serving.middleware import GuardMiddleware
 from ml_platform.serving.protocol import admin, mlflow, predict, v2
@@ -23,6 +28,9 @@ from ml_platform.serving.schemas import ApiError, validation_error
 from ml_platform.serving.server import ModelServer
 
 _log = logging.getLogger(__name__)
+
+# The status recorded for a request whose client hung up before sending its whole body (nginx's 499).
+CLIENT_CLOSED_REQUEST = 499
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -56,30 +64,48 @@ def create_app(config: ServerConfig) -> FastAPI:
     fast_routes = {}
     if config.fast_path:
         fast_routes.update(predict.fast_routes(server))
+        fast_routes.update(mlflow.fast_routes(server))
+        fast_routes.update(v2.fast_routes(server))
     app.add_middleware(GuardMiddleware, server=server, fast_routes=fast_routes)
     _add_error_handlers(app)
     for protocol in (predict, mlflow, v2, admin):
         app.include_router(protocol.router(server))
+    openapi.install(app, config)
     return app
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError):
-        return JSONResponse(error.body(), status_code=error.status_code)
+        return _error_response(error.body(), error.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def request_validation_error(request: Request, error: RequestValidationError):
         converted = validation_error(list(error.errors()))
-        return JSONResponse(converted.body(), status_code=422)
+        return _error_response(converted.body(), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
-        return JSONResponse(
-            {"error": str(error.detail), "field": None}, status_code=error.status_code, headers=error.headers
-        )
+        return _error_response({"error": str(error.detail), "field": None}, error.status_code, error.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_disconnect(request: Request, error: ClientDisconnect):
+        # The client went away before its body arrived: nobody reads this answer, but the request metrics
+        # record its status, and a client's hang-up is no server error (499, as nginx records it).
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception):
         _log.exception("unexpected error on %s", request.url.path)
         return JSONResponse({"error": f"internal error: {type(error).__name__}", "field": None}, status_code=500)
+
+
+def _error_response(body: dict, status_code: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The error body as JSON; a message quoting a string that is not Unicode text (a lone surrogate in a
+    field name, say) is sent with that character escaped rather than failing to encode."""
+    try:
+        return JSONResponse(body, status_code=status_code, headers=headers)
+    except UnicodeEncodeError:
+        return Response(
+            json.dumps(body, ensure_ascii=True), status_code=status_code, headers=headers, media_type="application/json"
+        )

@@ -37,9 +37,31 @@ class Metrics:
             ["variant"],
             registry=self.registry,
         )
+        self.model_refused = Gauge(
+            "ml_platform_serving_model_refused",
+            "1 for each model version the server refused to load (not a native XGBoost model of its features).",
+            ["version"],
+            registry=self.registry,
+        )
         self.challenger_weight = Gauge(
             "ml_platform_serving_challenger_weight",
             "Share of traffic the challenger answers in split mode.",
+            registry=self.registry,
+        )
+        self.prediction_log_rows = Counter(
+            "ml_platform_serving_prediction_log_rows_written",
+            "Prediction log rows written to parquet.",
+            registry=self.registry,
+        )
+        self.prediction_log_quarantined = Counter(
+            "ml_platform_serving_prediction_log_quarantined",
+            "Prediction log rows the log's schema could not hold, kept in its quarantine folder with the reason.",
+            registry=self.registry,
+        )
+        self.prediction_log_write_errors = Counter(
+            "ml_platform_serving_prediction_log_write_errors",
+            "Failed prediction log writes: journal appends (the request got a 503) and parquet conversions"
+            " (retried; the journal keeps the rows).",
             registry=self.registry,
         )
         # The labelled children, looked up once per label set: ``labels()`` costs a lock and a few
@@ -62,3 +84,12 @@ class Metrics:
         if child is None:
             child = self._prediction_children[variant] = self.predictions.labels(variant)
         child.inc(rows)
+
+    def count_prediction_log(self, event: str, amount: int) -> None:
+        """The prediction log's report (``PredictionLogger.on_count``): rows written, quarantined, write errors."""
+        counters = {
+            "rows_written": self.prediction_log_rows,
+            "quarantined": self.prediction_log_quarantined,
+            "write_errors": self.prediction_log_write_errors,
+        }
+        counters[event].inc(amount)

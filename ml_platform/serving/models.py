@@ -5,6 +5,10 @@ reference to the current one; its watcher thread polls the registry's aliases an
 builds the new deployment completely (load, threshold, warm-up) and only then replaces that one
 reference. A request reads the reference once when it starts and keeps that deployment to the end,
 so a swap never fails or mixes a request in flight.
+
+A model is only ever loaded from its native XGBoost file (:meth:`Registry.load_booster`); a version
+that is anything else is refused, remembered as refused and never read again, and what is loaded keeps
+serving.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ml_platform.features.engineering import MODEL_FEATURES
-from ml_platform.registry import CHALLENGER, CHAMPION, Registry
+from ml_platform.registry import CHALLENGER, CHAMPION, ModelRefused, Registry
 
 _log = logging.getLogger(__name__)
 
@@ -119,16 +123,11 @@ class _ThreadState:
 
 @dataclass(frozen=True)
 class ModelHandle:
-    """One loaded model version: the XGBoost booster (its own format, never unpickled) and its threshold.
-
-    ``pyfunc`` is MLflow's pyfunc of the same version, loaded for the champion only: ``/invocations``
-    answers through it so its answers are those of ``mlflow models serve``.
-    """
+    """One loaded model version: the XGBoost booster (its own format, never unpickled) and its threshold."""
 
     version: int
     booster: Any
     threshold: float
-    pyfunc: Any = None
     loaded_at: float = 0.0
     predictor: InplacePredictor = field(init=False, repr=False, compare=False)
 
@@ -155,7 +154,13 @@ class Deployment:
 
 
 class ModelManager:
-    """Loads the champion and challenger named by the registry's aliases and follows them."""
+    """Loads the champion and challenger named by the registry's aliases and follows them.
+
+    ``refused`` maps each version the registry refused to load (:class:`ModelRefused`) to the reason.
+    A refused version is logged once and never read again; while the alias names it, the model that
+    was serving keeps serving (a refused challenger is left out), and a server with nothing loaded yet
+    says why it is not ready.
+    """
 
     def __init__(
         self,
@@ -163,6 +168,7 @@ class ModelManager:
         *,
         poll_seconds: float,
         on_swap: Callable[[Deployment], None] | None = None,
+        on_refused: Callable[[int, str], None] | None = None,
         extra_work: Callable[[], None] | None = None,
         primary_alias: str = CHAMPION,
     ) -> None:
@@ -172,7 +178,10 @@ class ModelManager:
         self.deployment: Deployment | None = None
         self.last_error: str | None = "loading the champion"
         self.swaps = 0
+        self.polls = 0  # watcher ticks done, refresh attempted in each
+        self.refused: dict[int, str] = {}
         self._on_swap = on_swap
+        self._on_refused = on_refused
         self._extra_work = extra_work
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -202,6 +211,7 @@ class ModelManager:
                     self._extra_work()
                 except Exception as error:  # reported by readiness; retried on the next tick
                     _log.warning("watcher side task failed: %s: %s", type(error).__name__, error)
+            self.polls += 1
             self._stop.wait(self.poll_seconds)
 
     # ---- loading -------------------------------------------------------------------------------
@@ -212,7 +222,7 @@ class ModelManager:
             champion = aliases.get(self.primary_alias)  # the model this server answers with
             # A champion server keeps the challenger beside it (A/B, shadow); a challenger server serves alone.
             challenger = aliases.get(CHALLENGER) if self.primary_alias == CHAMPION else None
-            if challenger == champion:
+            if challenger == champion or challenger in self.refused:
                 challenger = None
             current = self.deployment
             if champion is None:
@@ -222,52 +232,72 @@ class ModelManager:
                 else:  # the alias was removed: keep answering with what is loaded
                     _log.warning("alias %s is gone; still serving version %s", alias, current.champion.version)
                 return False
+            if champion in self.refused:
+                self._keep_serving(champion)
+                return False
             if current is not None and current.versions == (champion, challenger):
                 return False
             loaded = {}
             if current is not None:
                 loaded = {h.version: h for h in (current.champion, current.challenger) if h is not None}
-            champion_handle = self._handle(champion, loaded, with_pyfunc=True)
-            challenger_handle = self._handle(challenger, loaded, with_pyfunc=False) if challenger else None
+            try:
+                champion_handle = self._handle(champion, loaded)
+            except ModelRefused as refusal:
+                self._refuse(champion, refusal)
+                self._keep_serving(champion)
+                return False
+            challenger_handle = None
+            if challenger is not None:
+                try:
+                    challenger_handle = self._handle(challenger, loaded)
+                except ModelRefused as refusal:
+                    self._refuse(challenger, refusal)
+                if current is not None and current.versions == (champion, None) and challenger_handle is None:
+                    return False
             deployment = Deployment(champion_handle, challenger_handle)
             self.deployment = deployment  # the one reference requests read: the swap is this line
             self.last_error = None
             self.swaps += 1
-            _log.info("serving %s: champion v%s, challenger v%s", self.registry.model_name, champion, challenger)
+            _log.info(
+                "serving %s: champion v%s, challenger v%s",
+                self.registry.model_name,
+                champion,
+                challenger_handle.version if challenger_handle else None,
+            )
             if self._on_swap is not None:
                 self._on_swap(deployment)
             return True
 
-    def _handle(self, version: int, loaded: dict[int, ModelHandle], *, with_pyfunc: bool) -> ModelHandle:
+    def _refuse(self, version: int, refusal: ModelRefused) -> None:
+        reason = str(refusal)
+        self.refused[version] = reason
+        _log.warning("refused to load %s version %s: %s", self.registry.model_name, version, reason)
+        if self._on_refused is not None:
+            self._on_refused(version, reason)
+
+    def _keep_serving(self, refused: int) -> None:
+        """The primary alias names a refused version: what is loaded keeps serving, or readiness says why."""
+        if self.deployment is None:
+            self.last_error = (
+                f"the {self.primary_alias} ({self.registry.model_name} version {refused}) was refused:"
+                f" {self.refused[refused]}"
+            )
+
+    def _handle(self, version: int, loaded: dict[int, ModelHandle]) -> ModelHandle:
         existing = loaded.get(version)
-        if existing is not None and (existing.pyfunc is not None or not with_pyfunc):
+        if existing is not None:
             return existing
-        if existing is not None:  # a challenger promoted to champion: it now needs its pyfunc too
-            booster, threshold = existing.booster, existing.threshold
-        else:
-            booster = self.registry.load_booster(version)
-            # A request scores one row or a few: one thread. XGBoost's default (every core) starts OpenMP
-            # workers per call that contend with the server's own threads; on 2 cores that made a one-row
-            # prediction ~240 us instead of tens.
-            booster.set_param({"nthread": 1})
-            threshold = self.registry.threshold(version)
-        pyfunc = self._load_pyfunc(version) if with_pyfunc else None
-        handle = ModelHandle(version, booster, threshold, pyfunc, time.time())
+        booster = self.registry.load_booster(version)
+        # A request scores one row or a few: one thread. XGBoost's default (every core) starts OpenMP
+        # workers per call that contend with the server's own threads; on 2 cores that made a one-row
+        # prediction ~240 us instead of tens.
+        booster.set_param({"nthread": 1})
+        threshold = self.registry.threshold(version)
+        handle = ModelHandle(version, booster, threshold, time.time())
         warm_up(handle)
         return handle
 
-    def _load_pyfunc(self, version: int):
-        import mlflow.pyfunc
-
-        uri = self.registry.client.get_model_version_download_uri(self.registry.model_name, str(version))
-        return mlflow.pyfunc.load_model(uri)
-
 
 def warm_up(handle: ModelHandle) -> None:
-    """One prediction through each path, so the first request does not pay for lazy set-up."""
-    row = np.zeros((1, len(MODEL_FEATURES)), dtype="float64")
-    handle.predict(row)
-    if handle.pyfunc is not None:
-        import pandas as pd
-
-        handle.pyfunc.predict(pd.DataFrame(row, columns=list(MODEL_FEATURES)))
+    """One prediction, so the first request does not pay for XGBoost's lazy set-up."""
+    handle.predict(np.zeros((1, len(MODEL_FEATURES)), dtype="float64"))

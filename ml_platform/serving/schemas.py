@@ -6,10 +6,10 @@ what was expected, in ``{"error": "<field>: <what was wrong>", "field": "<field>
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from ml_platform.data.schema import CATEGORIES, CHANNELS, TRANSACTION_SCHEMA
 from ml_platform.features.engineering import MODEL_FEATURES
@@ -18,7 +18,49 @@ FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 # Customer ids are logged in an int64 column: a larger one would fail the whole batch of log rows.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 StrictInt = Annotated[int, Field(strict=True, ge=INT64_MIN, le=INT64_MAX)]
-RequestId = Annotated[str, Field(min_length=1, max_length=200)]
+REQUEST_ID_MAX = 200
+
+
+def request_id_problem(value: object) -> str | None:
+    """What is wrong with ``value`` as a request id (None: nothing): it must be a string of 1 to 200
+    printable characters, valid UTF-8 (no lone surrogate, which JSON's ``\\ud800`` escapes can carry)."""
+    if not isinstance(value, str):
+        return f"expected a string, got {_short(value)}"
+    if not value:
+        return "expected 1 to 200 characters, got an empty string"
+    if len(value) > REQUEST_ID_MAX:
+        return f"expected at most {REQUEST_ID_MAX} characters, got {len(value)}"
+    if value.isprintable():
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        surrogate = value[error.start]
+        return (
+            f"expected valid UTF-8 text, got a lone surrogate {ascii(surrogate)[1:-1]} at position {error.start}"
+            " (it is half of a UTF-16 pair, not a character)"
+        )
+    position, character = next((i, c) for i, c in enumerate(value) if not c.isprintable())
+    return f"expected printable characters only, got {ascii(character)} at position {position}"
+
+
+def check_request_id(value: str, field: str) -> str:
+    """``value`` when it is a valid request id (see :func:`request_id_problem`), else ApiError 422 naming ``field``."""
+    problem = request_id_problem(value)
+    if problem is not None:
+        raise ApiError(422, f"{field}: {problem}", field)
+    return value
+
+
+def _request_id(value: object) -> object:
+    if isinstance(value, str):  # anything else gets pydantic's own "expected a string"
+        problem = request_id_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+    return value
+
+
+RequestId = Annotated[str, BeforeValidator(_request_id), Field(min_length=1, max_length=REQUEST_ID_MAX)]
 
 _AMOUNT = next(column for column in TRANSACTION_SCHEMA if column.name == "amount")
 FEATURE_ORDER_TEXT = ", ".join(MODEL_FEATURES)
@@ -56,6 +98,13 @@ class FeaturesRequest(BaseModel):
         return value
 
 
+# Event times a transaction may carry: within the range every step of scoring handles (pandas'
+# nanosecond timestamps end in 2262; Python's datetime ends in 9999, so converting a time near it to UTC
+# can overflow) and that a card transaction can have. A time without an offset is UTC.
+EARLIEST_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_EVENT_TIME = datetime(2200, 1, 1, tzinfo=UTC)  # excluded
+
+
 class TransactionRequest(BaseModel):
     """A transaction; the server reads the customer's history from the online feature store."""
 
@@ -82,6 +131,22 @@ class TransactionRequest(BaseModel):
             raise ValueError(f"unknown value {value!r}; expected one of {', '.join(CHANNELS)}")
         return value
 
+    @field_validator("event_timestamp")
+    @classmethod
+    def _event_time(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return value
+        try:
+            moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        except OverflowError:  # an offset that takes it past year 1 or 9999 in UTC
+            moment = None
+        if moment is None or not EARLIEST_EVENT_TIME <= moment < LATEST_EVENT_TIME:
+            raise ValueError(
+                "expected a time from 1970-01-01T00:00:00Z up to (not including) 2200-01-01T00:00:00Z"
+                f" (UTC when no offset is given), got {value.isoformat()!r}"
+            )
+        return value
+
 
 class PredictResponse(BaseModel):
     """One answered row of ``POST /predict`` (documentation of the answer; the server renders it directly)."""
@@ -102,7 +167,7 @@ class PredictBatchResponse(BaseModel):
 
 
 class RoutingUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "0.5" is no weight, 0 no flag
 
     challenger_weight: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
     mode: Literal["split", "shadow"] | None = None

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
+from collections import Counter
+from urllib.parse import urlparse
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,6 +16,7 @@ from tests.serving.conftest import make_config, serve
 GOOD = [120.0, 13.5, 1.0, 8.0, 4.0, 80.0, 320.0, 2.5, 1.5]
 TRANSACTION = {"customer_id": 5, "amount": 10.0, "category": "fuel", "channel": "online"}
 TOKEN = "s3cret-token"
+ADMIN_TOKEN = "adm1n-token"
 
 
 def raw(client, path: str, text: str):
@@ -112,8 +117,8 @@ def test_bad_v2_nan(main_server, settings):  # noqa: F811
     assert answer.status_code == 422 and "finite" in answer.json()["error"]
 
 
-def test_bad_routing_updates(main_server):
-    with main_server.client() as client:
+def test_bad_routing_updates(strict_server):
+    with strict_server.client(headers=auth(ADMIN_TOKEN)) as client:
         weight = client.put("/admin/routing", json={"challenger_weight": 1.5})
         mode = client.put("/admin/routing", json={"mode": "canary"})
         unknown = client.put("/admin/routing", json={"weight": 0.1})
@@ -139,12 +144,13 @@ def test_garbage_never_gets_a_500(main_server, settings):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def strict_server(settings, tmp_path_factory):  # noqa: F811
-    """No feature store, a token, a small body limit and a small batch limit."""
+    """No feature store, a scoring and an admin token, a small body limit and a small batch limit."""
     config = make_config(
         settings,
         tmp_path_factory.mktemp("strict"),
         feast=None,
         auth_token=TOKEN,
+        admin_token=ADMIN_TOKEN,
         max_body_bytes=4_000,
         max_batch_rows=10,
     )
@@ -171,7 +177,7 @@ def test_auth_required_when_a_token_is_set(strict_server, settings):  # noqa: F8
             ("POST", f"/v2/models/{settings.model_name}/infer"),
         ):
             assert client.request(method, path, json={}).status_code == 401, path
-        assert client.get("/admin/routing", headers=auth()).status_code == 200
+        assert client.get("/admin/routing", headers=auth(ADMIN_TOKEN)).status_code == 200
     assert missing.status_code == 401 and missing.json()["field"] == "authorization"
     assert missing.headers["www-authenticate"] == "Bearer"
     assert wrong.status_code == 401
@@ -249,3 +255,152 @@ def test_metrics_count_requests(main_server):
     assert after[predict_422] - before.get(predict_422, 0) == 3
     assert after[predictions] - before.get(predictions, 0) == 12
     assert after[("ml_platform_serving_model_version", (("variant", "champion"),))] >= 1
+
+
+# ---- what every protocol shares: reading the body ------------------------------------------------------
+DEEP_ARRAYS = b'{"features": ' + b"[" * 1_500 + b"]" * 1_500 + b"}"
+DEEP_OBJECTS = b'{"a": ' * 1_500 + b"1" + b"}" * 1_500
+HUGE_INTEGER = b'{"features": [' + b"7" * 5_000 + b", 1, 1, 1, 1, 1, 1, 1, 1]}"
+BODY_CASES = [
+    # (name, body, content type, status, message of /predict and v2 infer (the server's error body))
+    ("deep arrays", DEEP_ARRAYS, "application/json", 400, "body: not valid JSON: nested deeper than 64 levels"),
+    ("deep objects", DEEP_OBJECTS, "application/json", 400, "body: not valid JSON: nested deeper than 64 levels"),
+    ("unclosed deep", b"[" * 20_000, "application/json", 400, "body: not valid JSON: nested deeper than 64 levels"),
+    (
+        "huge integer",
+        HUGE_INTEGER,
+        "application/json",
+        400,
+        "body: not valid JSON: a number with more than 4300 digits",
+    ),
+    (
+        "not UTF-8",
+        b'{"features": [1, 2, 3\xff]}',
+        "application/json",
+        400,
+        "body: not valid JSON: not UTF-8 text (invalid start byte at byte 21)",
+    ),
+    ("empty body", b"", "application/json", 400, "body: expected a JSON object, got an empty body"),
+    (
+        "wrong content type",
+        b"amount,hour_of_day\n1,2\n",
+        "text/csv",
+        400,
+        "body: not valid JSON: Expecting value: line 1 column 1 (char 0)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "content_type", "status", "message"), BODY_CASES, ids=[case[0] for case in BODY_CASES]
+)
+def test_unreadable_bodies_on_every_protocol(main_server, settings, name, body, content_type, status, message):  # noqa: F811
+    headers = {"Content-Type": content_type}
+    with main_server.client() as client:
+        predict = client.post("/predict", content=body, headers=headers)
+        v2 = client.post(f"/v2/models/{settings.model_name}/infer", content=body, headers=headers)
+        invocations = client.post("/invocations", content=body, headers=headers)
+    for answer in (predict, v2):
+        assert answer.status_code == status, answer.text
+        assert answer.json() == {"error": message, "field": "body"}
+    # MLflow's protocol answers in MLflow's shape; a CSV body is CSV there, and its header lacks columns
+    assert invocations.status_code == 400, invocations.text
+    error = invocations.json()
+    assert set(error) == {"error_code", "message"}
+    if content_type == "text/csv":
+        assert error["error_code"] == "INVALID_PARAMETER_VALUE"
+        assert error["message"].startswith("text/csv header: missing columns"), error["message"]
+    else:
+        assert error["error_code"] == "BAD_REQUEST"
+        assert error["message"].startswith("body: not valid JSON"), error["message"]
+
+
+def test_a_content_type_mlflow_does_not_read_is_415(main_server):
+    with main_server.client() as client:
+        xml = client.post("/invocations", content=b"<row/>", headers={"Content-Type": "application/xml"})
+        none = client.post("/invocations", content=b"amount\n1")
+    for answer in (xml, none):
+        assert answer.status_code == 415
+        assert answer.headers["content-type"].startswith("text/plain")
+    assert "application/json and text/csv" in xml.text and "'application/xml'" in xml.text
+
+
+def test_the_depth_limit_is_64_levels(main_server, settings):  # noqa: F811
+    """64 levels are read as JSON and then judged as a request (422 naming the field); 65 are not read."""
+
+    def nested(levels: int) -> bytes:
+        return b"[" * levels + b"1" + b"]" * levels
+
+    v2_head = b'{"inputs": [{"name": "input-0", "shape": [1, 9], "datatype": "FP64", "data": '
+    with main_server.client() as client:
+        predict = [client.post("/predict", content=b'{"features": ' + nested(n) + b"}") for n in (63, 64)]
+        v2 = [
+            client.post(f"/v2/models/{settings.model_name}/infer", content=v2_head + nested(n) + b"}]}")
+            for n in (61, 62)
+        ]
+    for inside, outside, field in ((*predict, "features[0]"), (*v2, "inputs[0].data")):
+        assert inside.status_code == 422 and inside.json()["field"] == field, inside.text
+        assert outside.status_code == 400, outside.text
+        assert outside.json() == {"error": "body: not valid JSON: nested deeper than 64 levels", "field": "body"}
+
+
+LONE_SURROGATES = [
+    # (route, body: JSON text with a \ud800-style escape, field)
+    ("/predict", '{"features": [1, 2, 3, 4, 5, 6, 7, 8, 9], "request_id": "ab\\ud800"}', "request_id"),
+    ("/predict", '{"instances": [{"features": [1, 2, 3, 4, 5, 6, 7, 8, 9], "x\\udfff": 1}]}', "instances[0].x\\udfff"),
+    ("v2", '{"id": "\\udbff", "inputs": []}', "id"),
+    (
+        "v2",
+        '{"inputs": [{"name": "input-0\\ud800", "shape": [1, 9], "datatype": "FP64", "data": []}]}',
+        "inputs[0].name",
+    ),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "field"), LONE_SURROGATES)
+def test_lone_surrogates_are_422_naming_the_field(main_server, settings, route, body, field):  # noqa: F811
+    path = f"/v2/models/{settings.model_name}/infer" if route == "v2" else route
+    with main_server.client() as client:
+        answer = raw(client, path, body)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()
+    assert error["field"] == field
+    assert error["error"].startswith(f"{field}: expected Unicode text (valid UTF-8), got a lone surrogate in '")
+
+
+def test_valid_surrogate_pairs_are_text(main_server):
+    with main_server.client() as client:
+        answer = raw(client, "/predict", '{"features": [1, 2, 3, 4, 5, 6, 7, 8, 9], "request_id": "\\ud83d\\ude00"}')
+    assert answer.status_code == 200 and answer.json()["request_id"] == "\U0001f600"
+
+
+def test_a_client_hanging_up_mid_body_is_no_server_error(main_server, settings):  # noqa: F811
+    """The client announces a body, sends part of it and closes: nobody gets an answer, and the request is
+    counted as 499 (client closed request), not 5xx, so hang-ups cannot move the error rate."""
+    paths = {"/predict": "/predict", "/invocations": "/invocations"}
+    paths[f"/v2/models/{settings.model_name}/infer"] = "/v2/models/{name}/infer"
+    address = urlparse(main_server.url)
+    with main_server.client() as client:
+        before = request_counts(client, set(paths.values()))
+        for path in paths:
+            with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
+                head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n"
+                connection.sendall(head.encode() + b'{"features": [1, 2')
+                connection.shutdown(socket.SHUT_WR)
+                assert connection.recv(1024) == b""
+        deadline = time.monotonic() + 10
+        while sum((new := request_counts(client, set(paths.values())) - before).values()) < len(paths):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # a hang-up is counted once the server noticed it
+    assert new == Counter({(label, "499"): 1 for label in paths.values()}), new
+
+
+def request_counts(client, routes: set[str]) -> Counter:
+    """(route, status) -> requests answered so far, on ``routes``."""
+    counts = Counter()
+    for (name, labels), value in metric_samples(client).items():
+        labels = dict(labels)
+        if name == "ml_platform_serving_requests_total" and labels["route"] in routes:
+            counts[(labels["route"], labels["status_code"])] += int(value)
+    return counts

@@ -105,7 +105,7 @@ def good_bodies() -> list[dict]:
     bodies = [{"features": as_json_row(row), "request_id": f"same-{index}"} for index, row in enumerate(rows)]
     bodies[1]["customer_id"] = 42  # used for routing and the log only
     bodies[2]["customer_id"] = -(2**63)
-    bodies[3]["request_id"] = 'tricky "quoted" \\ é ü 漢 \n\t/'
+    bodies[3]["request_id"] = 'tricky "quoted" \\ é ü 漢 /'  # printable: control characters get a 422
     bodies[4]["request_id"] = "x" * 200
     bodies[5].update({"amount": "ignored", "category": 3})  # other keys are ignored by both paths
     bodies[6] = {"features": GOOD, "request_id": "same-6", "customer_id": None}

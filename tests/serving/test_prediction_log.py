@@ -1,9 +1,18 @@
-"""The batched parquet writer and its reader."""
+"""The prediction log: the journal on the request path, its conversion to parquet, recovery after a
+crash, quarantine of rows the schema cannot hold, and the reader."""
 
 from __future__ import annotations
 
+import base64
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +20,8 @@ import pytest
 
 from ml_platform.features.engineering import MODEL_FEATURES
 from ml_platform.serving import LOG_COLUMNS, PredictionLogger, read_prediction_log
-from ml_platform.serving.prediction_log import PredictionBatch
+from ml_platform.serving.prediction_log import PredictionBatch, read_quarantine
+from ml_platform.serving.schemas import ApiError
 
 
 def batch(n: int, when: datetime, variant: str = "champion", start: int = 0) -> PredictionBatch:
@@ -52,7 +62,8 @@ def test_rows_are_written_by_size_time_and_close(tmp_path):
     everything = read_prediction_log(tmp_path)
     assert list(everything.columns) == list(LOG_COLUMNS)
     assert len(everything) == 19
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["date=2026-03-14", "date=2026-03-15"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["date=2026-03-14", "date=2026-03-15", "journal"]
+    assert list((tmp_path / "journal").iterdir()) == []  # every segment converted and deleted
     first_day = read_prediction_log(tmp_path, day="2026-03-14")
     assert len(first_day) == 12 and first_day["time"].dt.tz is not None
     second_day = read_prediction_log(tmp_path, day=datetime(2026, 3, 15).date())
@@ -146,3 +157,356 @@ def test_rows_wait_for_the_writer_without_waking_it(tmp_path):
         time.sleep(0.01)
     logger.close()
     assert logger.rows_written == 99 and logger.write_errors == 0
+
+
+# ---- the journal, rotation, recovery, quarantine ------------------------------------------------------
+REPO = Path(__file__).resolve().parents[2]
+WHEN = datetime(2026, 3, 14, 12, tzinfo=UTC).timestamp()
+
+# A process that logs rows and then dies without closing the logger: it exits ("exit"), waits on stdin
+# until the test kills it ("wait"), or hits a file-size limit that makes a journal write fail ("limit").
+CHILD = r"""
+import json, os, resource, signal, sys
+import numpy as np
+from ml_platform.serving.prediction_log import PredictionBatch, PredictionLogger
+from ml_platform.serving.schemas import ApiError
+
+log_dir, first, step, count, ending = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+logger = PredictionLogger(log_dir, flush_rows=10**6, flush_seconds=3600)
+logger.start()
+if ending == "limit":
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+report = {"acknowledged": 0}
+try:
+    for index in range(count):
+        logger.log_row(first + index * step, f"child-{index}", index, [float(index)] * 9, index / count, index % 2 == 0,
+                       0.5, 4, "champion", 1.5)
+        report["acknowledged"] += 1
+    if ending == "wait":  # and a batch of 3 rows: one missing feature, no customer ids
+        features = np.arange(27, dtype="float64").reshape(3, 9)
+        features[1, 4] = np.nan
+        logger.log(PredictionBatch(first, ["batch-0", "batch-1", "batch-2"], [None, 7, None], features,
+                                   np.array([0.1, 0.7, 0.3]), np.array([0, 1, 0]), 0.5, 5, "challenger", 9.5))
+except ApiError as error:
+    report.update(status=error.status_code, message=error.message, write_errors=logger.write_errors)
+report["journal"] = sorted(path.name for path in logger.journal_dir.iterdir())
+print(json.dumps(report), flush=True)
+if ending == "wait":
+    sys.stdin.read()
+os._exit(0)
+"""
+
+
+def run_child(log_dir: Path, first: float, step: float, count: int, ending: str):
+    """The child process and its report (rows acknowledged, journal files) once it has logged its rows."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(log_dir), repr(first), repr(step), str(count), ending],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    line = process.stdout.readline()
+    if not line:
+        process.wait(30)
+        pytest.fail(f"the child process failed: {process.stderr.read().decode()}")
+    return process, json.loads(line)
+
+
+def end_child(process: subprocess.Popen, sig: int | None = None) -> None:
+    if sig is not None and process.poll() is None:
+        process.send_signal(sig)
+    process.wait(30)
+    for stream in (process.stdin, process.stdout, process.stderr):
+        stream.close()
+
+
+def row_args(index: int, *, when: float = WHEN, request_id: str | None = None, customer_id=0, probability=None):
+    """log_row's arguments for row ``index`` (distinct values per row)."""
+    return (
+        when + index,
+        f"r{index}" if request_id is None else request_id,
+        customer_id,
+        [float(index * 9 + k) for k in range(9)],
+        index / 100 if probability is None else probability,
+        index % 2 == 0,
+        0.5,
+        2,
+        "champion",
+        0.25 + index,
+    )
+
+
+def wait_for(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def segments(log_dir: Path) -> list[Path]:
+    return sorted((log_dir / "journal").glob("*.jsonl"))
+
+
+def test_a_row_is_in_the_journal_when_log_row_returns(tmp_path):
+    logger = PredictionLogger(tmp_path, flush_rows=1_000, flush_seconds=3600)
+    logger.start()
+    args = row_args(3, customer_id=None)
+    logger.log_row(*args)
+    logger.log(batch(2, datetime(2026, 3, 14, 13, tzinfo=UTC), start=50))
+
+    (segment,) = segments(tmp_path)
+    first, second = segment.read_bytes().decode("ascii").splitlines()
+    assert json.loads(first) == [*args[:3], args[3], *args[4:]]
+    written_batch = json.loads(second)
+    assert written_batch["request_ids"] == ["r50", "r51"] and written_batch["customer_ids"] == [50, None]
+
+    def column(name: str, dtype: str) -> list:  # a batch's numeric columns: base64 of little-endian bytes
+        return np.frombuffer(base64.b64decode(written_batch[name]), dtype=dtype).tolist()
+
+    assert column("features", "<f8") == list(np.arange(18, dtype="float64"))
+    assert column("probabilities", "<f8") == [0.0, 1.0] and column("is_fraud", "u1") == [0, 1]
+    assert written_batch["time"] == datetime(2026, 3, 14, 13, tzinfo=UTC).timestamp()
+    assert read_prediction_log(tmp_path).empty  # readers see parquet parts only
+    descriptor = os.open(segment, os.O_RDONLY)  # the segment is locked: its owner is alive
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(descriptor)
+
+    logger.close()
+    log = read_prediction_log(tmp_path)
+    assert log["request_id"].tolist() == ["r3", "r50", "r51"]
+    assert log["customer_id"].isna().tolist() == [True, False, True]
+    assert segments(tmp_path) == []
+
+
+def test_rotation_turns_each_sealed_segment_into_a_part_named_after_it(tmp_path):
+    logger = PredictionLogger(tmp_path, flush_rows=10, flush_seconds=3600)
+    logger.start()
+    names = []
+    for first in (0, 10):
+        for index in range(first, first + 10):
+            logger.log_row(*row_args(index))
+            if index == first:
+                names.append(segments(tmp_path)[-1].name)
+        wait_for(lambda first=first: logger.rows_written == first + 10, "a rotation at flush_rows")
+    for index in range(20, 25):
+        logger.log_row(*row_args(index))
+    (live,) = segments(tmp_path)
+    assert live.name not in names and len(live.read_bytes().splitlines()) == 5
+
+    parts = sorted((tmp_path / "date=2026-03-14").glob("part-*.parquet"))
+    assert [part.name for part in parts] == [f"part-{name.removesuffix('.jsonl')}.parquet" for name in names]
+    assert [pd.read_parquet(part)["request_id"].tolist() for part in parts] == [
+        [f"r{i}" for i in range(10)],
+        [f"r{i}" for i in range(10, 20)],
+    ]
+    logger.close()
+    assert logger.rows_written == 25 and logger.files_written == 3 and logger.write_errors == 0
+    assert read_prediction_log(tmp_path)["request_id"].tolist() == [f"r{i}" for i in range(25)]
+    assert segments(tmp_path) == []
+
+
+def test_rows_of_a_killed_process_are_recovered_by_the_next_logger(tmp_path):
+    process, report = run_child(tmp_path, WHEN, 1.0, 300, "wait")
+    end_child(process, signal.SIGKILL)
+    assert process.returncode == -signal.SIGKILL
+    (segment,) = segments(tmp_path)
+    assert [segment.name] == report["journal"] and len(segment.read_bytes().splitlines()) == 301
+    assert read_prediction_log(tmp_path).empty
+
+    logger = PredictionLogger(tmp_path, flush_rows=1_000, flush_seconds=3600)
+    logger.start()
+    assert logger.flush()
+    assert logger.segments_recovered == 1 and logger.rows_written == 303 and logger.quarantined == 0
+    everything = read_prediction_log(tmp_path)
+    batch_rows = everything[everything["request_id"].str.startswith("batch-")].reset_index(drop=True)
+    assert batch_rows["request_id"].tolist() == ["batch-0", "batch-1", "batch-2"]
+    assert batch_rows["customer_id"].tolist() == [pd.NA, 7, pd.NA]
+    expected = np.arange(27, dtype="float64").reshape(3, 9)
+    expected[1, 4] = np.nan
+    np.testing.assert_array_equal(batch_rows[list(MODEL_FEATURES)].to_numpy(), expected)
+    assert batch_rows["probability"].tolist() == [0.1, 0.7, 0.3]
+    assert batch_rows["is_fraud"].tolist() == [False, True, False]
+    assert set(batch_rows["variant"]) == {"challenger"} and set(batch_rows["model_version"]) == {5}
+    assert (batch_rows["latency_ms"] == 9.5).all() and (batch_rows["threshold"] == 0.5).all()
+    log = everything[everything["request_id"].str.startswith("child-")].reset_index(drop=True)
+    assert log["request_id"].tolist() == [f"child-{i}" for i in range(300)]
+    assert log["customer_id"].tolist() == list(range(300))
+    assert log["probability"].tolist() == [i / 300 for i in range(300)]
+    assert log["is_fraud"].tolist() == [i % 2 == 0 for i in range(300)]
+    assert (log[list(MODEL_FEATURES)].to_numpy() == np.arange(300, dtype="float64")[:, None]).all()
+    assert segments(tmp_path) == []
+    logger.close()
+
+
+def test_a_part_is_written_once_when_its_segment_outlived_it(tmp_path):
+    """The crash point between writing a segment's parts and deleting it: recovery writes what is missing only."""
+    first = datetime(2026, 3, 14, 22, tzinfo=UTC).timestamp()  # 22:00, 23:00, then 00:00-02:00 of the next day
+    process, report = run_child(tmp_path, first, 3600.0, 5, "exit")
+    end_child(process)
+    (segment,) = segments(tmp_path)
+    saved = segment.read_bytes()
+    logger = PredictionLogger(tmp_path, flush_rows=1_000, flush_seconds=3600)
+    logger.start()
+    logger.close()
+    assert logger.rows_written == 5 and logger.files_written == 2 and not segment.exists()
+
+    part = f"part-{segment.name.removesuffix('.jsonl')}.parquet"
+    first_part, second_part = tmp_path / "date=2026-03-14" / part, tmp_path / "date=2026-03-15" / part
+    segment.write_bytes(saved)  # the process died before deleting the segment ...
+    second_part.unlink()  # ... and after writing the first day's part only
+    before = first_part.stat()
+
+    again = PredictionLogger(tmp_path, flush_rows=1_000, flush_seconds=3600)
+    again.start()
+    assert again.flush()
+    assert again.segments_recovered == 1 and again.files_written == 1 and again.rows_written == 3
+    after = first_part.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not written again
+    log = read_prediction_log(tmp_path)
+    assert log["request_id"].tolist() == [f"child-{i}" for i in range(5)]
+    assert len(read_prediction_log(tmp_path, day="2026-03-15")) == 3
+    assert segments(tmp_path) == []
+    again.close()
+
+
+def test_a_segment_of_a_live_process_is_left_alone(tmp_path):
+    process, report = run_child(tmp_path, WHEN, 1.0, 4, "wait")
+    try:
+        (segment,) = segments(tmp_path)
+        size = segment.stat().st_size
+        logger = PredictionLogger(tmp_path, flush_rows=1_000, flush_seconds=0.05, recover_seconds=0.05)
+        logger.start()
+        assert logger.flush()
+        wait_for(lambda: logger.recovery_scans >= 3, "three recovery scans")
+        assert logger.segments_recovered == 0 and logger.rows_written == 0
+        assert segment.stat().st_size == size and read_prediction_log(tmp_path).empty
+    finally:
+        end_child(process, signal.SIGKILL)
+    wait_for(lambda: logger.rows_written == 7, "the periodic recovery of the killed owner's segment")
+    assert logger.segments_recovered == 1 and not segment.exists()
+    assert sorted(read_prediction_log(tmp_path)["request_id"]) == [
+        *(f"batch-{i}" for i in range(3)),
+        *(f"child-{i}" for i in range(4)),
+    ]
+    logger.close()
+
+
+def test_a_bad_row_is_quarantined_and_its_neighbours_are_written(tmp_path):
+    from ml_platform.serving.metrics import Metrics
+
+    metrics = Metrics()
+    events: list[tuple[str, int]] = []
+
+    def on_count(event: str, amount: int) -> None:
+        events.append((event, amount))
+        metrics.count_prediction_log(event, amount)
+
+    logger = PredictionLogger(tmp_path, flush_rows=1_000, flush_seconds=3600, on_count=on_count)
+    logger.start()
+    logger.log_row(*row_args(0))
+    logger.log_row(*row_args(1, request_id="lone-\ud800"))  # no UTF-8 for it: parquet cannot hold it
+    logger.log_row(*row_args(2))
+    logger.log_row(*row_args(3, customer_id=2**70))  # beyond int64
+    bad_batch = batch(3, datetime(2026, 3, 14, 13, tzinfo=UTC), start=10)
+    bad_batch.request_ids[1] = "\udfff"
+    logger.log(bad_batch)
+    logger.log_row(*row_args(4, probability=float("nan")))  # a NaN probability is stored as it is
+    logger.log_row(*row_args(5, probability="0.5"))  # not a number
+    logger.log_row(*row_args(6))
+    assert logger.flush()
+
+    log = read_prediction_log(tmp_path)
+    assert sorted(log["request_id"]) == ["r0", "r10", "r12", "r2", "r4", "r6"]
+    assert np.isnan(log.loc[log["request_id"] == "r4", "probability"].item())
+    quarantined = read_quarantine(tmp_path)
+    assert [record["reason"].split(":")[0] for record in quarantined] == [
+        "request_id",
+        "customer_id",
+        "request_id",
+        "probability",
+    ]
+    assert "surrogates not allowed" in quarantined[0]["reason"]
+    assert quarantined[3]["reason"] == 'probability: expected a number, got "0.5"'
+    rows = [json.loads(record["row"]) for record in quarantined]
+    assert [row[1] for row in rows] == ["lone-\ud800", "r3", "\udfff", "r5"]  # the rows as they were logged
+    assert rows[1][2] == 2**70 and rows[2][0] == datetime(2026, 3, 14, 13, tzinfo=UTC).timestamp()
+    (segment_name,) = {record["segment"] for record in quarantined}
+    stem = segment_name.removesuffix(".jsonl")
+    created = datetime.fromtimestamp(int(stem.split("-")[0]) / 1e9, UTC).strftime("%Y-%m-%d")  # the segment's day
+    assert [path.name for path in (tmp_path / "quarantine").iterdir()] == [f"quarantine-{created}-{stem}.jsonl"]
+
+    assert logger.rows_written == 6 and logger.quarantined == 4 and logger.write_errors == 0
+    assert events == [("quarantined", 4), ("rows_written", 6)]
+    sample = metrics.registry.get_sample_value
+    assert sample("ml_platform_serving_prediction_log_quarantined_total") == 4
+    assert sample("ml_platform_serving_prediction_log_rows_written_total") == 6
+    assert sample("ml_platform_serving_prediction_log_write_errors_total") == 0
+    logger.close()
+
+
+def test_torn_bad_and_foreign_lines_of_a_dead_segment_are_quarantined(tmp_path):
+    journal = tmp_path / "journal"
+    journal.mkdir(parents=True)
+    good = [json.dumps(list(row_args(index))).encode() for index in range(2)]
+    lone = json.dumps(list(row_args(2, request_id="\ud800"))).encode()  # JSON escapes it; parquet cannot hold it
+    dead = journal / f"{time.time_ns():020d}-deadbeef-000000.jsonl"  # nobody holds its lock
+    lines = [good[0], b'{"unexpected": 1}', lone, b"not json", good[1]]
+    dead.write_bytes(b"\n".join(lines) + b'\n[1773489600.0,"tor')
+
+    logger = PredictionLogger(tmp_path, flush_rows=1_000, flush_seconds=3600)
+    logger.start()
+    assert logger.flush()
+    assert read_prediction_log(tmp_path)["request_id"].tolist() == ["r0", "r1"]
+    quarantined = read_quarantine(tmp_path)
+    # lines that are not rows first, in order; then rows the schema cannot hold
+    assert [record["row"] for record in quarantined[:3]] == ['{"unexpected": 1}', "not json", '[1773489600.0,"tor']
+    assert json.loads(quarantined[3]["row"]) == json.loads(lone)
+    reasons = [record["reason"] for record in quarantined]
+    assert reasons[0] == "expected a row of 10 values or a batch object"
+    assert reasons[1].startswith("not a JSON line: ")
+    assert reasons[2].startswith("torn line: ")
+    assert reasons[3].startswith("request_id: ") and "surrogates not allowed" in reasons[3]
+    assert logger.quarantined == 4 and logger.rows_written == 2 and not dead.exists()
+    logger.close()
+
+
+def test_logging_after_close_is_refused(tmp_path):
+    logger = PredictionLogger(tmp_path, flush_rows=1_000, flush_seconds=3600)
+    logger.start()
+    logger.log_row(*row_args(0))
+    logger.close()
+    with pytest.raises(ApiError) as refused:
+        logger.log_row(*row_args(1))
+    assert refused.value.status_code == 503 and "shutting down" in refused.value.message
+    assert read_prediction_log(tmp_path)["request_id"].tolist() == ["r0"]
+
+
+def test_a_failed_journal_write_is_refused_and_every_acknowledged_row_survives(tmp_path):
+    """A journal write that fails (here: past a file-size limit, mid-line) refuses the row with a 503;
+    every row acknowledged before it is recovered, and the torn fragment goes to quarantine."""
+    process, report = run_child(tmp_path, WHEN, 1.0, 1_000, "limit")
+    end_child(process)
+    acknowledged = report["acknowledged"]
+    assert 0 < acknowledged < 1_000
+    assert report["status"] == 503 and "cannot write the journal" in report["message"]
+    assert report["write_errors"] == 1
+
+    logger = PredictionLogger(tmp_path, flush_rows=1_000, flush_seconds=3600)
+    logger.start()
+    assert logger.flush()
+    assert read_prediction_log(tmp_path)["request_id"].tolist() == [f"child-{i}" for i in range(acknowledged)]
+    (torn,) = read_quarantine(tmp_path)
+    refused = acknowledged  # the row whose write failed: only its first bytes reached the file
+    line = json.dumps(
+        [WHEN + refused, f"child-{refused}", refused, [float(refused)] * 9, refused / 1_000, refused % 2 == 0]
+        + [0.5, 4, "champion", 1.5],
+        separators=(",", ":"),
+    )
+    assert torn["reason"].startswith("torn line: ")
+    assert 0 < len(torn["row"]) < len(line) and line.startswith(torn["row"])
+    logger.close()

@@ -10,19 +10,25 @@ from ml_platform.serving import read_prediction_log
 from tests.serving.conftest import make_config, serve
 
 FEATURES = [120.0, 13.5, 1.0, 8.0, 4.0, 80.0, 320.0, 2.5, 1.5]
+ADMIN = {"Authorization": "Bearer routing-admin"}  # /admin/* needs the server's admin token
 
 
 @pytest.fixture(scope="module")
 def ab_server(settings, ab_model, tmp_path_factory):  # noqa: F811
     config = make_config(
-        settings, tmp_path_factory.mktemp("ab"), model_name=ab_model.model_name, feast=None, challenger_weight=0.3
+        settings,
+        tmp_path_factory.mktemp("ab"),
+        model_name=ab_model.model_name,
+        feast=None,
+        challenger_weight=0.3,
+        admin_token="routing-admin",
     )
     with serve(config) as running:
         yield running
 
 
 def set_routing(client, **routing) -> dict:
-    answer = client.put("/admin/routing", json=routing)
+    answer = client.put("/admin/routing", json=routing, headers=ADMIN)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -79,7 +85,7 @@ def test_weight_changes_without_restart(ab_server):
         all_champion = {
             client.post("/predict", json={"features": FEATURES, "customer_id": c}).json()["variant"] for c in range(30)
         }
-        state = client.get("/admin/routing").json()
+        state = client.get("/admin/routing", headers=ADMIN).json()
     assert all_challenger == {"challenger"}
     assert all_champion == {"champion"}
     assert state["challenger_weight"] == 0.0 and state["mode"] == "split"

@@ -1,10 +1,26 @@
 """The MLflow registry on a real sqlite store: idempotent registration per run key, aliases and
 promotion, and the model coming back intact; plus the training job that uses it."""
 
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 
-from ml_platform.registry import CHALLENGER, CHAMPION, PREVIOUS, RUN_KEY_TAG, THRESHOLD_TAG, Registry
+from ml_platform.features.engineering import MODEL_FEATURES
+from ml_platform.registry import (
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS,
+    RUN_KEY_TAG,
+    THRESHOLD_TAG,
+    ModelRefused,
+    Registry,
+    RegistryError,
+)
 from ml_platform.storage import write_table
 from ml_platform.training.dataset import split_xy
 from ml_platform.training.job import TrainingJob, run_training_job
@@ -193,3 +209,149 @@ def test_two_registries_with_different_stores_stay_apart(mlflow_dir, tmp_path, t
     # Registering leaves MLflow's process-wide state as it found it.
     assert mlflow.get_tracking_uri() == uri_before
     assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+# ---- loading only native XGBoost models --------------------------------------------------------
+
+REFUSED_MODEL = "unit_refused_versions"
+FEATURE_LIST = ", ".join(MODEL_FEATURES)
+
+
+@pytest.fixture(scope="module")
+def model_files(scenario):
+    """The directory of a version that loads: what log_and_register wrote (MLmodel, model.ubj, ...)."""
+    registry, _ = scenario
+    return Path(registry._model_directory(1))
+
+
+def version_from(registry: Registry, directory: Path) -> int:
+    """A new version of REFUSED_MODEL whose files are ``directory``."""
+    if not Registry(registry.tracking_uri, REFUSED_MODEL, EXPERIMENT, registry.artifact_root)._model_exists():
+        registry.client.create_registered_model(REFUSED_MODEL)
+    return int(registry.client.create_model_version(REFUSED_MODEL, directory.as_uri()).version)
+
+
+def edited_copy(model_files: Path, destination: Path, edit) -> Path:
+    shutil.copytree(model_files, destination)
+    mlmodel = yaml.safe_load((destination / "MLmodel").read_text())
+    edited = edit(mlmodel)
+    (destination / "MLmodel").write_text(edited if isinstance(edited, str) else yaml.safe_dump(mlmodel))
+    return destination
+
+
+def _signature(columns) -> Callable[[dict], None]:
+    def edit(mlmodel: dict) -> None:
+        mlmodel["signature"]["inputs"] = json.dumps(columns)
+
+    return edit
+
+
+def _without_xgboost(mlmodel: dict) -> None:
+    del mlmodel["flavors"]["xgboost"]
+
+
+def _xgboost(**fields) -> Callable[[dict], None]:
+    def edit(mlmodel: dict) -> None:
+        mlmodel["flavors"]["xgboost"].update(fields)
+
+    return edit
+
+
+DOUBLES = [{"type": "double", "name": name, "required": True} for name in MODEL_FEATURES]
+REFUSALS = {
+    "pyfunc_only": (
+        _without_xgboost,
+        "is not a native XGBoost model: its MLmodel has flavors python_function only; refusing to load it"
+        " (loading it could run code)",
+    ),
+    "no_flavors": (lambda m: m.pop("flavors"), "has an MLmodel file without flavors; refusing to load it"),
+    "pickle_format": (
+        _xgboost(model_format="deprecated"),
+        "is not in XGBoost's own format: its xgboost flavor has model_format 'deprecated'; expected one of ubj,"
+        " json; refusing to load it",
+    ),
+    "data_not_of_format": (
+        _xgboost(data="python_model.pkl"),
+        "names no ubj model file: its xgboost flavor has data 'python_model.pkl'; refusing to load it",
+    ),
+    "data_outside": (
+        _xgboost(data="../model.ubj"),
+        "names a model file outside its own directory: data '../model.ubj'; refusing to load it",
+    ),
+    "data_missing": (_xgboost(data="other.ubj"), "has no model file 'other.ubj' (its xgboost flavor names it) under"),
+    "not_a_mapping": (lambda m: "- just\n- a list\n", "has an MLmodel file that is not a mapping (got list)"),
+    "no_signature": (
+        lambda m: m.pop("signature"),
+        f"does not take the model's features: its signature inputs are missing; expected the 9 double columns"
+        f" {FEATURE_LIST}, in that order; refusing to load it",
+    ),
+    "eight_features": (_signature(DOUBLES[:8]), "does not take the model's features: its signature inputs are"),
+    "reordered": (_signature(DOUBLES[::-1]), "does not take the model's features: its signature inputs are"),
+    "float_columns": (
+        _signature([{**column, "type": "float"} for column in DOUBLES]),
+        "does not take the model's features: its signature inputs are",
+    ),
+    "tensor": (
+        _signature([{"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1, 9]}}]),
+        "does not take the model's features: its signature inputs are",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_load_booster_refuses_what_is_not_a_native_model_of_the_features(scenario, model_files, tmp_path, case):
+    registry, _ = scenario
+    edit, reason = REFUSALS[case]
+    version = version_from(registry, edited_copy(model_files, tmp_path / case, edit))
+    refusing = Registry(registry.tracking_uri, REFUSED_MODEL, EXPERIMENT, registry.artifact_root)
+    with pytest.raises(ModelRefused) as refused:
+        refusing.load_booster(version)
+    message = str(refused.value)
+    assert isinstance(refused.value, RegistryError)
+    assert message.startswith(f"{REFUSED_MODEL} version {version} {reason}"), message
+    assert message.endswith("; refusing to load it") or message.endswith("(loading it could run code)")
+
+
+def test_an_mlmodel_is_read_as_data_only(scenario, model_files, tmp_path):
+    """A YAML tag that would construct a Python object (running a command) is refused, not run."""
+    registry, _ = scenario
+    marker = tmp_path / "marker"
+    evil = f"!!python/object/apply:os.system ['touch {marker}']\n"
+    version = version_from(registry, edited_copy(model_files, tmp_path / "evil", lambda m: evil))
+    refusing = Registry(registry.tracking_uri, REFUSED_MODEL, EXPERIMENT, registry.artifact_root)
+    with pytest.raises(ModelRefused, match="has an MLmodel file that cannot be read: ConstructorError"):
+        refusing.load_booster(version)
+    assert not marker.exists()
+
+    shutil.rmtree(tmp_path / "evil")
+    shutil.copytree(model_files, tmp_path / "evil")
+    (tmp_path / "evil" / "MLmodel").unlink()
+    with pytest.raises(ModelRefused, match=f"version {version} has no MLmodel file at "):
+        refusing.load_booster(version)
+
+
+def test_a_json_model_loads_a_garbled_or_renamed_one_not(scenario, model_files, trained_model, training_set, tmp_path):
+    registry, _ = scenario
+    refusing = Registry(registry.tracking_uri, REFUSED_MODEL, EXPERIMENT, registry.artifact_root)
+    x_test, _ = split_xy(training_set, "test")
+    expected = trained_model.booster.inplace_predict(x_test.to_numpy(dtype="float64"))
+
+    as_json = edited_copy(model_files, tmp_path / "json", _xgboost(data="model.json", model_format="json"))
+    booster = registry.load_booster(1)
+    booster.save_model(as_json / "model.json")
+    (as_json / "model.ubj").unlink()
+    loaded = refusing.load_booster(version_from(registry, as_json))
+    np.testing.assert_allclose(loaded.inplace_predict(x_test.to_numpy(dtype="float64")), expected, rtol=1e-6)
+
+    garbled = edited_copy(model_files, tmp_path / "garbled", lambda m: None)
+    (garbled / "model.ubj").write_bytes(b"not a model")
+    version = version_from(registry, garbled)
+    with pytest.raises(ModelRefused, match=f"version {version} has a model file XGBoost cannot read"):
+        refusing.load_booster(version)
+
+    renamed = edited_copy(model_files, tmp_path / "renamed", lambda m: None)
+    booster.feature_names = [f"f{i}" for i in range(len(MODEL_FEATURES))]
+    booster.save_model(renamed / "model.ubj")
+    version = version_from(registry, renamed)
+    with pytest.raises(ModelRefused, match=r"its booster has 9 features named \['f0', 'f1'"):
+        refusing.load_booster(version)

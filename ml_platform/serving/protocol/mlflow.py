@@ -1,23 +1,39 @@
 """``POST /invocations`` and ``GET /ping``: MLflow's scoring protocol for the champion.
 
-Answered by MLflow's own ``scoring_server.invocations`` over the champion's pyfunc, so parsing, schema
-enforcement, answers and errors are those of ``mlflow models serve`` by construction.
+Bodies are read by the project's own parser (:mod:`.mlflow_parser`: every form ``mlflow models serve``
+reads for this model, JSON and CSV, with the status codes it answers) and scored by the same predictor
+as ``/predict`` (:meth:`ModelServer.score` pinned to the champion), so every answered row is logged.
+The answer is ``{"predictions": [P(fraud), ...]}``, byte for byte what ``mlflow models serve`` sends
+for the same version; an error is MLflow's ``{"error_code": ..., "message": ...}`` (415: plain text,
+as MLflow sends it). The ``X-Request-Id`` header, when sent, is the logged request id.
+
+A JSON body of up to :data:`FAST_MAX_ROWS` rows is answered by :func:`fast_routes`'s handler in the
+ASGI layer: the same parser and scorer, the same bytes; any body it does not answer goes to the route.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import time
+from collections.abc import Mapping
+from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from ml_platform.features.engineering import MODEL_FEATURES
+from ml_platform.serving.middleware import FastAnswer, FastHandler
+from ml_platform.serving.protocol.mlflow_parser import BAD_REQUEST, JSON, parse_invocation
+from ml_platform.serving.schemas import ApiError
 from ml_platform.serving.server import ModelServer, row_ids
 
-_log = logging.getLogger(__name__)
+# A body larger than this is read and scored on a worker thread (it is a batch, CSV most likely).
+INLINE_BODY_BYTES = 16_384
+# The fast path takes JSON bodies up to this size and this many rows (a 100-row batch is ~25 kB).
+FAST_BODY_BYTES = 65_536
+FAST_MAX_ROWS = 128
+REQUEST_ID_MAX = 200
+_ERROR_CODES = {503: "TEMPORARILY_UNAVAILABLE"}
 
 
 def router(server: ModelServer) -> APIRouter:
@@ -32,73 +48,104 @@ def router(server: ModelServer) -> APIRouter:
     @routes.post("/invocations")
     async def invocations(request: Request):
         started = time.perf_counter()
-        deployment = server.require_deployment()
-        champion = deployment.champion
-        content_type = request.headers.get("content-type")
-        if not content_type:
-            return Response(
-                content="This predictor only supports the following content types: Types:"
-                " ['text/csv', 'application/json', 'application/vnd.apache.parquet']. Got no Content-Type.",
-                status_code=415,
-                media_type="text/plain",
-            )
-        data = await request.body()
         request.state.variant = server.primary_variant
-
-        def work():
-            from mlflow.pyfunc import scoring_server
-
-            capture = _CapturingModel(champion.pyfunc)
-            result = scoring_server.invocations(
-                data, content_type, capture, champion.pyfunc.metadata.get_input_schema()
-            )
-            return result, capture
-
-        from mlflow.exceptions import MlflowException
-
+        body = await request.body()
         try:
-            result, capture = await run_in_threadpool(work)
-        except MlflowException as error:
-            return Response(
-                content=error.serialize_as_json(),
-                status_code=error.get_http_status_code(),
-                media_type="application/json",
-            )
-        if result.status == 200 and capture.predictions is not None:
-            _log_invocation(server, champion, capture, request.headers.get("x-request-id"), started)
-        return Response(content=result.response, status_code=result.status, media_type=result.mimetype)
+            request_id = checked_request_id(request.headers.get("x-request-id"))
+            content_type = request.headers.get("content-type")
+            if len(body) <= INLINE_BODY_BYTES:
+                content = answer(server, body, content_type, request_id, started)
+            else:
+                content = await run_in_threadpool(answer, server, body, content_type, request_id, started)
+        except ApiError as error:
+            return error_response(error)
+        return Response(content=content, status_code=200, media_type="application/json")
 
     return routes
 
 
-class _CapturingModel:
-    """The champion's pyfunc, as MLflow's ``invocations`` calls it, keeping what it scored for the log."""
-
-    def __init__(self, model) -> None:
-        self._model = model
-        self.metadata = model.metadata
-        self.data = None
-        self.predictions = None
-
-    def predict(self, data, params=None):
-        self.data = data
-        self.predictions = self._model.predict(data, params=params)
-        return self.predictions
+def answer(server: ModelServer, body: bytes, content_type: str | None, request_id: str | None, started: float) -> bytes:
+    """The 200 answer's bytes for an ``/invocations`` body: parsed, scored by the champion, logged."""
+    features = parse_invocation(body, content_type)
+    limit = server.config.max_batch_rows
+    if len(features) > limit:  # the server's per-request bound, as on /predict and v2 infer
+        raise ApiError(413, f"body: {len(features)} rows is more than this server's limit of {limit}; split the batch")
+    return score(server, server.require_deployment(), features, request_id, started)
 
 
-def _log_invocation(server: ModelServer, champion, capture: _CapturingModel, request_id, started: float) -> None:
-    import pandas as pd
+def score(server: ModelServer, deployment, features, request_id: str | None, started: float) -> bytes:
+    """Rows scored by the champion (no routing, no shadow) and logged; the answer's bytes."""
+    n = len(features)
+    results = server.score(
+        deployment,
+        features,
+        customer_ids=[None] * n,
+        request_ids=row_ids(request_id, n),
+        started=started,
+        handle=deployment.champion,
+    )
+    return encode_predictions([result["probability"] for result in results])
 
-    try:
-        probabilities = np.asarray(capture.predictions, dtype="float64").reshape(-1)
-        n = len(probabilities)
+
+def encode_predictions(predictions: list[float]) -> bytes:
+    """``{"predictions": [...]}`` as ``mlflow models serve`` writes it (``json.dump``'s default separators)."""
+    return json.dumps({"predictions": predictions}).encode()
+
+
+def checked_request_id(value: str | None) -> str | None:
+    """The X-Request-Id header as the logged request id: 1 to 200 printable characters (422 otherwise)."""
+    if value is None:
+        return None
+    if not 0 < len(value) <= REQUEST_ID_MAX or not value.isprintable():
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        raise ApiError(
+            422,
+            f"x-request-id: expected 1 to {REQUEST_ID_MAX} printable characters; got {len(value)} characters"
+            f" ({shown!r})",
+            "x-request-id",
+        )
+    return value
+
+
+def error_response(error: ApiError) -> Response:
+    if error.status_code == 415:  # MLflow answers an unreadable content type in plain text
+        return Response(content=error.message, status_code=415, media_type="text/plain")
+    code = getattr(error, "error_code", None) or _ERROR_CODES.get(error.status_code, BAD_REQUEST)
+    return Response(
+        content=json.dumps({"error_code": code, "message": error.message}),
+        status_code=error.status_code,
+        media_type="application/json",
+    )
+
+
+# ---- the fast path -------------------------------------------------------------------------------
+def fast_routes(server: ModelServer) -> dict[str, FastHandler]:
+    """``POST /invocations`` for JSON bodies of up to :data:`FAST_MAX_ROWS` rows, before FastAPI's routing.
+
+    It runs the route's own parser and scorer (:func:`answer`), so the bytes are the route's. A body
+    that is not JSON, too large, has more rows, carries an X-Request-Id the route would refuse, or that
+    the parser refuses returns None: the route answers it, errors included.
+    """
+
+    def fast_invocations(body: bytes, started: float, scope: Mapping[str, Any]) -> FastAnswer | None:
+        deployment = server.deployment
+        if deployment is None or len(body) > FAST_BODY_BYTES:
+            return None
+        content_type = request_id = None
+        for key, value in scope["headers"]:  # the first of each, as Starlette's headers.get gives it
+            if key == b"content-type" and content_type is None:
+                content_type = value.decode("latin-1")
+            elif key == b"x-request-id" and request_id is None:
+                request_id = value.decode("latin-1")
+        if content_type is None or not content_type.startswith(JSON):
+            return None
         try:
-            frame = capture.data if isinstance(capture.data, pd.DataFrame) else pd.DataFrame(capture.data)
-            features = frame[list(MODEL_FEATURES)].to_numpy(dtype="float64").reshape(n, len(MODEL_FEATURES))
-        except Exception:  # inputs in a shape we cannot re-read: the scores are still logged
-            features = np.full((n, len(MODEL_FEATURES)), np.nan)
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        ids = row_ids(request_id, n)
-        server.log_external(champion, server.primary_variant, features, probabilities, ids, latency_ms)
-    except Exception:
-        _log.exception("could not log an /invocations answer")
+            request_id = checked_request_id(request_id)
+            features = parse_invocation(body, content_type)
+        except ApiError:
+            return None
+        if len(features) > min(FAST_MAX_ROWS, server.config.max_batch_rows):  # the route answers 413 over the limit
+            return None
+        return FastAnswer(score(server, deployment, features, request_id, started), server.primary_variant)
+
+    return {"/invocations": fast_invocations}

@@ -2,8 +2,8 @@
 
 ``/predict`` takes ``{"features": [9 numbers]}`` or a transaction with a ``customer_id`` (the
 customer's stats read from the online feature store), or ``{"instances": [...]}`` of either. The
-common request, one valid row of ``features``, is answered by :func:`fast_routes`'s handler in the
-ASGI layer (same answer, same log row).
+common requests, one valid row of ``features`` or one valid transaction, are answered by
+:func:`fast_routes`'s handler in the ASGI layer (same answer, same log row).
 """
 
 from __future__ import annotations
@@ -12,16 +12,18 @@ import json
 import logging
 import math
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ml_platform.features.engineering import MODEL_FEATURES
 from ml_platform.serving.middleware import FastAnswer, FastHandler
-from ml_platform.serving.online import feature_vectors, transaction_frame
+from ml_platform.serving.online import feature_vectors, transaction_features, transaction_frame
 from ml_platform.serving.protocol.common import INLINE_ROWS, encode_json, json_object, json_response, reject_constant
 from ml_platform.serving.schemas import (
     FEATURE_ORDER_TEXT,
@@ -32,6 +34,7 @@ from ml_platform.serving.schemas import (
     PredictBatchResponse,
     PredictResponse,
     TransactionRequest,
+    check_request_id,
     field_path,
     validate,
 )
@@ -61,6 +64,9 @@ def router(server: ModelServer) -> APIRouter:
             "challenger_version": deployment.challenger.version if deployment and deployment.challenger else None,
             "uptime_seconds": round(time.monotonic() - server.started_at, 3),
         }
+        refused = sorted(server.manager.refused.items())
+        if refused:
+            body["refused"] = [{"version": version, "reason": why} for version, why in refused]
         if reason is not None:
             body["reason"] = reason
             return JSONResponse(body, status_code=503)
@@ -116,7 +122,9 @@ def router(server: ModelServer) -> APIRouter:
                 _log.exception("online feature lookup failed")
                 raise ApiError(503, f"feature store lookup failed: {type(error).__name__}: {error}", None) from error
 
-        base_id = payload.get("request_id") if batch and isinstance(payload.get("request_id"), str) else None
+        base_id = payload.get("request_id") if batch else None
+        if base_id is not None:  # the batch's own id, logged as <request_id>/<row>: checked as any request id
+            check_request_id(base_id, "request_id")
         default_ids = row_ids(base_id, n)
         request_ids = [item.request_id or default_ids[index] for index, item in enumerate(parsed)]
         customer_ids = [item.customer_id for item in parsed]
@@ -138,32 +146,52 @@ def router(server: ModelServer) -> APIRouter:
 
 # ---- the fast path -------------------------------------------------------------------------------
 def fast_routes(server: ModelServer) -> dict[str, FastHandler]:
-    """``POST /predict`` for the common request, answered before FastAPI's routing.
+    """``POST /predict`` for the common requests, answered before FastAPI's routing.
 
-    The common request is one row of ``features`` that is trivially valid (:func:`_plain_features`).
-    It is scored by :meth:`ModelServer.score_one` (one C call into XGBoost, the row logged as a tuple)
-    and answered with the bytes the route would send. Everything else (batches, customer ids, every
-    invalid body, no model loaded yet) returns None and goes through the FastAPI route, which answers
-    it completely, errors included. Measured in-process, the route costs ~2.5x the fast path per
-    request (routing, request object, dependency solving), and the fast path is most of the traffic.
+    The common requests are one row: ``features`` that are trivially valid (:func:`_plain_features`),
+    or a transaction with a ``customer_id`` that :class:`TransactionRequest` accepts (the request a
+    payment system sends; :func:`_plain_transaction`), whose customer stats are read from the online
+    store (:meth:`OnlineFeatures.customer_async`) into :func:`transaction_features`, the one-row twin of
+    :func:`model_features` the route uses. Each is scored by :meth:`ModelServer.score_one`
+    (one C call into XGBoost, the row logged as a tuple) and answered with the bytes the route would
+    send. Everything else (batches, every invalid body, no model loaded yet, no feature store or one
+    that failed the read) returns None and goes through the FastAPI route, which answers it completely,
+    errors included. Measured in-process, the route costs ~2.5x the fast path per request for features
+    (routing, request object, dependency solving) and ~11x for a transaction (CPU per request: pandas
+    frames around the store read, a thread hop), and the fast path is most of the traffic.
     """
 
-    def fast_predict(body: bytes, started: float, scope) -> FastAnswer | None:
+    def fast_predict(body: bytes, started: float, scope) -> FastAnswer | None | Awaitable[FastAnswer | None]:
         deployment = server.deployment
         if deployment is None or len(body) > FAST_BODY_BYTES:
             return None
         try:
             payload = json.loads(body, parse_constant=reject_constant)
-        except ValueError:  # not JSON, or not UTF-8: the route says what was wrong
+        except Exception:  # not JSON, not UTF-8, too deep, a huge integer: the route says what was wrong
             return None
         if type(payload) is not dict:
             return None
         single = _plain_features(payload)
         if single is None:
-            return None
+            transaction = _plain_transaction(server, payload)
+            return None if transaction is None else answer_transaction(deployment, transaction, started)
         features, customer_id, request_id = single
         result = server.score_one(
             deployment, features, customer_id=customer_id, request_id=request_id or new_request_id(), started=started
+        )
+        return FastAnswer(encode_json(result).encode(), result["variant"])
+
+    async def answer_transaction(deployment, transaction: TransactionRequest, started: float) -> FastAnswer | None:
+        try:
+            stats = await server.features.customer_async(transaction.customer_id)
+        except Exception:  # the store is down or failed: the route reads again and answers 503 saying why
+            return None
+        result = server.score_one(
+            deployment,
+            transaction_features(stats, transaction),
+            customer_id=transaction.customer_id,
+            request_id=transaction.request_id or new_request_id(),
+            started=started,
         )
         return FastAnswer(encode_json(result).encode(), result["variant"])
 
@@ -175,7 +203,7 @@ def _plain_features(payload: dict[str, Any]) -> tuple[list[float | int | None], 
 
     Trivially valid: ``features`` a list of exactly 9 finite floats, integers within +-2**53 or nulls;
     ``customer_id`` absent, null or an int64 integer; ``request_id`` absent, null or a string of 1 to
-    200 characters; no ``instances``. For such a body :class:`FeaturesRequest` would accept the same
+    200 printable characters; no ``instances``. For such a body :class:`FeaturesRequest` would accept the same
     values unchanged (other keys are ignored by both), so the answer is the same; anything else,
     including every invalid body, takes the pydantic path and gets its exact error message.
     """
@@ -196,9 +224,29 @@ def _plain_features(payload: dict[str, Any]) -> tuple[list[float | int | None], 
     if customer_id is not None and (type(customer_id) is not int or not INT64_MIN <= customer_id <= INT64_MAX):
         return None
     request_id = payload.get("request_id")
-    if request_id is not None and (type(request_id) is not str or not 0 < len(request_id) <= 200):
-        return None
+    if request_id is not None and (
+        type(request_id) is not str or not 0 < len(request_id) <= 200 or not request_id.isprintable()
+    ):
+        return None  # the route names the problem (a lone surrogate or a control character is not printable)
     return features, customer_id, request_id
+
+
+def _plain_transaction(server: ModelServer, payload: dict[str, Any]) -> TransactionRequest | None:
+    """The single-row transaction body when :class:`TransactionRequest` accepts it and the feature store
+    is open, else None (then the route decides, and names what is wrong).
+
+    A body is a transaction for the route when it has ``customer_id`` and neither ``features`` nor
+    ``instances``; it is validated here by the same model, so both accept and reject the same bodies.
+    """
+    if "customer_id" not in payload or "features" in payload or "instances" in payload:
+        return None
+    features_store = server.features
+    if features_store is None or not features_store.ready:
+        return None
+    try:
+        return TransactionRequest.model_validate(payload)
+    except ValidationError:
+        return None
 
 
 # ---- the validated route's helpers ---------------------------------------------------------------
@@ -224,8 +272,6 @@ def _parse_instance(item: Any, prefix: tuple) -> FeaturesRequest | TransactionRe
 
 
 def _lookup(server: ModelServer, rows: list[TransactionRequest]) -> np.ndarray:
-    frame = transaction_frame(rows)
-    unique = list(dict.fromkeys(int(c) for c in frame["customer_id"]))
-    stats = server.features.stats(unique)
-    stats.index = unique
-    return feature_vectors(frame, stats.loc[frame["customer_id"].tolist()].reset_index(drop=True))
+    """The model's input for transactions: each customer read once, :func:`model_features` over the frame."""
+    stats = server.features.stats([row.customer_id for row in rows])
+    return feature_vectors(transaction_frame(rows), stats)
