@@ -508,7 +508,9 @@ ENVIRONMENTS = ("local", "staging", "prod")
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 unless you mean to expose it.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port to bind (default: ML_PLATFORM_SERVING_PORT, else 8080).")
+    ] = None,
 ) -> None:
     """Run the model server in the foreground (Ctrl-C drains and flushes the prediction log).
 
@@ -522,6 +524,7 @@ def serve(
         token=os.environ.get(settings.serving_token_env),
         admin_token=os.environ.get(settings.serving_admin_token_env),
     ).server_environment()
+    port = settings.serving_port if port is None else port
     command = [sys.executable, "-m", "ml_platform.serving", "--host", host, "--port", str(port)]
     os.execve(sys.executable, command, env)
 

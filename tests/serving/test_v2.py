@@ -24,7 +24,7 @@ from ml_platform.features.engineering import MODEL_FEATURES
 from ml_platform.registry import CHAMPION
 from ml_platform.serving import read_prediction_log
 from ml_platform.serving.protocol import v2
-from ml_platform.serving.protocol.common import json_object
+from ml_platform.serving.protocol.common import INLINE_ROWS, json_object
 from ml_platform.serving.schemas import ApiError
 from tests.serving.conftest import copy_model, make_config, serve
 
@@ -115,6 +115,7 @@ def good_cases(prefix: str) -> list[Case]:
     three = sample_rows(3, seed=3)
     batch64 = sample_rows(64, seed=4)
     batch100 = sample_rows(100, seed=5)
+    batch300 = sample_rows(INLINE_ROWS + 44, seed=7)  # more rows than the event loop scores: the route's thread
     whole = np.round(sample_rows(2, seed=6, missing=0.0))
     fp32 = sample_rows(2, seed=7, missing=0.0)
     fp32_widened = fp32.astype("float32").astype("float64")
@@ -154,6 +155,9 @@ def good_cases(prefix: str) -> list[Case]:
         json_case("batch64", {"id": rid("batch64"), "inputs": [{**tensor(batch64), "data": flat(batch64)}]}, batch64),
         json_case(
             "batch100", {"id": rid("batch100"), "inputs": [{**tensor(batch100), "data": flat(batch100)}]}, batch100
+        ),
+        json_case(
+            "batch300", {"id": rid("batch300"), "inputs": [{**tensor(batch300), "data": flat(batch300)}]}, batch300
         ),
         json_case(
             "json-in-binary-out",
@@ -331,14 +335,14 @@ def test_every_way_of_asking_answers_what_the_booster_answers(main_server, route
             assert probabilities.shape == (len(case.expected),)
             np.testing.assert_array_equal(probabilities, booster_predict(case.expected), err_msg=case.label)
 
-            # bodies of up to 64 rows are answered by the fast path (probed with an id of its own)
+            # bodies of up to INLINE_ROWS rows are answered by the fast path (probed with an id of its own)
             probe = Case(**{**case.__dict__, "body": case.body.replace(case.id.encode(), b"probe-" + case.id.encode())})
             if HEADER in case.headers:
                 grown = len(b"probe-")
                 probe.headers = {HEADER: str(int(case.headers[HEADER]) + grown)}
             raw_headers = [(key.lower().encode(), value.encode()) for key, value in probe.headers.items()]
             taken = fast(probe.body, time.perf_counter(), {"headers": raw_headers})
-            assert (taken is not None) == (len(case.expected) <= 64), case.label
+            assert (taken is not None) == (len(case.expected) <= INLINE_ROWS), case.label
             if taken is not None:
                 assert probabilities_of_fast(taken).tolist() == probabilities.tolist()
 
