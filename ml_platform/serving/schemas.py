@@ -174,55 +174,6 @@ class RoutingUpdate(BaseModel):
     sticky: bool | None = None
 
 
-V2_DATATYPES = {
-    "FP64",
-    "FP32",
-    "FP16",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "BOOL",
-}
-
-
-class V2Tensor(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    name: Annotated[str, Field(min_length=1)]
-    shape: list[Annotated[int, Field(strict=True, ge=0)]]
-    datatype: str
-    data: list[Any]
-    parameters: dict[str, Any] | None = None
-
-    @field_validator("datatype")
-    @classmethod
-    def _datatype(cls, value: str) -> str:
-        if value not in V2_DATATYPES:
-            raise ValueError(f"unsupported datatype {value!r}; expected one of {', '.join(sorted(V2_DATATYPES))}")
-        return value
-
-
-class V2RequestedOutput(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    name: str
-    parameters: dict[str, Any] | None = None
-
-
-class V2InferRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    id: str | None = None
-    inputs: Annotated[list[V2Tensor], Field(min_length=1)]
-    outputs: list[V2RequestedOutput] | None = None
-    parameters: dict[str, Any] | None = None
-
-
 # ---- turning validation errors into one message ------------------------------------------------
 _FRIENDLY = {
     "finite_number": "expected a finite number (NaN and Infinity are not accepted)",
