@@ -257,6 +257,32 @@ class ModelServer:
             )
         return results  # type: ignore[return-value]
 
+    def score_pinned(
+        self, handle: ModelHandle, variant: str, features: np.ndarray, *, request_id: str, started: float
+    ) -> np.ndarray:
+        """P(fraud) of each row by one model (no routing, no shadow), every row logged and counted.
+
+        What :meth:`score` does with ``handle`` given, without building an answer per row: the protocols
+        that render their own answers (v2 infer, ``/invocations``) call this. One row goes through the
+        model's one-row buffer and the log's one-row entry (:meth:`score_one`'s way), more as one matrix.
+        """
+        n = len(features)
+        if n == 1:
+            values = features[0].tolist()
+            probability = handle.predict_row(values)
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            threshold = handle.threshold
+            self.metrics.count_predictions(variant, 1)
+            self.logger.log_row(
+                time.time(), request_id, None, values, probability, probability >= threshold, threshold,
+                handle.version, variant, latency_ms,
+            )  # fmt: skip
+            return np.array([probability])
+        probabilities = handle.predict(features)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        self.log_external(handle, variant, features, probabilities, row_ids(request_id, n), latency_ms)
+        return probabilities
+
     def score_one(
         self,
         deployment: Deployment,

@@ -2,7 +2,7 @@
 
 Bodies are read by the project's own parser (:mod:`.mlflow_parser`: every form ``mlflow models serve``
 reads for this model, JSON and CSV, with the status codes it answers) and scored by the same predictor
-as ``/predict`` (:meth:`ModelServer.score` pinned to the champion), so every answered row is logged.
+as ``/predict`` (:meth:`ModelServer.score_pinned` on the champion), so every answered row is logged.
 The answer is ``{"predictions": [P(fraud), ...]}``, byte for byte what ``mlflow models serve`` sends
 for the same version; an error is MLflow's ``{"error_code": ..., "message": ...}`` (415: plain text,
 as MLflow sends it). The ``X-Request-Id`` header, when sent, is the logged request id.
@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from ml_platform.serving.middleware import FastAnswer, FastHandler
 from ml_platform.serving.protocol.mlflow_parser import BAD_REQUEST, JSON, parse_invocation
 from ml_platform.serving.schemas import ApiError
-from ml_platform.serving.server import ModelServer, row_ids
+from ml_platform.serving.server import ModelServer, new_request_id
 
 # A body larger than this is read and scored on a worker thread (it is a batch, CSV most likely).
 INLINE_BODY_BYTES = 16_384
@@ -75,16 +75,14 @@ def answer(server: ModelServer, body: bytes, content_type: str | None, request_i
 
 def score(server: ModelServer, deployment, features, request_id: str | None, started: float) -> bytes:
     """Rows scored by the champion (no routing, no shadow) and logged; the answer's bytes."""
-    n = len(features)
-    results = server.score(
-        deployment,
+    probabilities = server.score_pinned(
+        deployment.champion,
+        server.primary_variant,
         features,
-        customer_ids=[None] * n,
-        request_ids=row_ids(request_id, n),
+        request_id=request_id or new_request_id(),
         started=started,
-        handle=deployment.champion,
     )
-    return encode_predictions([result["probability"] for result in results])
+    return encode_predictions(probabilities.tolist())
 
 
 def encode_predictions(predictions: list[float]) -> bytes:

@@ -34,7 +34,7 @@ from ml_platform.serving.models import Deployment, ModelHandle
 from ml_platform.serving.protocol import v2_binary
 from ml_platform.serving.protocol.common import INLINE_ROWS, encode_json, json_object, nested_deeper_than
 from ml_platform.serving.schemas import FEATURE_ORDER_TEXT, ApiError, RequestId, validate
-from ml_platform.serving.server import CHALLENGER_VARIANT, ModelServer, new_request_id, row_ids
+from ml_platform.serving.server import CHALLENGER_VARIANT, ModelServer, new_request_id
 
 V2_INPUT_NAME = "input-0"
 V2_OUTPUT_NAME = "probability"
@@ -262,21 +262,7 @@ def _answer(server: ModelServer, infer: _Infer, started: float) -> tuple[bytes, 
     handle, features, variant = infer.handle, infer.features, infer.variant
     request_id = infer.request_id or new_request_id()
     n = len(features)
-    if n == 1:  # XGBoost's one-row buffer and the log's one-row entry: the numbers the matrix's way gives
-        values = features[0].tolist()
-        probability = handle.predict_row(values)
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        threshold = handle.threshold
-        server.metrics.count_predictions(variant, 1)
-        server.logger.log_row(
-            time.time(), request_id, None, values, probability, probability >= threshold, threshold, handle.version,
-            variant, latency_ms,
-        )  # fmt: skip
-        probabilities = np.array([probability])
-    else:
-        probabilities = handle.predict(features)
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        server.log_external(handle, variant, features, probabilities, row_ids(request_id, n), latency_ms)
+    probabilities = server.score_pinned(handle, variant, features, request_id=request_id, started=started)
     output: dict[str, Any] = {"name": V2_OUTPUT_NAME, "datatype": "FP64", "shape": [n]}
     answer = {
         "model_name": infer.name,
