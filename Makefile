@@ -16,17 +16,18 @@ export MPLCONFIGDIR := $(ML_PLATFORM_HOME)/cache/matplotlib
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_CACHE_DIR := 1
 
-.PHONY: help install state dev demo test test-integration lint format bench mlflow-ui lock clean-state
+.PHONY: help install state dev demo test test-fast test-integration lint format bench mlflow-ui lock clean-state
 
 help:
 	@echo "make dev        set up, then start the Dagster UI and daemon on http://127.0.0.1:3000"
-	@echo "make test       set up, then run the whole test suite"
+	@echo "make test       set up, then run the whole test suite (two workers, random order)"
+	@echo "make test-fast  the core's unit tests only, for the inner loop (under a minute)"
 	@echo "make test-integration  only the production-profile tests on PostgreSQL and Redis (both must be up)"
 	@echo "make demo       set up, materialize the whole graph headless, then close the loop: drifted traffic,"
 	@echo "                retrain + deploy by the sensors, bad labels, rollback (DEMO_ARGS=--no-loop: the graph only)"
 	@echo "make bench      end-to-end pipeline benchmark on 1,000,000 transactions"
 	@echo "make mlflow-ui  the MLflow UI for the local store on http://127.0.0.1:5000"
-	@echo "make lint       ruff"
+	@echo "make lint       ruff, then the layers' import contracts (lint-imports, pyproject.toml)"
 	@echo "make clean-state  delete the state directory ($(ML_PLATFORM_HOME))"
 	@echo "make validate   render every deploy/k8s overlay and validate it against the Kubernetes schemas; load the Dagster definitions"
 	@echo "make images     docker build the user-code and model-server images (deploy/docker)"
@@ -52,16 +53,26 @@ dev: state
 demo: state
 	$(BIN)/ml-platform demo $(DEMO_ARGS)
 
+# Two workers (pytest-xdist); the tests of the one whole-graph world carry xdist_group("graph") and run on one
+# worker, those of the production profile's PostgreSQL databases xdist_group("postgres"). The order is new each
+# run (pytest-randomly prints its seed: `-p randomly --randomly-seed=N` replays it).
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+# The inner loop: the core's unit tests, in one process (well under a minute).
+test-fast: install
+	$(BIN)/python -m pytest tests/unit
 
 # The production profile on real PostgreSQL and Redis (up on loopback; .ci/run starts them). `make test` runs these too.
 test-integration: install
 	$(BIN)/python -m pytest -m integration tests/integration
 
+# ruff, then the layers' import contracts in pyproject.toml (uncached: it takes half a second, and a cache
+# would be one more folder to keep out of git and the images).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 format: install
 	$(BIN)/ruff format .

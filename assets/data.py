@@ -120,7 +120,7 @@ def _reject(
     step: nothing of the batch is stored as raw data or reaches validated_transactions."""
     last = end - timedelta(days=1)
     label = str(start) if start == last else f"{start}_{last}"
-    path = state.rejected_path("raw_transactions", label, context.run_id)
+    path = state.rejected_path("raw_transactions", label, context.run.run_id)
     _save_for_inspection(batch, path)
     failed = [outcome.name for outcome in outcomes if not outcome.passed]
     metadata = {

@@ -1,7 +1,7 @@
 """Group deployment: the champion served (with a smoke check) and daily batch predictions."""
 
-import math
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,11 +10,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from assets.common import DAILY_PARTITIONS, Stopwatch
-from ml_platform.deploy.local import DeploymentError, http_json
+from ml_platform.deploy.local import DeploymentError
 from ml_platform.features.engineering import MODEL_FEATURES, model_features
 from ml_platform.features.store import point_in_time_stats
 from ml_platform.registry import CHAMPION
 from ml_platform.serving.batch import predict_parquet
+from ml_platform.serving.client import BadAnswer, ModelServerClient, ServerUnreachable, StatusError
 from ml_platform.storage import write_table
 from ml_platform.training.train import predict_probability
 from resources.deployment import DeploymentTarget
@@ -80,29 +81,30 @@ def smoke_check(deployment: DeploymentTarget, registry, version: int, rows: pd.D
     url, token, admin_token = deployment.endpoint(), deployment.token(), deployment.admin_token()
     problems: list[str] = []
     metadata: dict[str, object] = {"endpoint": url, "expected_version": version}
+    features = rows.iloc[0].to_numpy(dtype="float64").tolist()  # NaN (a missing value) is sent as null
     try:
-        status, health = http_json(f"{url}/health", token=token)
-        metadata["health_status"] = status
-        if status != 200 or health.get("model_version") != version:
-            problems.append(f"/health answered {status} with version {health.get('model_version')}, not v{version}")
-        offline = predict_probability(registry.load_booster(version), rows)
-        row = rows.iloc[0]
-        features = [None if math.isnan(v) else float(v) for v in row.to_numpy(dtype="float64")]
-        status, answer = http_json(f"{url}/predict", body={"features": features}, token=token)
+        with ModelServerClient(url, token=token) as client:
+            status, health = _answered(client.health)
+            metadata["health_status"] = status
+            served_version = health.get("model_version") if status == 200 else None
+            if status != 200 or served_version != version:
+                problems.append(f"/health answered {status} with version {served_version}, not v{version}")
+            offline = float(predict_probability(registry.load_booster(version), rows)[0])
+            status, prediction = _answered(lambda: client.predict(features))
         metadata["predict_status"] = status
         if status != 200:
-            problems.append(f"/predict answered {status}: {answer}")
+            problems.append(f"/predict answered {status}: {prediction}")
         else:
-            served = float(answer["probability"])
-            metadata.update(served_probability=served, offline_probability=float(offline[0]))
-            metadata["difference"] = abs(served - float(offline[0]))
-            if answer.get("model_version") != version:
-                problems.append(f"/predict answered with v{answer.get('model_version')}, not v{version}")
-            if abs(served - float(offline[0])) > SMOKE_TOLERANCE:
-                problems.append(f"/predict gave {served:.8f}, offline {float(offline[0]):.8f}")
+            served = float(prediction["probability"])
+            metadata.update(served_probability=served, offline_probability=offline)
+            metadata["difference"] = abs(served - offline)
+            if prediction.get("model_version") != version:
+                problems.append(f"/predict answered with v{prediction.get('model_version')}, not v{version}")
+            if abs(served - offline) > SMOKE_TOLERANCE:
+                problems.append(f"/predict gave {served:.8f}, offline {offline:.8f}")
         problems.extend(_auth_problems(url, token, admin_token, features, metadata))
-    except OSError as error:
-        problems.append(f"{url} did not answer: {error}")
+    except (ServerUnreachable, BadAnswer) as error:
+        problems.append(str(error))
     return dg.AssetCheckResult(
         check_name="smoke",
         passed=not problems,
@@ -112,6 +114,15 @@ def smoke_check(deployment: DeploymentTarget, registry, version: int, rows: pd.D
     )
 
 
+def _answered(call: Callable[[], dict]) -> tuple[int, dict | str]:
+    """(200, what ``call`` returned), or (the status, the server's message) when the server refused; a
+    server that does not answer, or answers what the protocol does not allow, raises."""
+    try:
+        return 200, call()
+    except StatusError as error:
+        return error.status_code, error.detail
+
+
 def _auth_problems(
     url: str, token: str | None, admin_token: str | None, features: list, metadata: dict[str, object]
 ) -> list[str]:
@@ -119,13 +130,15 @@ def _auth_problems(
     problems = []
     metadata["scoring_auth"] = "required" if token else "not checked: this deployment holds no scoring token"
     if token:
-        status, _ = http_json(f"{url}/predict", body={"features": features})
+        with ModelServerClient(url) as anonymous:
+            status, _ = _answered(lambda: anonymous.predict(features))
         metadata["predict_without_token_status"] = status
         if status != 401:
             problems.append(f"/predict without the scoring token answered {status}, not 401: the token is not required")
     metadata["admin_auth"] = "opens /admin" if admin_token else "not checked: this deployment holds no admin token"
     if admin_token:
-        status, _ = http_json(f"{url}/admin/routing", token=admin_token)
+        with ModelServerClient(url, admin_token=admin_token) as admin:
+            status, _ = _answered(admin.routing)
         metadata["admin_routing_status"] = status
         if status != 200:
             problems.append(f"GET /admin/routing with the admin token answered {status}, not 200")

@@ -20,7 +20,6 @@ import pandas as pd
 from assets.common import md_table
 from ml_platform.features.engineering import CUMULATIVE_FEATURES, DRIFT_FEATURES
 from ml_platform.monitoring.alerts import AlertRule
-from ml_platform.monitoring.compaction import compact_day
 from ml_platform.monitoring.dashboard import render_markdown, render_png
 from ml_platform.monitoring.drift import METHOD_TITLES, compute_drift, render_drift_html
 from ml_platform.monitoring.health import collect_model_health, finite_or_none, reference_features
@@ -29,8 +28,8 @@ from ml_platform.monitoring.performance import live_performance as compute_live_
 from ml_platform.monitoring.serving_metrics import scrape_metrics
 from ml_platform.monitoring.serving_metrics import serving_metrics as compute_serving_metrics
 from ml_platform.monitoring.window import Window, read_predictions
+from ml_platform.predictions import compact_day, read_prediction_log
 from ml_platform.registry import CHAMPION
-from ml_platform.serving.prediction_log import read_prediction_log
 from resources.deployment import DeploymentTarget
 from resources.mlflow import MLflowResource
 from resources.monitoring import MonitoringResource
@@ -383,7 +382,7 @@ def serving_metrics(
     group_name="monitoring",
     deps=[drift_report, live_performance, serving_metrics],
     kinds={"matplotlib"},
-    description="The original design's monitoring dashboard in one place: model, status, deployed when, "
+    description="The monitoring dashboard in one place: model, status, deployed when, "
     "uptime, latency percentiles, throughput, errors, live accuracy/precision/recall/F1 against the "
     "baseline, drift score and top drifted features, the histogram of prediction scores, alerts firing. "
     "`ml-platform status` prints the same summary.",

@@ -58,7 +58,8 @@ def training_set(
 
 
 class TrainingConfig(dg.Config):
-    """XGBoost hyperparameters (defaults of the original design) and the device (auto: cuda if visible)."""
+    """XGBoost hyperparameters (the defaults of ``ml_platform.training.train.TrainingParams``) and the device
+    (auto: cuda if visible)."""
 
     n_estimators: int = 100
     max_depth: int = 6

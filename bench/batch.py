@@ -88,7 +88,7 @@ def child_prepare(work: Path, rows: int, source: str) -> dict:
     import pyarrow.parquet as pq
 
     from ml_platform.features.engineering import MODEL_FEATURES
-    from ml_platform.training.train import TrainingParams, fit, params_dict
+    from ml_platform.training.train import TrainingParams, fit, model_signature, params_dict
 
     started = time.perf_counter()
     frame = build_features(rows)
@@ -101,7 +101,13 @@ def child_prepare(work: Path, rows: int, source: str) -> dict:
     params = TrainingParams(device="cpu", n_jobs=2)
     trained = fit(x.iloc[:cut], y[:cut], x.iloc[cut:], y[cut:], params)
     registered = make_registry(work).log_and_register(
-        trained, params=params_dict(params), run_key="bench-batch", example=x.head(5), run_tags={}, figures={}
+        trained,
+        params=params_dict(params),
+        run_key="bench-batch",
+        signature=model_signature(trained.booster, x.head(5)),
+        example=x.head(5),
+        run_tags={},
+        figures={},
     )
 
     scored = frame[[*IDS, *MODEL_FEATURES]]

@@ -34,13 +34,13 @@ CUSTOMERS = 20_000
 
 def platform_child(days: int, per_day: int) -> dict:
     """The asset graph, as `make demo` runs it; compute figures come from each asset's metadata."""
-    from ml_platform.cli import _quiet_warnings, launch
     from ml_platform.settings import Settings
+    from runs.launch import launch, quiet_warnings
 
     settings = Settings.from_env()
     settings.apply_environment()
     settings.prepare()
-    _quiet_warnings()
+    quiet_warnings()
     params = {"raw_transactions": {"transactions_per_day": per_day, "n_customers": CUSTOMERS}}
     result = launch("bootstrap", params, start=FIRST_DAY, end=FIRST_DAY + timedelta(days=days - 1))
     if not result.success:
@@ -80,7 +80,7 @@ def bare_child(days: int, per_day: int) -> dict:
     from ml_platform.settings import Settings
     from ml_platform.storage import write_table
     from ml_platform.training.dataset import assemble_training_set, split_xy
-    from ml_platform.training.train import TrainingParams, fit, predict_probability
+    from ml_platform.training.train import TrainingParams, fit, model_signature, predict_probability
 
     settings = Settings.from_env()
     settings.apply_environment()
@@ -115,11 +115,15 @@ def bare_child(days: int, per_day: int) -> dict:
     x_valid, y_valid = split_xy(training_set, "validation")
     trained = fit(x_train, y_train, x_valid, y_valid, TrainingParams())
     compute["trained_model"] = trained.train_seconds
-    registry = Registry(
-        settings.tracking_uri, settings.model_name, settings.experiment_name, settings.mlflow_artifact_root
-    )
+    registry = Registry.from_settings(settings)
     registered = registry.log_and_register(
-        trained, params={}, run_key="bench", example=x_valid.head(5), run_tags={}, figures={}
+        trained,
+        params={},
+        run_key="bench",
+        signature=model_signature(trained.booster, x_valid.head(5)),
+        example=x_valid.head(5),
+        run_tags={},
+        figures={},
     )
     x_test, y_test = split_xy(training_set, "test")
     timed(

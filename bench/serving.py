@@ -154,7 +154,7 @@ def child_prepare(online_stores: list[str]) -> dict:
     from ml_platform.registry import CHAMPION, Registry
     from ml_platform.settings import Settings
     from ml_platform.training.dataset import assemble_training_set, split_xy
-    from ml_platform.training.train import TrainingParams, fit, params_dict, predict_probability
+    from ml_platform.training.train import TrainingParams, fit, model_signature, params_dict, predict_probability
 
     settings = Settings.from_env()
     settings.apply_environment()
@@ -171,11 +171,15 @@ def child_prepare(online_stores: list[str]) -> dict:
     params = TrainingParams(device="cpu", n_jobs=2)
     trained = fit(x_train, y_train, x_valid, y_valid, params)
 
-    registry = Registry(
-        settings.tracking_uri, settings.model_name, settings.experiment_name, settings.mlflow_artifact_root
-    )
+    registry = Registry.from_settings(settings)
     registered = registry.log_and_register(
-        trained, params=params_dict(params), run_key="bench-serving", example=x_valid.head(5), run_tags={}, figures={}
+        trained,
+        params=params_dict(params),
+        run_key="bench-serving",
+        signature=model_signature(trained.booster, x_valid.head(5)),
+        example=x_valid.head(5),
+        run_tags={},
+        figures={},
     )
     registry.promote(registered.version, promoted_at=datetime.now(UTC).isoformat())
     assert registry.version_for_alias(CHAMPION) == registered.version

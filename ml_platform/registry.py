@@ -16,11 +16,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ml_platform.features.engineering import MODEL_FEATURES
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.models import ModelSignature
+
+    from ml_platform.settings import Settings
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -67,6 +71,16 @@ class Registry:
         self.model_name = model_name
         self.experiment_name = experiment_name
         self.artifact_root = artifact_root
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, model_name: str | None = None) -> Registry:
+        """The registry of the platform's settings (``model_name`` picks another model in the same store)."""
+        return cls(
+            settings.tracking_uri,
+            model_name or settings.model_name,
+            settings.experiment_name,
+            settings.mlflow_artifact_root,
+        )
 
     @cached_property
     def client(self):
@@ -119,12 +133,15 @@ class Registry:
         *,
         params: dict[str, object],
         run_key: str,
+        signature: ModelSignature,
         example: pd.DataFrame,
         run_tags: dict[str, str],
         figures: dict[str, object],
     ) -> RegisteredVersion:
         """Log a trained model with its params, metrics and figures, register it, alias it challenger.
 
+        ``signature`` is MLflow's description of the model's inputs and output, made by the training code
+        (the registry knows how to store a model, not how it predicts); ``example`` rows are logged with it.
         Idempotent per ``run_key``: if a version with that key exists, it is reused (and re-aliased).
         """
         existing = self.version_for_run_key(run_key)
@@ -137,13 +154,8 @@ class Registry:
         import mlflow
         import mlflow.xgboost
         import xgboost as xgb
-        from mlflow.models import infer_signature
-
-        from ml_platform.training.train import predict_probability
 
         experiment_id = self.ensure_experiment()
-        example = example.astype("float64")
-        signature = infer_signature(example, predict_probability(trained.booster, example))
         with (
             self._fluent(),
             mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{run_key[:8]}", tags=run_tags) as run,
@@ -162,7 +174,7 @@ class Registry:
                 trained.booster,
                 name="model",
                 signature=signature,
-                input_example=example.head(3),
+                input_example=example.head(3).astype("float64"),
                 pip_requirements=[f"xgboost=={xgb.__version__}"],  # skips ~4 s of requirement inference
                 model_format="ubj",
             )
@@ -256,11 +268,6 @@ class Registry:
         import mlflow.artifacts
 
         return mlflow.artifacts.download_artifacts(artifact_uri=uri)
-
-    def predict(self, version: int, features: pd.DataFrame) -> np.ndarray:
-        from ml_platform.training.train import predict_probability
-
-        return predict_probability(self.load_booster(version), features)
 
     # ---- promotion -----------------------------------------------------------------------------
     def promote(self, version: int, *, promoted_at: str) -> Promotion:

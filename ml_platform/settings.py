@@ -32,6 +32,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import yaml
 
+from ml_platform.storage import write_text_atomic
+
 PROFILES = ("local", "production")
 BACKENDS = ("local", "kubernetes")  # where training runs, where the model is deployed
 EXECUTORS = ("local", "kubernetes")  # Dagster's default executor, or one Kubernetes Job per step
@@ -64,8 +66,6 @@ run_monitoring:
 SETTINGS_FILE_ENV = "ML_PLATFORM_SETTINGS"
 # Environment variables that hold secrets: read from the environment only, never from a settings file.
 REDIS_PASSWORD_ENV = "ML_PLATFORM_REDIS_PASSWORD"
-# The instance template reads these (deploy/dagster/dagster.yaml); the password may be empty (trust auth).
-DAGSTER_PG_ENV = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAGSTER_TEMPLATE = REPO_ROOT / "deploy" / "dagster" / "dagster.yaml"
@@ -283,8 +283,9 @@ class Settings:
     def process_environment(self) -> dict[str, str]:
         """Variables that keep libraries offline and inside the state directory.
 
-        MLflow and Dagster phone home unless told not to; Dagster writes under ~/.dagster and matplotlib
-        under ~/.cache unless pointed elsewhere (see STACK_NOTES, traps 5 and 12).
+        MLflow and Dagster phone home unless told not to (MLflow's telemetry looks up its config host and
+        writes ~/.config/mlflow; Dagster's is turned off in dagster.yaml, see :meth:`prepare`); Dagster
+        writes under ~/.dagster and matplotlib under ~/.cache unless pointed elsewhere.
         """
         env = {
             "ML_PLATFORM_HOME": str(self.home),
@@ -574,15 +575,3 @@ def feast_redis_connection(url: str, password: str = "") -> str:
             raise SettingsError(f"{REDIS_PASSWORD_ENV}: a Redis password with a comma cannot be passed to Feast")
         params.append(f"password={secret}")
     return ",".join(params)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary name, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def get_settings() -> Settings:
-    return Settings.from_env()

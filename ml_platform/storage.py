@@ -12,8 +12,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # imported where used: settings (and so every command's start) imports this module
+    import pandas as pd
 
 TABLE_SUFFIX = ".parquet"
 RECORD_SUFFIX = ".json"
@@ -22,6 +24,11 @@ RECORD_SUFFIX = ".json"
 def asset_path(base_dir: str | Path, asset_path_parts: list[str], partition: str | None, suffix: str) -> Path:
     path = Path(base_dir).joinpath(*asset_path_parts)
     return path / f"{partition}{suffix}" if partition is not None else path.with_name(path.name + suffix)
+
+
+def table_path(base_dir: str | Path, asset: str, partition: str | None = None) -> Path:
+    """The parquet file of table asset ``asset`` (``prefix/name`` for a prefixed key) or of one of its partitions."""
+    return asset_path(base_dir, asset.split("/"), partition, TABLE_SUFFIX)
 
 
 def _temporary(path: Path) -> Path:
@@ -35,11 +42,16 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_record(record: object, path: Path) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary name, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_record(record: object, path: Path) -> None:
+    write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True, default=str))
 
 
 @contextmanager
@@ -67,6 +79,8 @@ def split_by_day(frame: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
 
     Groups on integer day numbers: formatting a million timestamps as strings costs seconds.
     """
+    import pandas as pd
+
     day_numbers = pd.DatetimeIndex(pd.to_datetime(frame[column], utc=True)).asi8 // 86_400_000_000_000
     return {
         pd.Timestamp(int(day) * 86_400, unit="s").strftime("%Y-%m-%d"): part

@@ -5,11 +5,13 @@ not change when the target does.
 """
 
 import os
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import dagster as dg
 
+from ml_platform.deploy.kubernetes import KubernetesTarget, overlay_dir
 from ml_platform.deploy.local import DeploymentReport, LocalProcessTarget
 
 
@@ -83,13 +85,9 @@ class KubernetesDeployment(DeploymentTarget):
     admin_token_env_var: str = "ML_PLATFORM_SERVING_ADMIN_TOKEN"
 
     def overlay_dir(self) -> Path:
-        return Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "overlays" / self.overlay
+        return overlay_dir(self.overlay)
 
     def deploy(self, model_name: str, version: int) -> DeploymentReport:
-        import time
-
-        from ml_platform.deploy.kubernetes import KubernetesTarget
-
         started = time.perf_counter()
         target = KubernetesTarget(kubeconfig=self.kubeconfig, context=self.context)
         statuses = target.deploy(self.overlay_dir(), version, timeout_s=self.rollout_timeout_s)

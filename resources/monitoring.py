@@ -14,8 +14,9 @@ class MonitoringResource(dg.ConfigurableResource):
     """One place for the numbers every monitoring consumer must agree on (checks, ``model_health``,
     ``ml-platform status``), so they are resource fields rather than per-run config.
 
-    - thresholds of the original design's alert rules: p99 latency over 200 ms (WARN), error rate over
-      1% (ERROR), accuracy drop over 0.05 (ERROR), drift score over 0.15 (WARN);
+    - thresholds of the alert rules (defaults from ``ml_platform.monitoring.alerts.DEFAULT_RULES``): p99
+      latency over 200 ms (WARN), error rate over 1% (ERROR), accuracy drop over 0.05 (ERROR), drift score
+      over 0.15 (WARN);
     - ``drift_method``: ``wasserstein`` (normed; a feature drifted at >= 0.1) or ``ks`` (p-value; drifted
       at <= 0.05); ``drift_feature_threshold`` overrides the method's per-feature default;
     - ``remediation_cooldown_seconds``: after a sensor requested a retrain (or a rollback), further failing

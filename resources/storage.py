@@ -12,6 +12,7 @@ from ml_platform.storage import (
     asset_path,
     read_record,
     split_by_day,
+    table_path,
     write_record,
     write_table,
 )
@@ -136,7 +137,7 @@ class StateStorage(dg.ConfigurableResource):
     base_dir: str
 
     def table_path(self, asset: str, partition: str | None = None) -> Path:
-        return asset_path(self.base_dir, dg.AssetKey.from_user_string(asset).path, partition, TABLE_SUFFIX)
+        return table_path(self.base_dir, asset, partition)
 
     def rejected_path(self, asset: str, label: str, run_id: str) -> Path:
         """``<asset dir>/rejected/<label>-<UTC time>-<run>.parquet``: beside the asset's partitions, never

@@ -59,7 +59,7 @@ def _external_error(context: dg.AssetExecutionContext) -> str | None:
     """
     step_key = context.get_step_execution_context().step.key
     kinds = {dg.DagsterEventType.ENGINE_EVENT, dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_RESTARTED}
-    for record in reversed(context.instance.all_logs(context.run_id, of_type=kinds)):
+    for record in reversed(context.instance.all_logs(context.run.run_id, of_type=kinds)):
         event = record.dagster_event
         if event is None or event.step_key != step_key:
             continue

@@ -76,7 +76,7 @@ retrain_daily = dg.ScheduleDefinition(
     cron_schedule="0 2 * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="The original design's daily retraining at 02:00 UTC.",
+    description="Retrain daily at 02:00 UTC, after the day's ingestion (01:00) and features (01:30).",
 )
 
 SCHEDULES = [ingest_daily, refresh_features_daily, retrain_daily, *MONITORING_SCHEDULES]

@@ -14,22 +14,24 @@ failing evaluation (``run_key`` = check + evaluation record id), must not fire a
 run's tags and config (the rollback's reason is recorded on the version taken out), and must be able
 to decline (no previous version to roll back to; the failing evaluation judged a version that is no
 longer champion). Automation conditions give none of these. Asset sensors do not see check results at
-all (STACK_NOTES 3.7), so these sensors read ``instance.get_latest_asset_check_evaluation_record``.
-Cursors are JSON: the last evaluation record handled per check, and when the sensor last fired.
+all (they fire on materializations only), so these sensors read the check evaluation records
+(``instance.get_latest_asset_check_evaluation_record``).
+
+Cursors are JSON: the last evaluation record handled per check, and when the sensor last fired. This
+module alone writes and reads them; code that drives the sensors tick by tick (the closed loop, the
+tests) uses :func:`cursor_after_latest` and :func:`alerted_checks`.
+
+A check evaluation record (``AssetCheckExecutionRecord``, not exported by dagster) has ``key``, ``id``
+(increasing), ``run_id``, ``event`` and ``evaluation``; the functions here take it unannotated.
 """
 
 import json
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
 import dagster as dg
-
-# The record type of instance.get_latest_asset_check_evaluation_record (not re-exported by dagster).
-from dagster._core.storage.asset_check_execution_record import (
-    AssetCheckExecutionRecord,
-    AssetCheckExecutionRecordStatus,
-)
 
 from assets.monitoring import WINDOW_ASSETS
 from ml_platform.monitoring.alerts import Alert
@@ -43,6 +45,7 @@ REASON_TAG = "ml_platform/reason"
 CHECK_RUN_TAG = "ml_platform/check_run"
 REASON_MAX_CHARS = 1_000
 ALERTS_PER_CHECK_PER_TICK = 20
+HISTORY_PAGE = 100  # evaluation records read per query when looking for failed ones
 
 DRIFT_CHECKS = (dg.AssetCheckKey(dg.AssetKey("drift_report"), "drift_score"),)
 ROLLBACK_CHECKS = (
@@ -93,8 +96,19 @@ def check_name(key: dg.AssetCheckKey) -> str:
     return key.to_user_string()
 
 
-def evaluation_metadata(record: AssetCheckExecutionRecord) -> dict[str, object]:
-    evaluation = record.evaluation
+def result_of(record) -> dg.AssetCheckEvaluation | None:
+    """The check's result; None while the evaluation is only planned (its check has not finished)."""
+    evaluation = record.evaluation  # while planned, the data of the planned event: not a result
+    return evaluation if isinstance(evaluation, dg.AssetCheckEvaluation) else None
+
+
+def failed(record) -> bool:
+    result = result_of(record)
+    return result is not None and not result.passed
+
+
+def evaluation_metadata(record) -> dict[str, object]:
+    evaluation = result_of(record)
     if evaluation is None:
         return {}
     return {name: getattr(value, "value", value) for name, value in evaluation.metadata.items()}
@@ -108,9 +122,9 @@ def _number(value: object) -> float:
     return number
 
 
-def failure_reason(record: AssetCheckExecutionRecord) -> str:
+def failure_reason(record) -> str:
     """Why the check failed, in one line: its description, then its value and threshold."""
-    evaluation = record.evaluation
+    evaluation = result_of(record)
     metadata = evaluation_metadata(record)
     reason = f"{check_name(record.key)} failed"
     if evaluation is not None and evaluation.description:
@@ -131,18 +145,41 @@ def _read_cursor(raw: str | None) -> dict:
     return cursor if isinstance(cursor, dict) else {}
 
 
-def new_evaluations(
-    instance: dg.DagsterInstance, keys: Sequence[dg.AssetCheckKey], seen: dict[str, int]
-) -> list[AssetCheckExecutionRecord]:
-    """The latest evaluation of each check, when it finished after the one already handled."""
+def _remediation_cursor(seen: dict[str, int], fired_at: float | None) -> str:
+    """A remediation sensor's cursor: the last evaluation record handled per check, when it last fired."""
+    return json.dumps({"seen": seen, "fired_at": fired_at}, sort_keys=True)
+
+
+def _alert_cursor(alerted: dict[str, int]) -> str:
+    """The alert sensor's cursor: the last evaluation record handled per check."""
+    return json.dumps(alerted, sort_keys=True)
+
+
+def new_evaluations(instance: dg.DagsterInstance, keys: Sequence[dg.AssetCheckKey], seen: dict[str, int]) -> list:
+    """The latest evaluation record of each check, when it finished after the one already handled."""
     found = []
     for key in keys:
         record = instance.get_latest_asset_check_evaluation_record(key)
-        if record is None or record.status == AssetCheckExecutionRecordStatus.PLANNED:
+        if record is None or result_of(record) is None:
             continue  # never ran, or running now: its result comes in a later tick
         if record.id > seen.get(check_name(key), 0):
             found.append(record)
     return found
+
+
+def failed_after(instance: dg.DagsterInstance, key: dg.AssetCheckKey, last_id: int) -> list:
+    """The failed evaluation records of ``key`` recorded after record ``last_id``, oldest first (the newest
+    ALERTS_PER_CHECK_PER_TICK of them when there are more)."""
+    found: list = []
+    cursor = None
+    while len(found) < ALERTS_PER_CHECK_PER_TICK:
+        page = instance.event_log_storage.get_asset_check_execution_history(key, limit=HISTORY_PAGE, cursor=cursor)
+        newer = [r for r in page if r.id > last_id]  # the history comes newest first
+        found += [r for r in newer if failed(r)]
+        if len(newer) < HISTORY_PAGE:
+            break  # reached the records handled before, or the first one
+        cursor = page[-1].id
+    return sorted(found[:ALERTS_PER_CHECK_PER_TICK], key=lambda r: r.id)
 
 
 # ---- remediation -----------------------------------------------------------------------------------------
@@ -152,8 +189,8 @@ def remediate(
     checks: Sequence[dg.AssetCheckKey],
     job_name: str,
     cooldown_seconds: float,
-    decline: Callable[[AssetCheckExecutionRecord], str | None] | None = None,
-    run_config: Callable[[AssetCheckExecutionRecord, str], dict] | None = None,
+    decline: Callable[[Any], str | None] | None = None,
+    run_config: Callable[[Any, str], dict] | None = None,
 ) -> dg.SensorResult:
     """One run of ``job_name`` for a new failing evaluation of one of ``checks`` (the first in order),
     unless within the cooldown or declined; every new evaluation is marked handled either way."""
@@ -163,22 +200,22 @@ def remediate(
     evaluations = new_evaluations(context.instance, checks, seen)
     for record in evaluations:
         seen[check_name(record.key)] = record.id
-    failed = [r for r in evaluations if r.status == AssetCheckExecutionRecordStatus.FAILED]
+    failures = [r for r in evaluations if failed(r)]
 
     def result(skip: str | None = None, requests: Sequence[dg.RunRequest] = ()) -> dg.SensorResult:
-        state = json.dumps({"seen": seen, "fired_at": fired_at}, sort_keys=True)
+        state = _remediation_cursor(seen, fired_at)
         return dg.SensorResult(run_requests=list(requests), skip_reason=skip, cursor=state)
 
-    if not failed:
+    if not failures:
         passed = ", ".join(check_name(r.key) for r in evaluations)
         return result(f"no new failed evaluation ({'passed: ' + passed if passed else 'nothing new'})")
-    record = failed[0]
+    record = failures[0]
     name = check_name(record.key)
     now = time.time()
     if fired_at is not None and now - fired_at < cooldown_seconds:
         return result(
             f"cooldown: {job_name} was requested {now - fired_at:.0f} s ago (cooldown {cooldown_seconds:.0f} s); "
-            f"skipping the failed {', '.join(check_name(r.key) for r in failed)} (evaluation {record.id})"
+            f"skipping the failed {', '.join(check_name(r.key) for r in failures)} (evaluation {record.id})"
         )
     declined = decline(record) if decline is not None else None
     if declined:
@@ -220,7 +257,7 @@ def retrain_on_drift(context: dg.SensorEvaluationContext, monitoring: Monitoring
 def rollback_on_failure(
     context: dg.SensorEvaluationContext, monitoring: MonitoringResource, mlflow: MLflowResource
 ) -> dg.SensorResult:
-    def decline(record: AssetCheckExecutionRecord) -> str | None:
+    def decline(record) -> str | None:
         aliases = mlflow.registry().aliases()
         champion, previous = aliases.get(CHAMPION), aliases.get(PREVIOUS)
         metadata = evaluation_metadata(record)
@@ -231,7 +268,7 @@ def rollback_on_failure(
             return f"{mlflow.model_name} has no previous champion to roll back to (champion v{champion})"
         return None
 
-    def reason_config(record: AssetCheckExecutionRecord, reason: str) -> dict:
+    def reason_config(record, reason: str) -> dict:
         return {"ops": {"roll_back_champion": {"config": {"reason": reason}}}}
 
     return remediate(
@@ -245,10 +282,10 @@ def rollback_on_failure(
 
 
 # ---- alerts ------------------------------------------------------------------------------------------------
-def alert_for(record: AssetCheckExecutionRecord, model_name: str) -> Alert:
-    """The alert for a failed evaluation: the original design's fields (name, severity, message, model,
-    value, threshold) plus the window, the check and the run that evaluated it."""
-    evaluation = record.evaluation
+def alert_for(record, model_name: str) -> Alert:
+    """The alert for a failed evaluation: the check's name, severity, message, model, value and threshold,
+    plus the window, the check and the run that evaluated it."""
+    evaluation = result_of(record)
     metadata = evaluation_metadata(record)
     severity = evaluation.severity.value if evaluation is not None else "ERROR"
     description = evaluation.description if evaluation is not None and evaluation.description else ""
@@ -277,14 +314,9 @@ def alert_on_failed_checks(
 ) -> dg.SensorResult:
     cursor = _read_cursor(context.cursor)
     keys = sorted(context.repository_def.asset_graph.asset_check_keys, key=check_name)
-    storage = context.instance.event_log_storage
     sent, undelivered = [], []
     for key in keys:
-        last = int(cursor.get(check_name(key), 0))
-        records = storage.get_asset_check_execution_history(
-            key, limit=ALERTS_PER_CHECK_PER_TICK, status={AssetCheckExecutionRecordStatus.FAILED}
-        )
-        for record in sorted((r for r in records if r.id > last), key=lambda r: r.id):
+        for record in failed_after(context.instance, key, int(cursor.get(check_name(key), 0))):
             alert = alert_for(record, mlflow.model_name)
             delivery = alerts.send(alert)
             cursor[check_name(key)] = record.id
@@ -299,10 +331,40 @@ def alert_on_failed_checks(
         context.log.info(f"{summary}: {', '.join(sent + undelivered)}")
     return dg.SensorResult(
         skip_reason=summary if sent or undelivered else "no new failed check evaluation",
-        cursor=json.dumps(cursor, sort_keys=True),
+        cursor=_alert_cursor(cursor),
     )
 
 
 SENSORS = [retrain_on_drift, rollback_on_failure, alert_on_failed_checks]
 MONITORING_JOBS = [monitor, collect_predictions]
 MONITORING_SCHEDULES = [monitor_hourly, collect_predictions_daily]
+
+
+# ---- driving the sensors tick by tick (the closed loop, tests) ----------------------------------------------
+REMEDIATION_CHECKS = {retrain_on_drift.name: DRIFT_CHECKS, rollback_on_failure.name: ROLLBACK_CHECKS}
+
+
+def cursor_after_latest(instance: dg.DagsterInstance, sensor_name: str, defs: dg.Definitions) -> str:
+    """The cursor of sensor ``sensor_name`` (of ``defs``) having handled every evaluation recorded so far:
+    a tick from it acts only on evaluations recorded after this call."""
+    if sensor_name == alert_on_failed_checks.name:
+        keys = defs.resolve_asset_graph().asset_check_keys
+    elif sensor_name in REMEDIATION_CHECKS:
+        keys = REMEDIATION_CHECKS[sensor_name]
+    else:
+        raise ValueError(f"no sensor {sensor_name!r} here; expected one of {', '.join(s.name for s in SENSORS)}")
+    latest = {}
+    for key in keys:
+        record = instance.get_latest_asset_check_evaluation_record(key)
+        if record is not None:
+            latest[check_name(key)] = record.id
+    if sensor_name == alert_on_failed_checks.name:
+        return _alert_cursor(latest)
+    return _remediation_cursor(latest, fired_at=None)
+
+
+def alerted_checks(cursor_before: str | None, cursor_after: str) -> list[str]:
+    """The checks (``asset:check``) an ``alert_on_failed_checks`` tick alerted, from its cursor before and
+    after the tick."""
+    before, after = _read_cursor(cursor_before), _read_cursor(cursor_after)
+    return sorted(name for name, record_id in after.items() if before.get(name) != record_id)

@@ -37,10 +37,11 @@ from ml_platform.deploy.local import DeploymentError
 FIELD_MANAGER = "ml-platform"
 VERSION_ANNOTATION = "ml-platform/model-version"
 ALIAS_ANNOTATION = "ml-platform/model-alias"
-VARIANT_LABEL = "ml-platform/variant"
 ALIAS_ENV = "ML_PLATFORM_SERVING_ALIAS"
 VERSION_ENV = "ML_PLATFORM_SERVING_MODEL_VERSION"
 DEFAULT_ALIAS = "champion"  # what the server serves when ML_PLATFORM_SERVING_ALIAS is unset
+
+K8S_DIR = Path(__file__).resolve().parents[2] / "deploy" / "k8s"  # the project's manifests
 
 _ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 # Apply order for kinds other objects depend on; everything else keeps its rendered order after these.
@@ -90,6 +91,11 @@ class RolloutError(DeployError):
 
 
 # ---- pure helpers (no cluster) -----------------------------------------------------------------------
+
+
+def overlay_dir(env: str) -> Path:
+    """The kustomize overlay of environment ``env`` (staging, prod): ``deploy/k8s/overlays/<env>``."""
+    return K8S_DIR / "overlays" / env
 
 
 def render_overlay(overlay_dir: str | Path, kubectl: str = "kubectl", timeout_s: float = 60.0) -> list[dict]:

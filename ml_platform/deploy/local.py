@@ -20,12 +20,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ml_platform.settings import write_text_atomic
+from ml_platform.serving.client import ModelServerClient, ModelServerError, ServerUnreachable, WaitTimedOut
+from ml_platform.storage import write_text_atomic
 
 # The variables the model server reads its bearer tokens from (ml_platform.serving.config).
 SERVER_TOKEN_VARIABLES = ("ML_PLATFORM_SERVING_TOKEN", "ML_PLATFORM_SERVING_ADMIN_TOKEN")
@@ -59,26 +58,6 @@ class DeploymentReport:
     detail: str
 
 
-def http_json(
-    url: str, *, body: dict | None = None, timeout: float = 5.0, token: str | None = None
-) -> tuple[int, dict]:
-    """GET (or POST ``body`` as JSON) and return (status, parsed JSON); connection errors raise OSError."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
-    request.add_header("content-type", "application/json")
-    if token:
-        request.add_header("authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        payload = error.read()
-        try:
-            return error.code, json.loads(payload or b"{}")
-        except json.JSONDecodeError:
-            return error.code, {"error": payload.decode(errors="replace")}
-
-
 class LocalProcessTarget:
     def __init__(
         self,
@@ -110,6 +89,12 @@ class LocalProcessTarget:
                 env[name] = value
         return env
 
+    def _client(self, url: str | None = None) -> ModelServerClient:
+        """A client of the server at ``url`` (default: this target's address) with the target's tokens."""
+        return ModelServerClient(
+            url or f"http://{self.host}:{self.port}", token=self.token, admin_token=self.admin_token
+        )
+
     @property
     def state_file(self) -> Path:
         return self.state_dir / "server.json"
@@ -137,10 +122,10 @@ class LocalProcessTarget:
         if server is None:
             return None
         try:
-            status, payload = http_json(f"{server.url}/health", timeout=2.0, token=self.token)
-        except OSError:
+            with self._client(server.url) as client:
+                return client.health(timeout=2.0)
+        except ModelServerError:
             return None
-        return payload if status == 200 else None
 
     # ---- acting --------------------------------------------------------------------------------
     def start(self, timeout_s: float = 60.0) -> LocalServer:
@@ -176,7 +161,11 @@ class LocalProcessTarget:
         started = time.perf_counter()
         was_running = self.server() is not None
         server = self.start(timeout_s)
-        health = self._wait_for_version(server, version, timeout_s)
+        try:
+            with self._client(server.url) as client:
+                health = client.wait_for_version(version, timeout_s)
+        except WaitTimedOut as error:
+            raise DeploymentError(str(error)) from error
         return DeploymentReport(
             target="local",
             url=server.url,
@@ -200,46 +189,31 @@ class LocalProcessTarget:
     # ---- internals -----------------------------------------------------------------------------
     def _refuse_if_port_taken(self) -> None:
         try:
-            status, payload = http_json(f"http://{self.host}:{self.port}/health", timeout=1.0, token=self.token)
-        except OSError:
+            with self._client() as client:
+                client.health(timeout=1.0)
+            status = 200
+        except ServerUnreachable:
             return
+        except ModelServerError as error:
+            status = error.status_code
         raise DeploymentError(
             f"{self.host}:{self.port} is already answering (HTTP {status}) but not as a server this target "
             f"started; stop it or choose another port"
         )
 
     def _wait_ready(self, server: LocalServer, timeout_s: float, process: subprocess.Popen | None) -> None:
-        deadline = time.monotonic() + timeout_s
-        last = "no answer yet"
-        while time.monotonic() < deadline:
+        def exited() -> None:
             if process is not None and process.poll() is not None:
                 raise DeploymentError(
                     f"the model server exited with code {process.returncode} before it was ready; "
                     f"last lines of {self.log_path}:\n{self._log_tail()}"
                 )
-            try:
-                status, payload = http_json(f"{server.url}/v2/health/ready", timeout=2.0, token=self.token)
-                if status == 200:
-                    return
-                last = f"HTTP {status}: {payload}"
-            except OSError as error:
-                last = str(error)
-            time.sleep(0.2)
-        raise DeploymentError(f"the model server at {server.url} was not ready after {timeout_s:.0f} s ({last})")
 
-    def _wait_for_version(self, server: LocalServer, version: int, timeout_s: float) -> dict:
-        deadline = time.monotonic() + timeout_s
-        seen = None
-        while time.monotonic() < deadline:
-            health = self.health(server)
-            if health is not None:
-                seen = health.get("model_version")
-                if seen == version:
-                    return health
-            time.sleep(0.25)
-        raise DeploymentError(
-            f"the model server at {server.url} still serves v{seen} after {timeout_s:.0f} s, not v{version}"
-        )
+        try:
+            with self._client(server.url) as client:
+                client.wait_until_ready(timeout_s, check=exited)
+        except WaitTimedOut as error:
+            raise DeploymentError(str(error)) from error
 
     def _terminate(self, pid: int, grace_s: float) -> None:
         try:

@@ -20,7 +20,8 @@ import pandas as pd
 
 from ml_platform.data.schema import ENTITY_COLUMN, TIMESTAMP_COLUMN
 from ml_platform.features.engineering import JOIN_OFFSET, STORED_FEATURES
-from ml_platform.settings import REDIS_PASSWORD_ENV, Settings, write_text_atomic
+from ml_platform.settings import REDIS_PASSWORD_ENV, Settings
+from ml_platform.storage import write_text_atomic
 
 FEATURE_VIEW = "customer_stats"
 FEATURE_SERVICE = "fraud_model_v1"
@@ -182,8 +183,8 @@ def point_in_time_stats(store, events: pd.DataFrame) -> pd.DataFrame:
 
     The join carries a row id and is merged back onto every event, so an event comes back exactly once
     and in its place whatever the offline store does with events that have no earlier row (Feast's
-    dask store drops them, STACK_NOTES trap 1): a customer's first transaction has missing stats,
-    never goes missing itself.
+    dask store silently drops an event whose customer has rows, but none inside ``[ts - ttl, ts]``, even
+    with ttl 0): a customer's first transaction has missing stats, never goes missing itself.
     """
     entity_df = pd.DataFrame(
         {
@@ -211,8 +212,9 @@ def load_online_store(store, start: datetime, end: datetime) -> None:
     ``customer_stats`` is recomputed whole (a backfilled older day changes every later running
     total), so the online store is always loaded over the table's full time range rather than
     incrementally: an incremental load would leave customers who were not active since the last
-    load with stale values. (Incremental loading also has a trap of its own here: on a view never
-    loaded it looks back only one ttl; STACK_NOTES trap 2.)
+    load with stale values. (Incremental loading also has a trap of its own: Feast's
+    ``materialize_incremental`` on a view never loaded looks back only one ttl, so older rows would
+    never reach the store.)
     """
     if end <= start:
         raise ValueError(f"online store window is empty: start {start} is not before end {end}")

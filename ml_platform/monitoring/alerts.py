@@ -1,7 +1,9 @@
 """Alert rules and where alerts go.
 
-The rules are the original design's (latency p99, error rate, accuracy drop, drift score), each a
-metric compared with a threshold at a severity named as Dagster's check severities (WARN, ERROR).
+The rules (:data:`DEFAULT_RULES`) cover the four ways a served model goes wrong: slow (latency p99),
+failing (error rate), worse than when it was judged (accuracy drop) and fed other data than it was
+trained on (drift score). Each compares a metric with a threshold at a severity named as Dagster's
+check severities: WARN for slow or drifting (look soon), ERROR for failing or less accurate (act now).
 
 Sinks: :class:`JsonlAlertSink` appends one JSON line per alert to a file (fsynced: the alert history
 survives a crash), and :class:`WebhookAlertSink` posts a Slack-compatible message to a webhook

@@ -1,5 +1,6 @@
-"""The model's health at a glance: the original design's monitoring dashboard as Markdown (Dagster
-asset metadata), a PNG (four panels) and plain text (``ml-platform status``).
+"""The model's health at a glance (version, status, serving latency and errors, live performance
+against its baseline, drift, the score histogram, firing alerts) as Markdown (Dagster asset metadata),
+a PNG (four panels) and plain text (``ml-platform status``).
 
 Every renderer takes the same :class:`ModelHealth` and copes with any part missing (no server, no
 labels yet, no drift report): it says "n/a" rather than failing, because a dashboard is most needed

@@ -8,8 +8,9 @@ minute and a gigabyte:
   distance between the two samples divided by the reference's standard deviation (ddof 0, floored at
   0.001 as Evidently does, so a constant reference column gives a finite score); drifted when the
   score is ``>=`` the threshold (default 0.1).
-- ``ks`` (the original design's test): the two-sample Kolmogorov-Smirnov p-value; drifted when the
-  p-value is ``<=`` the threshold (default 0.05).
+- ``ks`` (Evidently's default for samples of 1000 rows or fewer): the two-sample Kolmogorov-Smirnov
+  p-value; drifted when the p-value is ``<=`` the threshold (default 0.05). On large samples nearly
+  every shift gets a tiny p-value, which is why Evidently (and this module) default to Wasserstein.
 
 As in Evidently, NaN and infinite values are dropped from each side before scoring; a column left
 empty on either side is an error naming it.

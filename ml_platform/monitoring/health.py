@@ -31,7 +31,9 @@ from ml_platform.monitoring.labels import LabelStore
 from ml_platform.monitoring.performance import LivePerformance, live_performance
 from ml_platform.monitoring.serving_metrics import ServingMetrics, scrape_metrics, serving_metrics
 from ml_platform.monitoring.window import Window, read_predictions
-from ml_platform.settings import Settings, write_text_atomic
+from ml_platform.serving.client import ModelServerClient, ModelServerError
+from ml_platform.settings import Settings
+from ml_platform.storage import write_text_atomic
 from ml_platform.training.dataset import SPLIT_COLUMN
 
 # The split whose rows are the drift reference (the split is by time, so this is the newest slice).
@@ -162,13 +164,11 @@ def served_health(endpoint: str | None, token: str | None = None, timeout: float
     """The endpoint's ``/health`` answer when it answers 200, else None (down, not ready, unreachable)."""
     if not endpoint:
         return None
-    from ml_platform.deploy.local import http_json
-
     try:
-        status, body = http_json(f"{endpoint.rstrip('/')}/health", token=token, timeout=timeout)
-    except OSError:
+        with ModelServerClient(endpoint, token=token, timeout=timeout) as client:
+            return client.health()
+    except ModelServerError:
         return None
-    return body if status == 200 else None
 
 
 def collect_model_health(

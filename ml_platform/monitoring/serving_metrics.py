@@ -11,14 +11,13 @@ difference between two scrapes gives the window's counts; a counter that went do
 from __future__ import annotations
 
 import math
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from ml_platform.monitoring.window import Window
+from ml_platform.serving.client import ModelServerClient, ModelServerError
 
 REQUESTS_COUNTER = "ml_platform_serving_requests_total"
 # Routes that score rows: the error rate is about predictions, not probes or scrapes of /metrics.
@@ -81,15 +80,13 @@ def parse_prometheus(text: str) -> dict[str, float]:
 
 
 def scrape_metrics(url: str, *, token: str | None = None, timeout: float = 5.0) -> str | None:
-    """The text of ``{url}/metrics`` (``url`` may already end in /metrics); None when it cannot be read."""
-    target = url.rstrip("/")
-    if not target.endswith("/metrics"):
-        target += "/metrics"
-    request = urllib.request.Request(target, headers={"Authorization": f"Bearer {token}"} if token else {})
+    """The text of ``{url}/metrics`` (``url`` may already end in /metrics); None when it cannot be read
+    (nothing answers, an error status, or ``url`` is no http(s) URL)."""
+    base = url.rstrip("/").removesuffix("/metrics")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.read().decode("utf-8")
-    except (urllib.error.URLError, OSError, ValueError):
+        with ModelServerClient(base, token=token, timeout=timeout) as client:
+            return client.metrics()
+    except (ModelServerError, ValueError):
         return None
 
 

@@ -2,26 +2,24 @@
 
 Each transaction becomes an entity request to ``POST /predict`` (customer id, amount, category,
 channel, event time; the server reads the customer's stats from the online feature store), sent in
-the batch form ``{"instances": [...]}`` over one keep-alive connection (stdlib ``http.client``: no
-connection set-up per request, nothing to install). The transaction id is the request id, so the
-prediction log rows can be joined with the labels that arrive later
-(:func:`~ml_platform.monitoring.labels.delayed_labels`).
+the batch form ``{"instances": [...]}`` by one :class:`~ml_platform.serving.client.ModelServerClient`,
+one batch after another over its kept-alive connection (no connection set-up per request). The
+transaction id is the request id, so the prediction log rows can be joined with the labels that arrive
+later (:func:`~ml_platform.monitoring.labels.delayed_labels`).
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import logging
 import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import pandas as pd
 
 from ml_platform.data.schema import ENTITY_COLUMN, ID_COLUMN, TIMESTAMP_COLUMN
+from ml_platform.serving.client import BadAnswer, ModelServerClient, ModelServerError, StatusError
 
 _log = logging.getLogger(__name__)
 
@@ -80,52 +78,6 @@ def entity_instances(transactions: pd.DataFrame) -> list[dict]:
     ]
 
 
-class _Connection:
-    """One keep-alive HTTP connection that reconnects when the server closed it."""
-
-    def __init__(self, url: str, timeout: float) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"url: expected the model server's http(s) URL, like http://127.0.0.1:8080; got {url!r}")
-        self.scheme = parts.scheme
-        self.host = parts.hostname
-        self.port = parts.port
-        self.path = parts.path.rstrip("/") + "/predict"
-        self.timeout = timeout
-        self.connection: http.client.HTTPConnection | None = None
-
-    def _open(self) -> http.client.HTTPConnection:
-        if self.connection is None:
-            factory = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-            self.connection = factory(self.host, self.port, timeout=self.timeout)
-        return self.connection
-
-    def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
-
-    def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        """POST ``body``; one reconnect if the kept-alive connection turns out closed."""
-        for attempt in (1, 2):
-            connection = self._open()
-            try:
-                connection.request("POST", self.path, body=body, headers=headers)
-                response = connection.getresponse()
-                data = response.read()
-                if response.will_close:
-                    self.close()
-                return response.status, data
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                self.close()  # the server closed an idle connection: open a new one and send again
-                if attempt == 2:
-                    raise
-            except Exception:
-                self.close()
-                raise
-        raise AssertionError("unreachable")
-
-
 def send_traffic(
     url: str,
     transactions: pd.DataFrame,
@@ -145,41 +97,29 @@ def send_traffic(
     if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
         raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
     instances = entity_instances(transactions)
-    connection = _Connection(url, timeout)
-    headers = {"Content-Type": "application/json", "Connection": "keep-alive"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    client = ModelServerClient(url, token=token, timeout=timeout)
     versions: Counter[int] = Counter()
     errors: list[str] = []
     failed = requests = 0
     started = time.perf_counter()
-    try:
+    with client:
         for offset in range(0, len(instances), batch_size):
             batch = instances[offset : offset + batch_size]
-            body = json.dumps({"instances": batch}).encode("utf-8")
+            rows = f"rows {offset}-{offset + len(batch) - 1}"
             requests += 1
             try:
-                status, data = connection.post(body, headers)
-            except (OSError, http.client.HTTPException) as error:
-                failed += len(batch)
-                _note(errors, f"rows {offset}-{offset + len(batch) - 1}: {type(error).__name__}: {error}")
-                continue
-            if status != 200:
-                failed += len(batch)
-                _note(
-                    errors,
-                    f"rows {offset}-{offset + len(batch) - 1}: HTTP {status}: {data[:300].decode('utf-8', 'replace')}",
-                )
-                continue
-            try:
-                predictions = json.loads(data)["predictions"]
+                predictions = client.predict_batch(batch)
                 versions.update(int(prediction["model_version"]) for prediction in predictions)
                 failed += len(batch) - len(predictions)
-            except (ValueError, KeyError, TypeError) as error:
+            except StatusError as error:
                 failed += len(batch)
-                _note(errors, f"rows {offset}-{offset + len(batch) - 1}: unreadable answer: {error}")
-    finally:
-        connection.close()
+                _note(errors, f"{rows}: HTTP {error.status_code}: {error.body[:300]}")
+            except (BadAnswer, ValueError, KeyError, TypeError) as error:  # no readable model_version per row
+                failed += len(batch)
+                _note(errors, f"{rows}: unreadable answer: {error}")
+            except ModelServerError as error:  # nothing answered: refused, timed out, dropped
+                failed += len(batch)
+                _note(errors, f"{rows}: {error}")
     return TrafficResult(
         requests=requests,
         rows=len(instances),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml_platform.serving.prediction_log import read_prediction_log
+from ml_platform.predictions import read_prediction_log
 
 ANSWERED_VARIANTS: tuple[str, ...] = ("champion", "challenger")
 

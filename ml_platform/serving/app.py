@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from ml_platform.predictions import PredictionLogUnavailable
 from ml_platform.serving import openapi
 from ml_platform.serving.config import ServerConfig
 from ml_platform.serving.middleware import GuardMiddleware
@@ -78,6 +79,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError):
         return _error_response(error.body(), error.status_code)
+
+    @app.exception_handler(PredictionLogUnavailable)
+    async def log_unavailable(request: Request, error: PredictionLogUnavailable):
+        # An answer whose rows are not in the log is never sent: the client may retry elsewhere.
+        return _error_response({"error": error.message, "field": None}, error.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def request_validation_error(request: Request, error: RequestValidationError):

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from ml_platform.features.engineering import MODEL_FEATURES
+from ml_platform.predictions import PredictionBatch, PredictionLogger
 from ml_platform.registry import Registry
 from ml_platform.serving.config import ServerConfig
 from ml_platform.serving.metrics import Metrics
 from ml_platform.serving.models import Deployment, ModelHandle, ModelManager
 from ml_platform.serving.online import OnlineFeatures
-from ml_platform.serving.prediction_log import PredictionBatch, PredictionLogger
 from ml_platform.serving.schemas import ApiError
 
 _log = logging.getLogger(__name__)

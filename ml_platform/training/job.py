@@ -12,7 +12,7 @@ from ml_platform.data.schema import LABEL_COLUMN
 from ml_platform.features.engineering import MODEL_FEATURES
 from ml_platform.registry import CHALLENGER, DEVICE_TAG, Registry
 from ml_platform.training.dataset import SPLIT_COLUMN, split_xy
-from ml_platform.training.train import TrainingParams, fit, params_dict
+from ml_platform.training.train import TrainingParams, fit, model_signature, params_dict
 
 
 @dataclass(frozen=True)
@@ -67,12 +67,14 @@ def run_training_job(job: TrainingJob, log=print) -> dict[str, object]:
             title=f"Validation, threshold {trained.threshold:.3f}",
         ),
     }
+    example = x_valid.head(5)
     try:
         registered = registry.log_and_register(
             trained,
             params=params_dict(params),
             run_key=job.run_key,
-            example=x_valid.head(5),
+            signature=model_signature(trained.booster, example),
+            example=example,
             run_tags=job.run_tags,
             figures=figures,
         )

@@ -13,6 +13,7 @@ import pandas as pd
 
 if TYPE_CHECKING:  # imported where used: the code location loads this module in every step process
     import xgboost as xgb
+    from mlflow.models import ModelSignature
 
 from ml_platform.evaluation.metrics import best_f1_threshold, classification_metrics
 from ml_platform.features.engineering import MODEL_FEATURES
@@ -22,7 +23,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class TrainingParams:
-    """Hyperparameters; defaults are the original design's (100 trees, depth 6, learning rate 0.1)."""
+    """Hyperparameters. Defaults: up to 100 trees of depth 6 at learning rate 0.1, stopping after 10 rounds
+    without gain on the validation split (only the trees up to the best round are kept)."""
 
     n_estimators: int = 100
     max_depth: int = 6
@@ -160,6 +162,18 @@ def predict_probability(booster: xgb.Booster, features: pd.DataFrame | np.ndarra
             raise ValueError(f"feature columns {list(features.columns)} differ from {list(MODEL_FEATURES)}")
         features = features.to_numpy(dtype="float64")
     return np.asarray(booster.inplace_predict(features), dtype="float64")
+
+
+def model_signature(booster: xgb.Booster, example: pd.DataFrame) -> ModelSignature:
+    """MLflow's signature of the model, logged with it: the model features as double columns in, P(fraud) out.
+
+    Inferred from float64 rows: a signature inferred from float32 columns would make MLflow refuse float64
+    input, and the model server loads only a version whose inputs are exactly these double columns.
+    """
+    from mlflow.models import infer_signature
+
+    example = example.astype("float64")
+    return infer_signature(example, predict_probability(booster, example))
 
 
 def params_dict(params: TrainingParams) -> dict[str, object]:

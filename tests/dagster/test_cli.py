@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ml_platform.cli import app
 from ml_platform.registry import CHAMPION
+from runs.cli import app
 
+pytestmark = pytest.mark.xdist_group("graph")  # the session's one graph world: see tests/conftest.py
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 

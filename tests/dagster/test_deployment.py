@@ -8,13 +8,16 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ml_platform.cli import app, launch
-from ml_platform.deploy.local import LocalProcessTarget, http_json
+from ml_platform.deploy.local import LocalProcessTarget
 from ml_platform.features.engineering import MODEL_FEATURES
 from ml_platform.registry import CHAMPION, PREVIOUS, ROLLED_BACK_AT_TAG
+from ml_platform.serving.client import ModelServerClient, StatusError
 from ml_platform.training.train import predict_probability
-from tests.dagster.test_pipeline import check_results, materializations
+from runs.cli import app
+from runs.launch import launch
+from tests.support.runs import check_results, materializations
 
+pytestmark = pytest.mark.xdist_group("graph")  # the session's one graph world: see tests/conftest.py
 runner = CliRunner()
 
 
@@ -31,6 +34,18 @@ def serving_version(target) -> int | None:
 
 
 SCORING_TOKEN, ADMIN_TOKEN = "deploy-sc0ring", "deploy-adm1n"
+
+
+def bearer(url: str, token: str | None) -> ModelServerClient:
+    """A client that sends ``token`` to every route, scoring and admin alike."""
+    return ModelServerClient(url, token=token, admin_token=token)
+
+
+def refused(call) -> int:
+    """The error status the server answered ``call`` with."""
+    with pytest.raises(StatusError) as error:
+        call()
+    return error.value.status_code
 
 
 def test_deploy_serves_the_champion_and_passes_the_smoke_check(
@@ -52,14 +67,13 @@ def test_deploy_serves_the_champion_and_passes_the_smoke_check(
     assert smoke.metadata["predict_without_token_status"].value == 401
     assert smoke.metadata["admin_routing_status"].value == 200
 
-    url, body = f"http://127.0.0.1:{local_target.port}", {"features": [50.0] * 9}
-    assert http_json(f"{url}/predict", body=body)[0] == 401
-    assert http_json(f"{url}/predict", body=body, token=ADMIN_TOKEN)[0] == 403
-    status, answer = http_json(f"{url}/predict", body=body, token=SCORING_TOKEN)
-    assert status == 200 and answer["model_version"] == champion
-    assert http_json(f"{url}/admin/routing", token=SCORING_TOKEN)[0] == 403
-    status, routing = http_json(f"{url}/admin/routing", token=ADMIN_TOKEN)
-    assert status == 200 and routing["champion_version"] == champion
+    url, features = f"http://127.0.0.1:{local_target.port}", [50.0] * 9
+    with bearer(url, None) as anonymous, bearer(url, SCORING_TOKEN) as scoring, bearer(url, ADMIN_TOKEN) as admin:
+        assert refused(lambda: anonymous.predict(features)) == 401
+        assert refused(lambda: admin.predict(features)) == 403
+        assert scoring.predict(features)["model_version"] == champion
+        assert refused(scoring.routing) == 403
+        assert admin.routing()["champion_version"] == champion
     local_target.stop()  # the next tests talk to a server without tokens
 
 
@@ -80,8 +94,9 @@ def test_rollback_puts_the_previous_champion_back_and_serves_it(bootstrap_result
     tags = registry.model_version(new).tags
     assert ROLLED_BACK_AT_TAG in tags and tags["ml_platform.rollback_reason"] == "accuracy dropped"
     assert serving_version(local_target) == old
-    status, answer = http_json(f"http://127.0.0.1:{local_target.port}/predict", body={"features": [50.0] * 9})
-    assert status == 200 and answer["model_version"] == old
+    with ModelServerClient(f"http://127.0.0.1:{local_target.port}") as client:
+        answer = client.predict([50.0] * 9)
+    assert answer["model_version"] == old
 
     # Nothing left to return to: a second rollback says so instead of flip-flopping.
     again = runner.invoke(app, ["rollback"])

@@ -169,7 +169,8 @@ def test_sensors_run_by_default_and_target_their_jobs(defs):
 
 
 def test_monitoring_thresholds_and_drift_method_mirror_the_core_defaults():
-    """The resource's defaults are the original design's alert rules and the core's drift config."""
+    """The resource's defaults are the platform's alert rules (p99 latency, error rate, accuracy drop, drift
+    score) and the core's drift config."""
     fields = {name: field.default for name, field in MonitoringResource.model_fields.items()}
     assert fields["latency_p99_threshold_ms"] == DEFAULT_RULES["latency_p99"].threshold == 200.0
     assert fields["error_rate_threshold"] == DEFAULT_RULES["error_rate"].threshold == 0.01

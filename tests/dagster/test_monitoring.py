@@ -5,8 +5,7 @@ accuracy and latency). Also: `ml-platform drift` and `status`, and a worse retra
 
 import math
 import threading
-import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 import dagster as dg
 import numpy as np
@@ -15,86 +14,31 @@ import pytest
 from typer.testing import CliRunner
 
 from assets import ALL_ASSETS
-from assets.monitoring import WINDOW_ASSETS
-from ml_platform.cli import app, launch
-from ml_platform.data.synthetic import SyntheticConfig, generate_transactions
-from ml_platform.deploy.local import LocalProcessTarget, http_json
+from ml_platform.deploy.local import LocalProcessTarget
 from ml_platform.features.engineering import DRIFT_FEATURES, MODEL_FEATURES
-from ml_platform.monitoring.compaction import compact_day
 from ml_platform.monitoring.drift import DriftConfig, evidently_drift
 from ml_platform.monitoring.health import reference_features
-from ml_platform.monitoring.labels import delayed_labels
-from ml_platform.monitoring.traffic import send_traffic
 from ml_platform.monitoring.window import Window, read_predictions
+from ml_platform.predictions import PredictionBatch, PredictionLogger, compact_day, read_prediction_log
 from ml_platform.registry import CHAMPION
-from ml_platform.serving.prediction_log import PredictionBatch, PredictionLogger, read_prediction_log
+from ml_platform.serving.client import ModelServerClient
 from resources.monitoring import MonitoringResource
-from tests.dagster.conftest import SMALL_DATA
-from tests.dagster.test_pipeline import check_results, materializations
+from runs.cli import app
+from runs.launch import launch
+from tests.support.runs import (
+    check_results,
+    drifted_transactions,
+    endpoint,
+    materializations,
+    run_monitor,
+    send_with_labels,
+    wait_until_logged,
+)
 
+pytestmark = pytest.mark.xdist_group("graph")  # the session's one graph world: see tests/conftest.py
 runner = CliRunner()
 MONITORING_DAY = date(2026, 5, 10)  # a drifted day no other test sends or ingests
 FLIPPED = 0.3
-
-
-def drifted_transactions(day: date, rows: int = 600, drift: float = 1.0) -> pd.DataFrame:
-    """A day of the session's synthetic customers, drifted, as live traffic (never ingested)."""
-    source = SMALL_DATA["raw_transactions"]
-    config = SyntheticConfig(
-        n_customers=source["n_customers"], seed=source["seed"], transactions_per_day=rows, drift=drift
-    )
-    return generate_transactions(config, day, day + timedelta(days=1))
-
-
-def endpoint(settings) -> str:
-    return f"http://127.0.0.1:{settings.serving_port}"
-
-
-def wait_until_logged(log_dir, request_ids: set[str], timeout: float = 30.0) -> pd.DataFrame:
-    """The server writes its log in batches (every 2 s): wait until every answer is on disk."""
-    deadline = time.monotonic() + timeout
-    while True:
-        logged = read_prediction_log(log_dir)
-        if set(request_ids) <= set(logged["request_id"]) or time.monotonic() > deadline:
-            return logged
-        time.sleep(0.25)
-
-
-def send_with_labels(settings, defs, transactions: pd.DataFrame, flip_fraction: float, seed: int = 0) -> dict:
-    """Send ``transactions`` to the served model and store their (already arrived) labels."""
-    paths = defs.resources["monitoring"].paths()
-    traffic = send_traffic(endpoint(settings), transactions)
-    assert traffic.failed == 0, traffic.errors
-    labels = delayed_labels(
-        transactions,
-        sent_at=datetime.now(UTC) - timedelta(minutes=1),
-        delay=timedelta(0),
-        flip_fraction=flip_fraction,
-        seed=seed,
-    )
-    paths.labels().write(labels)
-    wait_until_logged(paths.log_dir, set(transactions["transaction_id"]))
-    return {"traffic": traffic, "labels": labels}
-
-
-def monitoring_resources(defs, **overrides) -> dict:
-    """The code location's resources with the monitoring resource's fields changed."""
-    base = defs.resources["monitoring"]
-    fields = {"log_dir": base.log_dir, "monitoring_dir": base.monitoring_dir, **overrides}
-    return {**defs.resources, "monitoring": MonitoringResource(**fields)}
-
-
-def run_monitor(defs, instance, *, window: str = "24h", **overrides):
-    """The monitor job's assets and checks, with the monitoring resource changed by ``overrides``."""
-    config = {"ops": {name: {"config": {"window": window}} for name in WINDOW_ASSETS}}
-    return dg.materialize(
-        ALL_ASSETS,
-        selection=dg.AssetSelection.assets(*WINDOW_ASSETS),
-        resources=monitoring_resources(defs, **overrides),
-        instance=instance,
-        run_config=config,
-        raise_on_error=False,
-    )
 
 
 def evaluations(result) -> dict[str, dg.AssetCheckEvaluation]:
@@ -124,6 +68,14 @@ def monitor_run(drifted_traffic, defs):
     result = launch("monitor", defs=defs)
     assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     return result
+
+
+@pytest.fixture(scope="module")
+def judged(monitor_run, instance) -> Window:
+    """The 24 hours of log the monitor run judged, ending when it finished: answers logged after it (by
+    the tests that run later) are not in its figures, so they are not in the independent ones either."""
+    finished = instance.get_run_record_by_id(monitor_run.run_id).end_time
+    return Window.parse("24h", end=datetime.fromtimestamp(finished, UTC))
 
 
 # ---- the prediction log, by day --------------------------------------------------------------------------
@@ -253,14 +205,13 @@ def test_a_reader_never_sees_half_a_compaction(tmp_path):
 
 
 # ---- the monitor job on drifted traffic with bad labels ---------------------------------------------------
-def test_drift_check_fails_with_the_score_evidently_gives(monitor_run, drifted_traffic, settings, defs):
+def test_drift_check_fails_with_the_score_evidently_gives(monitor_run, judged, drifted_traffic, settings, defs):
     checks = evaluations(monitor_run)
     drift = checks["drift_score"]
     assert drift.passed is False and drift.severity == dg.AssetCheckSeverity.WARN
     values = metadata_values(drift)
     paths = defs.resources["monitoring"].paths()
-    window = Window.parse("24h")
-    current = read_predictions(paths.log_dir, window)
+    current = read_predictions(paths.log_dir, judged)
     reference = reference_features(settings.data_dir / "training_set.parquet")
     independent = evidently_drift(reference, current, DRIFT_FEATURES, DriftConfig())
     assert values["value"] == pytest.approx(independent.drift_score, abs=1e-12)
@@ -275,15 +226,22 @@ def test_drift_check_fails_with_the_score_evidently_gives(monitor_run, drifted_t
     assert all(feature in page for feature in DRIFT_FEATURES) and "Drifted Columns" in page
 
 
-def test_accuracy_drop_equals_the_logged_answers_against_the_labels(monitor_run, drifted_traffic, defs, registry):
+def test_accuracy_drop_equals_the_logged_answers_against_the_labels(
+    monitor_run, judged, drifted_traffic, defs, registry
+):
     checks = evaluations(monitor_run)
     drop = checks["accuracy_drop"]
     assert drop.passed is False and drop.severity == dg.AssetCheckSeverity.ERROR
     champion = registry.version_for_alias(CHAMPION)
     paths = defs.resources["monitoring"].paths()
-    log = read_prediction_log(paths.log_dir)
-    answered = log[log["model_version"] == champion].merge(drifted_traffic["labels"], on="request_id")
-    assert len(answered) == len(drifted_traffic["transactions"])
+    log = read_predictions(paths.log_dir, judged)
+    labels = paths.labels().read(as_of=judged.end)
+    # The champion's labelled answers in the window: this module's traffic, and any another graph test
+    # sent to the same champion earlier in the session.
+    answered = log[log["model_version"] == champion].merge(labels, on="request_id")
+    assert answered["request_id"].isin(drifted_traffic["transactions"]["transaction_id"]).sum() == len(
+        drifted_traffic["transactions"]
+    )
     live_accuracy = float((answered["is_fraud"] == answered["label"]).mean())
     run = registry.client.get_run(registry.model_version(champion).run_id)
     expected = run.data.metrics["test_accuracy"] - live_accuracy
@@ -295,12 +253,13 @@ def test_accuracy_drop_equals_the_logged_answers_against_the_labels(monitor_run,
     assert performance["accuracy"] == pytest.approx(live_accuracy, abs=1e-12)
 
 
-def test_serving_checks_read_the_log_and_the_metrics_endpoint(monitor_run, defs):
+def test_serving_checks_read_the_log_and_the_metrics_endpoint(monitor_run, judged, defs):
     checks = evaluations(monitor_run)
     paths = defs.resources["monitoring"].paths()
-    current = read_predictions(paths.log_dir, Window.parse("24h"))
+    current = read_predictions(paths.log_dir, judged)
     latency = metadata_values(checks["latency_p99"])
-    assert checks["latency_p99"].passed is True
+    # The verdict follows the figure: on a busy machine a batch may take longer than the 200 ms rule.
+    assert checks["latency_p99"].passed is (latency["value"] <= latency["threshold"])
     assert latency["value"] == pytest.approx(float(np.percentile(current["latency_ms"], 99)))
     assert latency["threshold"] == 200.0
     errors = metadata_values(checks["error_rate"])
@@ -321,7 +280,9 @@ def test_model_health_summarizes_it_all(monitor_run, registry):
         assert png.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_thresholds_come_from_the_monitoring_resource(drifted_traffic, defs, instance):
+def test_thresholds_come_from_the_monitoring_resource(drifted_traffic, monitor_run, defs, instance):
+    # After monitor_run: a monitor run counts the requests since the last one's /metrics scrape, so a run
+    # between the traffic and monitor_run would leave monitor_run none to count.
     strict = run_monitor(defs, instance, latency_p99_threshold_ms=0.001, drift_score_threshold=1.0)
     checks = evaluations(strict)
     assert checks["latency_p99"].passed is False and metadata_values(checks["latency_p99"])["threshold"] == 0.001
@@ -405,6 +366,10 @@ def test_a_worse_retrain_is_stopped_by_the_gates_and_nothing_is_deployed(served,
     assert ("model_deployment", "smoke") not in checks  # the deployment step never ran
     assert not materializations(result, "champion_model") and not materializations(result, "model_deployment")
     assert registry.version_for_alias(CHAMPION) == champion
-    status, answer = http_json(f"{endpoint(settings)}/predict", body={"features": [50.0] * 9})
-    assert status == 200 and answer["model_version"] == champion
+    with ModelServerClient(endpoint(settings)) as client:
+        answer = client.predict([50.0] * 9)
+    assert answer["model_version"] == champion
     assert not math.isnan(answer["probability"])
+    # on disk before the next test: a monitor run must not miss an answer the server still holds
+    logged = wait_until_logged(defs.resources["monitoring"].paths().log_dir, {answer["request_id"]})
+    assert answer["request_id"] in set(logged["request_id"])

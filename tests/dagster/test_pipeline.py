@@ -8,32 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml_platform.cli import launch
 from ml_platform.data.synthetic import SyntheticConfig, generate_transactions
 from ml_platform.features.store import FEATURE_SERVICE, FeatureRepo, open_store
 from ml_platform.registry import CHALLENGER, CHAMPION, RUN_KEY_TAG
 from ml_platform.storage import write_table
-from tests.dagster.conftest import FIRST_DAY, LAST_DAY, SMALL_DATA
+from runs.launch import launch
+from tests.support.runs import FIRST_DAY, LAST_DAY, SMALL_DATA, check_results, materializations
 
-
-def materializations(result, asset: str) -> list[dict]:
-    found = []
-    for event in result.get_asset_materialization_events():
-        materialization = event.event_specific_data.materialization
-        if materialization.asset_key == dg.AssetKey(asset):
-            found.append({k: getattr(v, "value", v) for k, v in materialization.metadata.items()})
-    return found
-
-
-def check_results(result) -> dict[tuple[str, str], bool]:
-    return {
-        (
-            e.event_specific_data.asset_key.to_user_string(),
-            e.event_specific_data.check_name,
-        ): e.event_specific_data.passed
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION"
-    }
+pytestmark = pytest.mark.xdist_group("graph")  # the session's one graph world: see tests/conftest.py
 
 
 def test_whole_graph_produces_a_champion(bootstrap_run, settings):

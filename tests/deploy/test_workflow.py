@@ -183,7 +183,7 @@ def parse_cli_call(args: list[str]) -> dict[str, Any] | None:
     unknown command. Unknown options or bad values raise the CLI's own usage errors."""
     import typer
 
-    from ml_platform.cli import app
+    from runs.cli import app
 
     group = typer.main.get_command(app)
     context = group.make_context("ml-platform", list(args))
@@ -194,7 +194,7 @@ def parse_cli_call(args: list[str]) -> dict[str, Any] | None:
 
 
 def test_every_cli_call_parses_with_the_real_cli(workflow):
-    from ml_platform.cli import ENVIRONMENTS, PIPELINES
+    from runs.cli import ENVIRONMENTS, PIPELINES
 
     calls = all_cli_calls(workflow)
     assert calls

@@ -3,68 +3,64 @@ traffic arrives, the drift check fails, the retrain sensor requests a run that t
 deploys a new version; then labels turn bad, the accuracy check fails, the rollback sensor puts the
 previous champion back, and the server answers with it. The same scenario `make demo` shows.
 
-It runs in a state directory of its own (registry, data, Dagster instance, server port), so its data
-and versions are exactly these (fixed days of a seeded source) whatever other tests did before.
+It runs in the session's graph world (tests/conftest.py: registry, data, Dagster instance, server port),
+from whatever state the other graph tests left: the champion at its start is ``v_start``, the version the
+drift retrain makes is new, and the rollback serves ``v_start`` again, so the world is left as it found
+the champion as it found it for the tests after it. What else it adds cannot disturb them: its drifted days
+(2026-03-15 .. 03-19) are days no other test ingests or sends, and the server it starts writes a prediction
+log of its own, so its monitoring runs judge its traffic only and other tests' monitoring runs never see it.
 """
 
 import json
-import socket
 from datetime import date
 
 import dagster as dg
 import pytest
 from typer.testing import CliRunner
 
-from ml_platform.cli import ClosedLoop, LoopPlan, app, launch
-from ml_platform.deploy.local import http_json
+from ml_platform.deploy.local import LocalProcessTarget
 from ml_platform.registry import CHAMPION, PREVIOUS, ROLLBACK_REASON_TAG
-from ml_platform.settings import Settings
+from ml_platform.serving.client import ModelServerClient
+from runs.cli import app
+from runs.closed_loop import ClosedLoop, LoopPlan
 from sensors.monitoring import CHECK_RUN_TAG, REASON_TAG, TRIGGER_TAG
+from tests.support.runs import FIRST_DAY, LAST_DAY, SMALL_DATA
 
-DATA = {"n_customers": 1_500, "transactions_per_day": 1_200, "seed": 7}
-HISTORY = (date(2026, 3, 1), date(2026, 3, 14))
+pytestmark = pytest.mark.xdist_group("graph")  # the session's one graph world: see tests/conftest.py
+DATA = SMALL_DATA["raw_transactions"]
 DRIFT_START, DRIFT_DAYS, DRIFT = date(2026, 3, 15), 4, 0.3
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def own_home(tmp_path_factory):
-    """Settings of a fresh state directory, with the environment pointing at it for the module (the
-    model server the loop starts inherits it), restored afterwards."""
-    patch = pytest.MonkeyPatch()
-    home = tmp_path_factory.mktemp("closed_loop_home")
-    patch.setenv("ML_PLATFORM_HOME", str(home))
-    patch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    patch.setenv("ML_PLATFORM_SERVING_PORT", str(free_port()))
-    patch.delenv("ML_PLATFORM_SERVING_LOG_DIR", raising=False)
-    patch.delenv("ML_PLATFORM_ALERT_WEBHOOK_URL", raising=False)
-    settings = Settings.from_env()
-    settings.apply_environment()
-    settings.prepare()
-    yield settings
-    patch.undo()
-
-
-@pytest.fixture(scope="module")
-def loop_run(own_home):
+def loop_run(bootstrap_result, settings, tmp_path_factory):
+    """The scenario in the session's world, with the model server writing a prediction log of the loop's
+    own (the environment points it there for the module, restored afterwards)."""
     from definitions import build_definitions
 
-    defs = build_definitions(own_home)
-    history = launch("bootstrap", {"raw_transactions": DATA}, start=HISTORY[0], end=HISTORY[1], defs=defs)
-    assert history.success
-    plan = LoopPlan.for_history(DATA, history_days=14, drift_start=DRIFT_START, drift_days=DRIFT_DAYS, drift=DRIFT)
-    loop = ClosedLoop(own_home, defs)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ML_PLATFORM_SERVING_LOG_DIR", str(tmp_path_factory.mktemp("closed_loop_predictions")))
+    patch.delenv("ML_PLATFORM_ALERT_WEBHOOK_URL", raising=False)
+    # A server an earlier test left running writes the session's log: the loop starts its own.
+    LocalProcessTarget(settings.home / "serving", port=settings.serving_port).stop()
     try:
-        report = loop.run_scenario(plan)
-        served = http_json(f"{loop.endpoint}/predict", body={"features": [50.0] * 9})
-        health = http_json(f"{loop.endpoint}/health")
+        defs = build_definitions(settings)  # its monitoring resource reads the loop's log
+        loop = ClosedLoop(settings, defs)
+        v_start = loop.registry.version_for_alias(CHAMPION)
+        versions = loop.registry.client.search_model_versions(f"name='{settings.model_name}'")
+        newest = max(int(v.version) for v in versions)
+        history_days = (LAST_DAY - FIRST_DAY).days + 1
+        plan = LoopPlan.for_history(
+            DATA, history_days=history_days, drift_start=DRIFT_START, drift_days=DRIFT_DAYS, drift=DRIFT
+        )
+        try:
+            report = loop.run_scenario(plan)
+            with ModelServerClient(loop.endpoint) as client:
+                served = client.predict([50.0] * 9)
+                health = client.health()
+        finally:
+            stopped = loop.stop_server()
     finally:
-        stopped = loop.stop_server()
+        patch.undo()
     return {
         "defs": defs,
         "plan": plan,
@@ -73,33 +69,36 @@ def loop_run(own_home):
         "served": served,
         "health": health,
         "stopped": stopped,
+        "v_start": v_start,
+        "v_new": newest + 1,  # the drift retrain registers the next version
     }
 
 
 @pytest.mark.slow
 def test_drift_retrains_and_serves_a_new_version_then_bad_labels_roll_it_back(loop_run):
     report, plan = loop_run["report"], loop_run["plan"]
-    assert report.champion == 1  # the first model of this state directory
+    v_start, v_new = loop_run["v_start"], loop_run["v_new"]
+    assert report.champion == v_start  # the champion the loop found
     drift_leg, rollback_leg = report.legs
 
-    # Leg 1: drift -> retrain -> v2 trained, gated, promoted, deployed, answering.
+    # Leg 1: drift -> retrain -> a new version trained, gated, promoted, deployed, answering.
     assert (drift_leg.check, drift_leg.sensor, drift_leg.job) == (
         "drift_report:drift_score",
         "retrain_on_drift",
         "retrain",
     )
-    assert (drift_leg.from_version, drift_leg.to_version) == (1, 2)
+    assert (drift_leg.from_version, drift_leg.to_version) == (v_start, v_new)
     assert drift_leg.value > drift_leg.threshold == 0.15
     assert drift_leg.tags[TRIGGER_TAG] == "drift_score"
     assert drift_leg.run_key.startswith("drift_score-")
 
-    # Leg 2: labels turn bad -> accuracy_drop -> rollback -> v1 answering again.
+    # Leg 2: labels turn bad -> accuracy_drop -> rollback -> v_start answering again.
     assert (rollback_leg.check, rollback_leg.sensor, rollback_leg.job) == (
         "live_performance:accuracy_drop",
         "rollback_on_failure",
         "rollback",
     )
-    assert (rollback_leg.from_version, rollback_leg.to_version) == (2, 1)
+    assert (rollback_leg.from_version, rollback_leg.to_version) == (v_new, v_start)
     assert rollback_leg.value > rollback_leg.threshold == 0.05
     assert rollback_leg.value == pytest.approx(plan.flip_fraction, abs=0.1)
 
@@ -117,24 +116,25 @@ def test_drift_retrains_and_serves_a_new_version_then_bad_labels_roll_it_back(lo
     drifted = plan.transactions(plan.drift_start, plan.drift_end, plan.drift_rows_per_day)
     bad_day = plan.transactions(plan.bad_day, plan.bad_day, DATA["transactions_per_day"])
     assert [(t["rows"], t["failed"], t["model_versions"]) for t in report.traffic] == [
-        (len(drifted), 0, {"1": len(drifted)}),
-        (len(bad_day), 0, {"2": len(bad_day)}),
+        (len(drifted), 0, {str(v_start): len(drifted)}),
+        (len(bad_day), 0, {str(v_new): len(bad_day)}),
     ]
 
 
 @pytest.mark.slow
-def test_the_server_registry_runs_and_alerts_agree(loop_run, own_home):
+def test_the_server_registry_runs_and_alerts_agree(loop_run, settings):
     report, loop = loop_run["report"], loop_run["loop"]
-    status, answer = loop_run["served"]
-    assert status == 200 and answer["model_version"] == 1  # /predict answered by the old version again
-    assert loop_run["health"][1]["model_version"] == 1
+    v_start, v_new = loop_run["v_start"], loop_run["v_new"]
+    answer = loop_run["served"]
+    assert answer["model_version"] == v_start  # /predict answered by the old version again
+    assert loop_run["health"]["model_version"] == v_start
     assert loop_run["stopped"] is True and loop.served_version() is None  # and the server is stopped
 
     registry = loop.registry
-    assert registry.version_for_alias(CHAMPION) == 1 and registry.version_for_alias(PREVIOUS) is None
+    assert registry.version_for_alias(CHAMPION) == v_start and registry.version_for_alias(PREVIOUS) is None
     rollback_leg = report.legs[1]
-    assert registry.model_version(2).tags[ROLLBACK_REASON_TAG] == rollback_leg.tags[REASON_TAG]
-    assert registry.test_metrics(2)["accuracy"] > 0.85  # v2 passed the quality floor
+    assert registry.model_version(v_new).tags[ROLLBACK_REASON_TAG] == rollback_leg.tags[REASON_TAG]
+    assert registry.test_metrics(v_new)["accuracy"] > 0.85  # the new version passed the quality floor
 
     instance = dg.DagsterInstance.get()
     for leg in report.legs:
@@ -150,7 +150,7 @@ def test_the_server_registry_runs_and_alerts_agree(loop_run, own_home):
         ]
         assert deployed == [leg.to_version]  # the run itself deployed what now answers
 
-    alerts = [json.loads(line) for line in (own_home.home / "monitoring" / "alerts.jsonl").read_text().splitlines()]
+    alerts = [json.loads(line) for line in (settings.home / "monitoring" / "alerts.jsonl").read_text().splitlines()]
     assert {a["check"] for a in alerts} >= {"drift_report:drift_score", "live_performance:accuracy_drop"}
     assert set(report.alerts) == {"drift_report:drift_score", "live_performance:accuracy_drop"}
     assert all(a["model"] == "fraud_detector" and a["delivery"] == "recorded" for a in alerts)

@@ -7,9 +7,11 @@ import pytest
 from dagster._core.instance.ref import InstanceRef
 
 from ml_platform.settings import DAGSTER_TEMPLATE
-from tests.integration.conftest import PG_HOST, PG_PORT, PG_USER, pg_query, recreate_database
+from tests.support.homes import PG_HOST, PG_PORT, PG_USER, pg_query, recreate_database
 
-pytestmark = pytest.mark.integration
+# This module and test_production.py recreate databases on the one PostgreSQL server (127.0.0.1:5432):
+# under pytest-xdist they run on one worker (--dist loadgroup), never at the same time.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("postgres")]
 INSTANCE_DB = "mlp_it_instance"
 
 

@@ -18,24 +18,20 @@ import pytest
 from ml_platform.data.schema import ENTITY_COLUMN, TIMESTAMP_COLUMN
 from ml_platform.features.engineering import MODEL_FEATURES, STORED_FEATURES
 from ml_platform.features.store import FEATURE_VIEW, FeatureRepo, feature_definitions, open_store
-from ml_platform.serving import read_prediction_log
+from ml_platform.predictions import read_prediction_log
 from ml_platform.serving.online import MISSING_STATS, FeatureStoreUnavailable, OnlineFeatures
-from tests.dagster.conftest import bootstrap_result, bootstrap_run, defs, instance, registry, settings  # noqa: F401
-from tests.integration.conftest import free_port
-from tests.serving.conftest import champion_version, make_config, serve  # noqa: F401
-from tests.serving.test_entity import (
-    FIRST_LOAD,
-    LATENCY,
-    SECOND_LOAD,
-    counted_fast_reads,
-    expected_features,
-    expected_online,
-    materialize,
-    post_both,
-)
+from tests.support.feature_loads import FIRST_LOAD, SECOND_LOAD, expected_features, expected_online, materialize
+from tests.support.servers import LATENCY, counted_fast_reads, free_port, make_config, post_both, serve
+from tests.support.serving_world import ServingWorld, build_serving_world
 
 pytestmark = pytest.mark.integration
 CI_REDIS_PORT, REDIS_DB = 6379, 13  # db 13: this test's alone, flushed first
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> ServingWorld:
+    """A champion to serve, in a state directory of its own (the Redis stores are each test's own)."""
+    return build_serving_world(tmp_path_factory.mktemp("redis_world"))
 
 
 @pytest.fixture
@@ -175,13 +171,8 @@ def test_a_restarted_redis_is_read_again_blocking_and_awaited(redis_server, tmp_
     asyncio.run(scenario())
 
 
-def test_entity_predict_on_redis_answers_alike_and_follows_materializations(
-    ci_redis,
-    settings,  # noqa: F811
-    champion_version,  # noqa: F811
-    tmp_path,
-):
-    """The session's champion served with a Redis online store: fast path and route (two servers) answer
+def test_entity_predict_on_redis_answers_alike_and_follows_materializations(ci_redis, world, tmp_path):
+    """The small world's champion served with a Redis online store: fast path and route (two servers) answer
     the same bytes and log the same rows, before and after a materialization, and both refuse an
     event time out of range with 422."""
     repo = FeatureRepo(
@@ -193,8 +184,8 @@ def test_entity_predict_on_redis_answers_alike_and_follows_materializations(
         for c, a, k, h in [(101, 80.0, "electronics", "online"), (102, 12, "grocery", "in_store"),
                            (103, 999.99, "gift_cards", "online")]
     ]  # fmt: skip
-    fast_config = make_config(settings, tmp_path / "fast", feast=repo)
-    route_config = make_config(settings, tmp_path / "route", feast=repo, fast_path=False)
+    fast_config = make_config(world.settings, tmp_path / "fast", feast=repo)
+    route_config = make_config(world.settings, tmp_path / "route", feast=repo, fast_path=False)
     with serve(fast_config) as fast, serve(route_config) as route:
         with counted_fast_reads(fast) as reads:
             for round_ in (1, 2):

@@ -18,12 +18,14 @@ import pytest
 from ml_platform.data.schema import ENTITY_COLUMN, TIMESTAMP_COLUMN
 from ml_platform.features.engineering import MODEL_FEATURES, STORED_FEATURES, model_features
 from ml_platform.features.store import FEATURE_SERVICE, FeatureRepo, open_store
+from ml_platform.predictions import read_prediction_log
 from ml_platform.registry import CHAMPION, Registry
-from ml_platform.serving.prediction_log import read_prediction_log
 from ml_platform.settings import Settings
-from tests.integration.conftest import DAGSTER_DB, MLFLOW_DB, PG_PORT, REPO, Production, pg_query
+from tests.support.homes import DAGSTER_DB, MLFLOW_DB, PG_PORT, REPO, Production, pg_query
 
-pytestmark = pytest.mark.integration
+# This module and test_dagster_instance.py recreate databases on the one PostgreSQL server (127.0.0.1:5432):
+# under pytest-xdist they run on one worker (--dist loadgroup), never at the same time.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("postgres")]
 
 
 def production_settings(production: Production) -> Settings:
@@ -37,8 +39,7 @@ def latest_stats(settings: Settings) -> pd.DataFrame:
 
 
 def registry_of(production: Production) -> Registry:
-    settings = production_settings(production)
-    return Registry(settings.tracking_uri, settings.model_name, settings.experiment_name, settings.mlflow_artifact_root)
+    return Registry.from_settings(production_settings(production))
 
 
 # ---- the graph on PostgreSQL, MLflow on PostgreSQL, Feast on Redis --------------------------------
@@ -51,8 +52,8 @@ def test_the_production_profile_installs_the_postgres_instance(production, boots
     assert "pipeline all: succeeded" in bootstrapped.stdout
 
 
-def test_runs_and_events_are_stored_in_postgresql(production, bootstrapped):
-    runs = pg_query(PG_PORT, DAGSTER_DB, "SELECT run_id, pipeline_name, status FROM runs")
+def test_runs_and_events_are_stored_in_postgresql(production, bootstrapped, stored_by_bootstrap):
+    runs = stored_by_bootstrap["runs"]
     assert [(name, status) for _, name, status in runs] == [("bootstrap", "SUCCESS")]
     run_id = runs[0][0]
     assert run_id in bootstrapped.stdout
@@ -80,16 +81,12 @@ def test_runs_and_events_are_stored_in_postgresql(production, bootstrapped):
     assert {'["trained_model"]', '["champion_model"]', '["online_features"]'} <= materialized
 
 
-def test_model_version_and_aliases_are_in_the_mlflow_postgresql_database(production, bootstrapped):
-    port = production.mlflow_pg.port
-    versions = pg_query(port, MLFLOW_DB, "SELECT name, version, status FROM model_versions")
-    assert versions == [("fraud_detector", 1, "READY")]
-    aliases = dict(pg_query(port, MLFLOW_DB, "SELECT alias, version FROM registered_model_aliases"))
-    assert aliases == {"champion": 1, "challenger": 1}
-    assert registry_of(production).aliases() == aliases
+def test_model_version_and_aliases_are_in_the_mlflow_postgresql_database(production, stored_by_bootstrap):
+    assert stored_by_bootstrap["versions"] == [("fraud_detector", 1, "READY")]
+    assert stored_by_bootstrap["aliases"] == {"champion": 1, "challenger": 1}
+    assert registry_of(production).aliases() == aliases_in_database(production)  # the registry reads that database
     # the model's files went to the configured artifact root, not under the state directory's mlflow/
-    model_files = list((production.home / "artifact-store").rglob("model.ubj"))
-    assert len(model_files) == 1
+    assert len(stored_by_bootstrap["model_files"]) == 1
 
 
 def test_online_features_are_in_redis_and_equal_the_offline_table(production, bootstrapped):
@@ -132,9 +129,10 @@ def test_the_feast_cli_config_in_deploy_reads_the_same_online_store(production, 
 # ---- serving: features read from Redis -------------------------------------------------------------
 
 
-def transaction_requests(settings: Settings, n: int = 4) -> tuple[list[dict], pd.DataFrame]:
+def transaction_requests(settings: Settings, prefix: str, n: int = 4) -> tuple[list[dict], pd.DataFrame]:
     """Requests for ``n`` known customers (an hour after their last order) and the features an offline
-    computation gives for them from the offline table."""
+    computation gives for them from the offline table. Their request ids start with ``prefix``: each test
+    finds its own answers in the server's log, whichever ran first."""
     latest = latest_stats(settings).sample(n, random_state=5)
     rows = []
     for (customer, row), amount, category, channel in zip(
@@ -152,7 +150,7 @@ def transaction_requests(settings: Settings, n: int = 4) -> tuple[list[dict], pd
                 "category": category,
                 "channel": channel,
                 "event_timestamp": when.isoformat(),
-                "request_id": f"it-{customer}",
+                "request_id": f"{prefix}-{customer}",
             }
         )
     frame = pd.DataFrame(rows)
@@ -163,10 +161,10 @@ def transaction_requests(settings: Settings, n: int = 4) -> tuple[list[dict], pd
 
 def test_an_entity_request_is_served_with_features_from_redis(production, deployed):
     settings = production_settings(production)
-    rows, features = transaction_requests(settings)
+    rows, features = transaction_requests(settings, "entity")
     registry = registry_of(production)
     champion = registry.version_for_alias(CHAMPION)
-    expected = registry.predict(champion, features[list(MODEL_FEATURES)])
+    expected = registry.load_booster(champion).inplace_predict(features[list(MODEL_FEATURES)].to_numpy("float64"))
     with httpx.Client(base_url=deployed, timeout=30) as client:
         answers = [client.post("/predict", json=row) for row in rows]
     for answer, probability in zip(answers, expected, strict=True):
@@ -218,12 +216,13 @@ def test_outages_fail_clearly_and_everything_resumes_without_repair(production, 
     import yaml
 
     settings = production_settings(production)
-    rows, features = transaction_requests(settings)
+    rows, features = transaction_requests(settings, "outage")
     entity_request = rows[0]
     features_request = {"features": features.loc[0, list(MODEL_FEATURES)].tolist()}
     registry = registry_of(production)
     champion = registry.version_for_alias(CHAMPION)
-    expected = float(registry.predict(champion, features[list(MODEL_FEATURES)].iloc[:1])[0])
+    booster = registry.load_booster(champion)
+    expected = float(booster.inplace_predict(features[list(MODEL_FEATURES)].iloc[:1].to_numpy("float64"))[0])
     aliases_before = aliases_in_database(production)
     versions_before = pg_query(production.mlflow_pg.port, MLFLOW_DB, "SELECT count(*) FROM model_versions")
     slow = production.home / "slow.yaml"

@@ -1,125 +1,50 @@
-"""Servers for the serving tests: real uvicorn on 127.0.0.1, an ephemeral port, a background thread.
+"""Session fixtures of the serving tests, all from one small serving world (tests/support/serving_world.py).
 
-The session's bootstrap run (tests/dagster/conftest.py) materializes the graph once, so a champion and
-a loaded online store exist. Tests that move aliases use models of their own (copies of the champion's
-files under other registered names), so the session's model is only read.
+The world is built once per session in a directory of its own: a champion (registered by the training
+job, promoted as the pipeline promotes) and a Feast repo with its customers' stats in the online store.
+The session's model is only read: tests that move aliases use models of their own (copies of the
+champion's files under other registered names, tests.support.servers.copy_model).
 """
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
-import uvicorn
 
 from ml_platform.data.schema import ENTITY_COLUMN, TIMESTAMP_COLUMN
 from ml_platform.features.engineering import MODEL_FEATURES, STORED_FEATURES, model_features
-from ml_platform.features.store import FeatureRepo
-from ml_platform.registry import CHALLENGER, CHAMPION, THRESHOLD_TAG, Registry
-from ml_platform.serving import ServerConfig, create_app
-from tests.dagster.conftest import bootstrap_result, bootstrap_run, defs, instance, registry, settings  # noqa: F401
-
-UNKNOWN_CUSTOMER = 987_654_321
-
-
-@dataclass
-class Running:
-    url: str
-    app: object
-    config: ServerConfig
-
-    @property
-    def server(self):
-        return self.app.state.server
-
-    def client(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30.0, **kwargs)
-
-    def flush_log(self) -> None:
-        assert self.server.logger.flush(), "the prediction log did not flush"
-
-
-@contextmanager
-def serve(config: ServerConfig, *, wait_ready: bool = True, timeout: float = 60.0) -> Iterator[Running]:
-    """Run ``create_app(config)`` under uvicorn in a thread; stop it (gracefully) on exit."""
-    app = create_app(config)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    running = Running(f"http://127.0.0.1:{port}", app, config)
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        assert thread.is_alive(), "uvicorn exited during start-up"
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    if wait_ready:
-        wait_until_ready(running, deadline)
-    try:
-        yield running
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-
-
-def wait_until_ready(running: Running, deadline: float) -> None:
-    with running.client() as client:
-        while True:
-            answer = client.get("/v2/health/ready")
-            if answer.status_code == 200:
-                return
-            assert time.monotonic() < deadline, f"server never became ready: {answer.text}"
-            time.sleep(0.02)
-
-
-def make_config(settings, tmp_path: Path, **overrides) -> ServerConfig:  # noqa: F811
-    values = {"log_dir": tmp_path / "predictions", "poll_seconds": 0.2, "log_flush_seconds": 0.5}
-    values.update(overrides)
-    return ServerConfig.from_settings(settings, environ={}, **values)
-
-
-def copy_model(settings, registry, name: str, versions: int) -> Registry:  # noqa: F811
-    """A registered model ``name`` with ``versions`` versions, each the champion's files and threshold."""
-    champion = registry.version_for_alias(CHAMPION)
-    source = registry.model_version(champion)
-    files = registry.client.get_model_version_download_uri(registry.model_name, str(champion))
-    other = Registry(settings.tracking_uri, name, settings.experiment_name, settings.mlflow_artifact_root)
-    other.client.create_registered_model(name)
-    for _ in range(versions):
-        other.client.create_model_version(
-            name, files, run_id=source.run_id, tags={THRESHOLD_TAG: source.tags[THRESHOLD_TAG]}
-        )
-    return other
+from ml_platform.registry import CHALLENGER, CHAMPION, Registry
+from ml_platform.settings import Settings
+from tests.support.servers import Running, copy_model, make_config, serve
+from tests.support.serving_world import UNKNOWN_CUSTOMER, ServingWorld, build_serving_world
 
 
 @pytest.fixture(scope="session")
-def champion_version(bootstrap_result, registry):  # noqa: F811
-    version = registry.version_for_alias(CHAMPION)
-    assert version is not None
-    return version
+def world(tmp_path_factory) -> ServingWorld:
+    return build_serving_world(tmp_path_factory.mktemp("serving_world"))
 
 
 @pytest.fixture(scope="session")
-def feature_repo(settings) -> FeatureRepo:  # noqa: F811
-    return FeatureRepo.from_settings(settings)
+def settings(world) -> Settings:
+    return world.settings
 
 
 @pytest.fixture(scope="session")
-def main_server(settings, champion_version, tmp_path_factory) -> Iterator[Running]:  # noqa: F811
+def registry(world) -> Registry:
+    return world.registry
+
+
+@pytest.fixture(scope="session")
+def champion_version(world) -> int:
+    return world.champion_version
+
+
+@pytest.fixture(scope="session")
+def main_server(settings, champion_version, tmp_path_factory) -> Iterator[Running]:
     """The session's model with the feature store, as deployed: champion only."""
     config = make_config(settings, tmp_path_factory.mktemp("main"))
     with serve(config) as running:
@@ -127,7 +52,7 @@ def main_server(settings, champion_version, tmp_path_factory) -> Iterator[Runnin
 
 
 @pytest.fixture(scope="session")
-def ab_model(settings, registry, champion_version) -> Registry:  # noqa: F811
+def ab_model(settings, registry, champion_version) -> Registry:
     """A model of its own with a champion (v1) and a challenger (v2) for routing tests."""
     other = copy_model(settings, registry, f"serving_ab_{uuid.uuid4().hex[:6]}", versions=2)
     other.set_alias(CHAMPION, 1)
@@ -136,10 +61,9 @@ def ab_model(settings, registry, champion_version) -> Registry:  # noqa: F811
 
 
 @pytest.fixture(scope="session")
-def transactions(feature_repo, bootstrap_result):  # noqa: F811
+def transactions(world):
     """Transactions of 5 known customers (an hour after their last order) and of a new customer."""
-    stats = pd.read_parquet(feature_repo.offline_table_path)
-    latest = stats.sort_values(TIMESTAMP_COLUMN).groupby(ENTITY_COLUMN).tail(1).sort_values(ENTITY_COLUMN)
+    latest = world.latest_stats().reset_index()
     chosen = latest.sample(5, random_state=3)
     rows = [
         {
@@ -174,7 +98,7 @@ def transactions(feature_repo, bootstrap_result):  # noqa: F811
 
 
 @pytest.fixture(scope="session")
-def offline(registry, champion_version):  # noqa: F811
+def offline(registry, champion_version):
     booster = registry.load_booster(champion_version)
     threshold = registry.threshold(champion_version)
 

@@ -10,7 +10,7 @@ from contextlib import ExitStack
 
 import pytest
 
-from tests.serving.conftest import make_config, serve
+from tests.support.servers import make_config, serve
 
 SCORING = "sc0ring-token_v1"
 ADMIN = "adm1n.token~v1"
@@ -27,7 +27,7 @@ TOKENS = {
 
 
 @pytest.fixture(scope="module")
-def servers(settings, champion_version, tmp_path_factory):  # noqa: F811
+def servers(settings, champion_version, tmp_path_factory):
     with ExitStack() as stack:
         running = {}
         for name, (scoring, admin) in TOKENS.items():

@@ -12,26 +12,24 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import re
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from ml_platform.data.schema import CATEGORIES, CHANNELS, ENTITY_COLUMN, TIMESTAMP_COLUMN
+from ml_platform.data.schema import CATEGORIES, CHANNELS, TIMESTAMP_COLUMN
 from ml_platform.features.engineering import MODEL_FEATURES, STORED_FEATURES
-from ml_platform.features.store import FEATURE_SERVICE, FeatureRepo, feature_definitions, load_online_store, open_store
-from ml_platform.serving import read_prediction_log
+from ml_platform.features.store import FeatureRepo, open_store
+from ml_platform.predictions import read_prediction_log
 from ml_platform.serving.online import OnlineFeatures, feature_vectors, transaction_features, transaction_frame
 from ml_platform.serving.schemas import TransactionRequest
-from ml_platform.storage import write_table
-from tests.serving.conftest import UNKNOWN_CUSTOMER, make_config, serve
+from tests.support.bodies import TRANSACTION
+from tests.support.feature_loads import FIRST_LOAD, SECOND_LOAD, expected_features, expected_online, materialize
+from tests.support.servers import LATENCY, counted_fast_reads, make_config, post_both, serve
+from tests.support.serving_world import UNKNOWN_CUSTOMER
 
-LATENCY = re.compile(rb'"latency_ms":[0-9.e+-]+')
 INT64_MAX = 2**63 - 1
 TIME_FEATURES = ["hour_of_day", "days_since_last_order"]
 
@@ -45,10 +43,9 @@ def route_server(settings, champion_version, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def latest_stats(feature_repo, bootstrap_result) -> pd.DataFrame:
+def latest_stats(world) -> pd.DataFrame:
     """Each customer's latest row of the offline feature table (what the online store holds)."""
-    stats = pd.read_parquet(feature_repo.offline_table_path)
-    return stats.sort_values(TIMESTAMP_COLUMN).groupby(ENTITY_COLUMN).tail(1).set_index(ENTITY_COLUMN).sort_index()
+    return world.latest_stats()
 
 
 def time_text(moment: pd.Timestamp, style: int) -> str:
@@ -92,34 +89,6 @@ def entity_bodies(latest: pd.DataFrame, *, seed: int, n_known: int = 30, with_ti
             body["merchant_id"] = 12  # other keys are ignored by both paths
         bodies.append(body)
     return bodies
-
-
-@contextmanager
-def counted_fast_reads(running):
-    """Counts the fast path's store reads on a running server (the real read, counted): a body the fast
-    path answered was read there, one the route answered was not."""
-    features = running.server.features
-    real = features.customer_async
-    calls: list[int] = []
-
-    async def counted(customer_id: int):
-        calls.append(customer_id)
-        return await real(customer_id)
-
-    features.customer_async = counted
-    try:
-        yield calls
-    finally:
-        del features.customer_async  # the method again
-
-
-def post_both(fast_server, route_server, body) -> list:
-    text = body if isinstance(body, str) else json.dumps(body)
-    with fast_server.client() as fast, route_server.client() as route:
-        return [
-            client.post("/predict", content=text.encode(), headers={"Content-Type": "application/json"})
-            for client in (fast, route)
-        ]
 
 
 def logged(running, prefix: str) -> pd.DataFrame:
@@ -235,15 +204,6 @@ def test_transaction_features_are_model_features_bit_for_bit():
 
 
 # ---- the stats are Feast's ------------------------------------------------------------------------
-def expected_online(store, customer_ids: list[int]) -> np.ndarray:
-    answer = store.get_online_features(
-        features=store.get_feature_service(FEATURE_SERVICE), entity_rows=[{ENTITY_COLUMN: c} for c in customer_ids]
-    ).to_dict()
-    return np.array(
-        [[math.nan if value is None else float(value) for value in answer[name]] for name in STORED_FEATURES]
-    ).T
-
-
 def test_stats_are_what_get_online_features_returns(main_server, latest_stats):
     features: OnlineFeatures = main_server.server.features
     known = latest_stats.index[::7][:300].tolist()
@@ -264,40 +224,6 @@ def test_stats_are_what_get_online_features_returns(main_server, latest_stats):
 
 
 # ---- a materialization is seen by the next request ------------------------------------------------
-def stats_frame(rows: list[tuple]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=[ENTITY_COLUMN, TIMESTAMP_COLUMN, *STORED_FEATURES])
-    frame[TIMESTAMP_COLUMN] = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True)
-    frame["total_purchases"] = frame["total_purchases"].astype("int64")
-    return frame
-
-
-FIRST_LOAD = [
-    (101, "2026-03-01T10:00:00", 3, 20.5, 61.5, 1772359200.0),
-    (102, "2026-03-02T11:30:00", 1, 310.0, 310.0, 1772451000.0),
-]
-SECOND_LOAD = [  # a later day: 101 ordered again, 103 is new; 102 unchanged
-    (101, "2026-03-04T09:15:00", 4, 40.375, 161.5, 1772615700.0),
-    (103, "2026-03-04T12:00:00", 2, 95.0, 190.0, 1772625600.0),
-]
-
-
-def materialize(repo: FeatureRepo, rows: list[tuple]) -> None:
-    """The offline table written, the repo applied and the online store loaded over the table's whole range,
-    as the customer_stats, feature_store and online_features assets do."""
-    frame = stats_frame(rows)
-    write_table(frame, repo.offline_table_path)
-    store = open_store(repo)
-    store.apply(feature_definitions(repo))
-    end = frame[TIMESTAMP_COLUMN].max().to_pydatetime() + timedelta(seconds=1)
-    load_online_store(store, frame[TIMESTAMP_COLUMN].min().to_pydatetime(), end)
-
-
-def expected_features(rows: list[tuple], body: dict) -> list[float]:
-    latest = stats_frame(rows).sort_values(TIMESTAMP_COLUMN).groupby(ENTITY_COLUMN).tail(1).set_index(ENTITY_COLUMN)
-    stats = latest.reindex([body["customer_id"]])[list(STORED_FEATURES)].reset_index(drop=True)
-    return feature_vectors(transaction_frame([TransactionRequest.model_validate(body)]), stats)[0].tolist()
-
-
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "route"])
 def test_the_next_request_after_a_materialization_uses_the_new_stats(
     settings, champion_version, offline, tmp_path, fast_path
@@ -344,7 +270,6 @@ def test_the_next_request_after_a_materialization_uses_the_new_stats(
 
 
 # ---- edge cases: a 4xx naming the field, or an answer; never a 5xx ---------------------------------
-TRANSACTION = {"customer_id": 5, "amount": 10.0, "category": "fuel", "channel": "online"}
 RANGE_WORDS = ["1970-01-01T00:00:00Z", "2200-01-01T00:00:00Z"]
 EDGE_CASES = [
     # (name, fields over TRANSACTION, status, field at fault (None for 200), words the message must contain)

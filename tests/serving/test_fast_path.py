@@ -18,14 +18,12 @@ import numpy as np
 import pytest
 
 from ml_platform.features.engineering import MODEL_FEATURES
-from ml_platform.serving import read_prediction_log
+from ml_platform.predictions import read_prediction_log
 from ml_platform.serving.models import Deployment, InplacePredictor, ModelHandle
 from ml_platform.serving.protocol.predict import _plain_features
 from ml_platform.serving.server import ModelServer, Routing, _RequestIds
-from tests.serving.conftest import make_config, serve
-from tests.serving.test_errors import CASES, GOOD
-
-LATENCY = re.compile(rb'"latency_ms":[0-9.e+-]+')
+from tests.support.bodies import CASES, GOOD
+from tests.support.servers import LATENCY, make_config, serve
 
 
 def random_rows(n: int, seed: int) -> np.ndarray:
@@ -46,7 +44,7 @@ def as_json_row(row: np.ndarray) -> list:
 
 
 @pytest.fixture(scope="module")
-def champion_booster(registry, champion_version):  # noqa: F811
+def champion_booster(registry, champion_version):
     booster = registry.load_booster(champion_version)
     booster.set_param({"nthread": 1})  # as the server loads it
     return booster
@@ -93,7 +91,7 @@ def test_predictions_from_many_threads_stay_exact(champion_booster):
 
 
 @pytest.fixture(scope="module")
-def slow_server(settings, champion_version, tmp_path_factory):  # noqa: F811
+def slow_server(settings, champion_version, tmp_path_factory):
     """The session's model with the feature store, as main_server, but every request through the route."""
     config = make_config(settings, tmp_path_factory.mktemp("slow"), fast_path=False)
     with serve(config) as running:
@@ -218,7 +216,7 @@ def test_fast_path_logs_what_the_route_logs(main_server, slow_server):
     ],
     ids=["champion-only", "sticky-0.3", "random-0.5", "all-challenger", "shadow"],
 )
-def test_score_one_routes_answers_and_logs_as_score(settings, ab_model, tmp_path, routing, answering):  # noqa: F811
+def test_score_one_routes_answers_and_logs_as_score(settings, ab_model, tmp_path, routing, answering):
     config = make_config(settings, tmp_path, model_name=ab_model.model_name, feast=None)
     handles = []
     for version in (1, 2):

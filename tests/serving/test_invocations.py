@@ -14,7 +14,6 @@ import io
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,12 +25,12 @@ import pandas as pd
 import pytest
 
 from ml_platform.features.engineering import MODEL_FEATURES
-from ml_platform.serving import read_prediction_log
+from ml_platform.predictions import read_prediction_log
 from ml_platform.serving.models import InplacePredictor
 from ml_platform.serving.protocol import mlflow as mlflow_protocol
 from ml_platform.serving.protocol.mlflow_parser import ScoringError, parse_invocation
 from ml_platform.serving.schemas import ApiError
-from tests.serving.conftest import make_config, serve
+from tests.support.servers import free_port, make_config, serve
 
 F = list(MODEL_FEATURES)
 JSON_TYPE = "application/json"
@@ -46,7 +45,7 @@ def rows(transactions):
 
 
 @pytest.fixture(scope="module")
-def served(settings, champion_version, tmp_path_factory):  # noqa: F811
+def served(settings, champion_version, tmp_path_factory):
     """The session's model, champion only, as deployed but without the feature store (the scoring
     protocol carries every feature)."""
     config = make_config(settings, tmp_path_factory.mktemp("invocations"), feast=None)
@@ -55,7 +54,7 @@ def served(settings, champion_version, tmp_path_factory):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def pyfunc_predictions(registry, settings, champion_version, rows):  # noqa: F811
+def pyfunc_predictions(registry, settings, champion_version, rows):
     """MLflow's own answers for the rows: the registered version loaded as MLflow loads it (a test's
     reference, on a version the session itself trained)."""
     import mlflow.pyfunc
@@ -298,16 +297,10 @@ DELIBERATE_DIFFERENCES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def mlflow_serve(settings, champion_version, tmp_path_factory):  # noqa: F811
+def mlflow_serve(settings, champion_version, tmp_path_factory):
     """A real ``mlflow models serve`` of the champion version (uvicorn on PATH, the local environment)."""
-    port = _free_port()
+    port = free_port()
     bin_dir = str(Path(sys.executable).parent)
     env = {
         **os.environ,
@@ -431,7 +424,7 @@ def test_answered_rows_are_logged_under_the_request_id(served, rows):
 
 # ---- the fast path -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def slow_server(settings, champion_version, tmp_path_factory):  # noqa: F811
+def slow_server(settings, champion_version, tmp_path_factory):
     """The session's model as ``served``, but every request through the FastAPI route."""
     config = make_config(settings, tmp_path_factory.mktemp("slow_invocations"), fast_path=False, feast=None)
     with serve(config) as running:

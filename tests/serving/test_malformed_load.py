@@ -29,7 +29,7 @@ from ml_platform.features.engineering import MODEL_FEATURES
 from ml_platform.monitoring.alerts import DEFAULT_RULES
 from ml_platform.monitoring.serving_metrics import scrape_metrics, serving_metrics
 from ml_platform.monitoring.window import Window, read_predictions
-from tests.serving.conftest import make_config, serve
+from tests.support.servers import make_config, serve
 
 TOKEN = "load-scoring-token"
 MALFORMED = 10_000
@@ -299,7 +299,7 @@ def send_all(url: str, requests) -> list[int]:
 def hang_up_mid_body(url: str, path: str) -> None:
     """A client that announces a body, sends part of it and closes the connection."""
     address = urlparse(url)
-    with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
+    with socket.create_connection((address.hostname, address.port), timeout=30) as connection:
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {address.hostname}\r\nAuthorization: Bearer {TOKEN}\r\n"
             f"Content-Type: {JSON}\r\nContent-Length: 1000\r\n\r\n"

@@ -21,7 +21,7 @@ import pytest
 
 from ml_platform.features.engineering import MODEL_FEATURES
 from ml_platform.registry import CHALLENGER, CHAMPION, THRESHOLD_TAG, ModelRefused, Registry
-from tests.serving.conftest import copy_model, make_config, serve
+from tests.support.servers import copy_model, make_config, serve
 
 FEATURES = [420.0, 2.25, 1.0, 10.0, 1.0, 35.0, 35.0, 12.0, 12.0]
 INVOCATION = {"inputs": {name: [value] for name, value in zip(MODEL_FEATURES, FEATURES, strict=True)}}
@@ -77,7 +77,7 @@ def wait_for(condition, what: str, timeout: float = 60.0) -> None:
 
 def test_a_pickled_champion_is_refused_and_the_loaded_model_keeps_serving(
     settings, registry, champion_version, tmp_path, caplog
-):  # noqa: F811
+):
     caplog.set_level(logging.INFO, logger=MODELS_LOGGER)
     model = copy_model(settings, registry, f"serving_refuse_{uuid.uuid4().hex[:6]}", versions=1)
     model.set_alias(CHAMPION, 1)
@@ -128,14 +128,9 @@ def test_a_pickled_champion_is_refused_and_the_loaded_model_keeps_serving(
 
 def test_a_server_whose_champion_is_refused_is_not_ready_and_says_why(
     settings, registry, champion_version, tmp_path, caplog
-):  # noqa: F811
+):
     caplog.set_level(logging.INFO, logger=MODELS_LOGGER)
-    model = Registry(
-        settings.tracking_uri,
-        f"serving_refuse_cold_{uuid.uuid4().hex[:6]}",
-        settings.experiment_name,
-        settings.mlflow_artifact_root,
-    )
+    model = Registry.from_settings(settings, model_name=f"serving_refuse_cold_{uuid.uuid4().hex[:6]}")
     model.client.create_registered_model(model.model_name)
     marker = tmp_path / "unpickled-marker"
     pickled = register_pickled_model(model, marker)
@@ -169,7 +164,7 @@ def test_a_server_whose_champion_is_refused_is_not_ready_and_says_why(
 
 def test_a_refused_challenger_is_left_out_and_a_good_one_comes_back(
     settings, registry, champion_version, tmp_path, caplog
-):  # noqa: F811
+):
     caplog.set_level(logging.INFO, logger=MODELS_LOGGER)
     model = copy_model(settings, registry, f"serving_refuse_ab_{uuid.uuid4().hex[:6]}", versions=2)
     model.set_alias(CHAMPION, 1)

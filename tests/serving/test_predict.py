@@ -81,7 +81,7 @@ def test_batch_mixes_both_shapes(main_server, transactions, offline):
 
 
 def test_logged_rows_carry_inputs_and_answers(main_server, transactions):
-    from ml_platform.serving import read_prediction_log
+    from ml_platform.predictions import read_prediction_log
 
     rows, features = transactions
     with main_server.client() as client:

@@ -19,9 +19,14 @@ import pandas as pd
 import pytest
 
 from ml_platform.features.engineering import MODEL_FEATURES
-from ml_platform.serving import LOG_COLUMNS, PredictionLogger, read_prediction_log
-from ml_platform.serving.prediction_log import PredictionBatch, read_quarantine
-from ml_platform.serving.schemas import ApiError
+from ml_platform.predictions import (
+    LOG_COLUMNS,
+    PredictionBatch,
+    PredictionLogger,
+    PredictionLogUnavailable,
+    read_prediction_log,
+    read_quarantine,
+)
 
 
 def batch(n: int, when: datetime, variant: str = "champion", start: int = 0) -> PredictionBatch:
@@ -45,12 +50,13 @@ def test_rows_are_written_by_size_time_and_close(tmp_path):
     logger = PredictionLogger(tmp_path, flush_rows=10, flush_seconds=0.2)
     logger.start()
     logger.log(batch(12, day_one))  # over flush_rows: written at once
-    deadline = time.monotonic() + 5
+    # The writer thread writes at once or after 0.2 s; 30 s leaves room for two busy cores.
+    deadline = time.monotonic() + 30
     while logger.rows_written < 12:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     logger.log(batch(3, day_two, variant="challenger_shadow", start=100))  # written after flush_seconds
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while logger.rows_written < 15:
         assert time.monotonic() < deadline
         time.sleep(0.01)
@@ -85,7 +91,7 @@ def test_files_are_what_pandas_to_parquet_writes(tmp_path):
     """The pyarrow writer keeps the file format: schema, pandas metadata and values as DataFrame.to_parquet."""
     import pyarrow.parquet as pq
 
-    from ml_platform.serving.prediction_log import batches_to_frame
+    from ml_platform.predictions.writer import batches_to_frame
 
     when = datetime(2026, 3, 14, 12, 30, 15, 123456, tzinfo=UTC)
     batches = [batch(1, when, start=0), batch(5, when, variant="challenger", start=10), batch(1, when, start=20)]
@@ -151,7 +157,7 @@ def test_rows_wait_for_the_writer_without_waking_it(tmp_path):
     assert logger.rows_written == 49 and logger.files_written == 1
     for index in range(50):  # reaching flush_rows wakes it
         logger.log_row(when, f"s{index}", None, [1.0] * 9, 0.5, True, 0.5, 1, "champion", 1.0)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # woken at once; 30 s leaves room for two busy cores
     while logger.rows_written < 99:
         assert time.monotonic() < deadline, "flush_rows did not wake the writer"
         time.sleep(0.01)
@@ -168,8 +174,7 @@ WHEN = datetime(2026, 3, 14, 12, tzinfo=UTC).timestamp()
 CHILD = r"""
 import json, os, resource, signal, sys
 import numpy as np
-from ml_platform.serving.prediction_log import PredictionBatch, PredictionLogger
-from ml_platform.serving.schemas import ApiError
+from ml_platform.predictions import PredictionBatch, PredictionLogger, PredictionLogUnavailable
 
 log_dir, first, step, count, ending = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 logger = PredictionLogger(log_dir, flush_rows=10**6, flush_seconds=3600)
@@ -188,7 +193,7 @@ try:
         features[1, 4] = np.nan
         logger.log(PredictionBatch(first, ["batch-0", "batch-1", "batch-2"], [None, 7, None], features,
                                    np.array([0.1, 0.7, 0.3]), np.array([0, 1, 0]), 0.5, 5, "challenger", 9.5))
-except ApiError as error:
+except PredictionLogUnavailable as error:
     report.update(status=error.status_code, message=error.message, write_errors=logger.write_errors)
 report["journal"] = sorted(path.name for path in logger.journal_dir.iterdir())
 print(json.dumps(report), flush=True)
@@ -480,7 +485,7 @@ def test_logging_after_close_is_refused(tmp_path):
     logger.start()
     logger.log_row(*row_args(0))
     logger.close()
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(PredictionLogUnavailable) as refused:
         logger.log_row(*row_args(1))
     assert refused.value.status_code == 503 and "shutting down" in refused.value.message
     assert read_prediction_log(tmp_path)["request_id"].tolist() == ["r0"]

@@ -6,15 +6,15 @@ import random
 
 import pytest
 
-from ml_platform.serving import read_prediction_log
-from tests.serving.conftest import make_config, serve
+from ml_platform.predictions import read_prediction_log
+from tests.support.servers import make_config, serve
 
 FEATURES = [120.0, 13.5, 1.0, 8.0, 4.0, 80.0, 320.0, 2.5, 1.5]
 ADMIN = {"Authorization": "Bearer routing-admin"}  # /admin/* needs the server's admin token
 
 
 @pytest.fixture(scope="module")
-def ab_server(settings, ab_model, tmp_path_factory):  # noqa: F811
+def ab_server(settings, ab_model, tmp_path_factory):
     config = make_config(
         settings,
         tmp_path_factory.mktemp("ab"),
@@ -110,7 +110,7 @@ def test_shadow_answers_champion_and_logs_challenger(ab_server):
     assert sorted(shadow_rows["request_id"]) == sorted(a["request_id"] for a in answers)
 
 
-def test_a_canary_server_answers_with_the_challenger_alone(settings, ab_model, tmp_path_factory):  # noqa: F811
+def test_a_canary_server_answers_with_the_challenger_alone(settings, ab_model, tmp_path_factory):
     """ML_PLATFORM_SERVING_ALIAS=challenger (the Kubernetes canary Deployment): only the challenger serves."""
     config = make_config(
         settings,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -12,23 +11,18 @@ import time
 
 import httpx
 
-from ml_platform.serving import read_prediction_log
+from ml_platform.predictions import read_prediction_log
+from tests.support.servers import free_port
 
 FEATURES = [120.0, 13.5, 1.0, 8.0, 4.0, 80.0, 320.0, 2.5, 1.5]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_sigterm_flushes_every_answered_prediction(settings, champion_version, tmp_path):  # noqa: F811
+def test_sigterm_flushes_every_answered_prediction(settings, champion_version, tmp_path):
     port = free_port()
     log_dir = tmp_path / "predictions"
     env = {
         **os.environ,
-        "ML_PLATFORM_HOME": str(settings.home),
+        **settings.environment_for_pods(),  # the settings (home, model name) as ML_PLATFORM_* variables
         "ML_PLATFORM_SERVING_FEAST": "off",
         "ML_PLATFORM_SERVING_LOG_DIR": str(log_dir),
         "ML_PLATFORM_SERVING_LOG_FLUSH_SECONDS": "600",  # nothing is written before the shutdown flush
@@ -44,6 +38,7 @@ def test_sigterm_flushes_every_answered_prediction(settings, champion_version, t
         )
     url = f"http://127.0.0.1:{port}"
     try:
+        # A minute for a fresh Python process to import the server and load the model on two busy cores.
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -60,7 +55,7 @@ def test_sigterm_flushes_every_answered_prediction(settings, champion_version, t
         stop = threading.Event()
 
         def send(worker: int) -> None:
-            with httpx.Client(base_url=url, timeout=10) as client:
+            with httpx.Client(base_url=url, timeout=30) as client:
                 for index in range(10_000):
                     if stop.is_set():
                         return
@@ -76,8 +71,10 @@ def test_sigterm_flushes_every_answered_prediction(settings, champion_version, t
         threads = [threading.Thread(target=send, args=(worker,)) for worker in range(3)]
         for thread in threads:
             thread.start()
+        deadline = time.monotonic() + 60  # 150 answers take well under a second on an idle machine
         while len(answered) < 150:
             assert process.poll() is None
+            assert time.monotonic() < deadline, f"only {len(answered)} answers"
             time.sleep(0.005)
         assert not list(log_dir.rglob("part-*.parquet")), "the log was written before the shutdown"
         process.send_signal(signal.SIGTERM)

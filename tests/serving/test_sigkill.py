@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,18 +18,11 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from ml_platform.serving import read_prediction_log
-from ml_platform.serving.prediction_log import read_quarantine
-from tests.serving.conftest import make_config, serve
+from ml_platform.predictions import read_prediction_log, read_quarantine
+from tests.support.servers import free_port, make_config, serve
 
 FEATURES = [120.0, 13.5, 1.0, 8.0, 4.0, 80.0, 320.0, 2.5, 1.5]
 WORKERS = 4
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Load:
@@ -86,7 +78,7 @@ def start_server(settings, log_dir: Path, output: Path) -> tuple[subprocess.Pope
     port = free_port()
     env = {
         **os.environ,
-        "ML_PLATFORM_HOME": str(settings.home),
+        **settings.environment_for_pods(),  # the settings (home, model name) as ML_PLATFORM_* variables
         # Parts are written every 700 rows and never by time: the kill leaves the rows since the
         # last part in the journal only.
         "ML_PLATFORM_SERVING_LOG_FLUSH_ROWS": "700",

@@ -15,7 +15,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from ml_platform.features.engineering import MODEL_FEATURES
-from ml_platform.serving import read_prediction_log
+from ml_platform.predictions import read_prediction_log
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def one_input(matrix: np.ndarray, datatype: str = "FP64", binary: bool = True) -
     return tensor
 
 
-def test_health_and_metadata(client, settings, champion_version):  # noqa: F811
+def test_health_and_metadata(client, settings, champion_version):
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready(settings.model_name)
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
@@ -60,7 +60,7 @@ def test_health_and_metadata(client, settings, champion_version):  # noqa: F811
     assert str(champion_version) in metadata["versions"]
 
 
-def test_defaults_binary_both_ways_equal_predict(client, main_server, settings, feature_rows):  # noqa: F811
+def test_defaults_binary_both_ways_equal_predict(client, main_server, settings, feature_rows):
     result = client.infer(settings.model_name, [one_input(feature_rows)])  # no outputs named: binary asked for
     output = result.get_output("probability")
     assert "data" not in output and output["parameters"]["binary_data_size"] == 8 * len(feature_rows)
@@ -69,7 +69,7 @@ def test_defaults_binary_both_ways_equal_predict(client, main_server, settings, 
     assert result.get_response()["model_name"] == settings.model_name
 
 
-def test_json_both_ways_equal_predict(client, main_server, settings, feature_rows):  # noqa: F811
+def test_json_both_ways_equal_predict(client, main_server, settings, feature_rows):
     complete = feature_rows[~np.isnan(feature_rows).any(axis=1)]  # the client writes NaN as a JSON NaN literal
     assert len(complete) >= 5
     result = client.infer(
@@ -85,7 +85,7 @@ def test_json_both_ways_equal_predict(client, main_server, settings, feature_row
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_fp32_inputs_equal_predict_on_the_float32_values(client, main_server, settings, feature_rows, binary):  # noqa: F811
+def test_fp32_inputs_equal_predict_on_the_float32_values(client, main_server, settings, feature_rows, binary):
     rows = feature_rows if binary else feature_rows[~np.isnan(feature_rows).any(axis=1)]
     result = client.infer(settings.model_name, [one_input(rows, "FP32", binary=binary)])
     widened = rows.astype("float32").astype("float64")
@@ -94,7 +94,7 @@ def test_fp32_inputs_equal_predict_on_the_float32_values(client, main_server, se
     np.testing.assert_array_equal(result.as_numpy("probability"), predict_route(main_server, rows))
 
 
-def test_json_inputs_binary_output_and_a_version(client, main_server, settings, champion_version, feature_rows):  # noqa: F811
+def test_json_inputs_binary_output_and_a_version(client, main_server, settings, champion_version, feature_rows):
     complete = feature_rows[~np.isnan(feature_rows).any(axis=1)][:3]
     result = client.infer(
         settings.model_name,
@@ -107,7 +107,7 @@ def test_json_inputs_binary_output_and_a_version(client, main_server, settings, 
     np.testing.assert_array_equal(result.as_numpy("probability"), predict_route(main_server, complete))
 
 
-def test_one_tensor_per_feature(client, main_server, settings, feature_rows):  # noqa: F811
+def test_one_tensor_per_feature(client, main_server, settings, feature_rows):
     columns = []
     for index, name in enumerate(MODEL_FEATURES):
         column = triton.InferInput(name, [len(feature_rows)], "FP64")
@@ -117,14 +117,14 @@ def test_one_tensor_per_feature(client, main_server, settings, feature_rows):  #
     np.testing.assert_array_equal(result.as_numpy("probability"), predict_route(main_server, feature_rows))
 
 
-def test_a_large_batch_is_scored_whole(client, main_server, settings):  # noqa: F811
+def test_a_large_batch_is_scored_whole(client, main_server, settings):
     rng = np.random.default_rng(5)
     matrix = np.abs(rng.normal(size=(2_000, len(MODEL_FEATURES)))) * 100
     result = client.infer(settings.model_name, [one_input(matrix)])
     np.testing.assert_array_equal(result.as_numpy("probability"), predict_route(main_server, matrix))
 
 
-def test_errors_reach_the_client_with_their_field(client, settings, feature_rows):  # noqa: F811
+def test_errors_reach_the_client_with_their_field(client, settings, feature_rows):
     strings = triton.InferInput("input-0", [1, 9], "BYTES")
     strings.set_data_from_numpy(np.array([[b"1"] * 9], dtype=np.object_))
     with pytest.raises(InferenceServerException) as refused:
@@ -149,7 +149,7 @@ def test_errors_reach_the_client_with_their_field(client, settings, feature_rows
     assert classification.value.message().startswith("outputs[0].parameters.classification: ")
 
 
-def test_the_rows_sent_are_the_rows_logged(client, main_server, settings, feature_rows):  # noqa: F811
+def test_the_rows_sent_are_the_rows_logged(client, main_server, settings, feature_rows):
     request_id = f"tc-log-{uuid.uuid4().hex[:8]}"
     sent = feature_rows[:5]
     result = client.infer(settings.model_name, [one_input(sent)], request_id=request_id)

@@ -21,12 +21,12 @@ import pandas as pd
 import pytest
 
 from ml_platform.features.engineering import MODEL_FEATURES
+from ml_platform.predictions import read_prediction_log
 from ml_platform.registry import CHAMPION
-from ml_platform.serving import read_prediction_log
 from ml_platform.serving.protocol import v2
 from ml_platform.serving.protocol.common import INLINE_ROWS, json_object
 from ml_platform.serving.schemas import ApiError
-from tests.serving.conftest import copy_model, make_config, serve
+from tests.support.servers import copy_model, make_config, serve
 
 HEADER = "Inference-Header-Content-Length"
 JSON = {"Content-Type": "application/json"}
@@ -41,7 +41,7 @@ def rows(transactions, offline):
 
 
 @pytest.fixture(scope="module")
-def route_server(settings, champion_version, tmp_path_factory):  # noqa: F811
+def route_server(settings, champion_version, tmp_path_factory):
     """The session's model served with every request through the FastAPI route (no fast path)."""
     config = make_config(settings, tmp_path_factory.mktemp("v2_route"), fast_path=False, feast=None)
     with serve(config) as running:
@@ -247,7 +247,7 @@ def post(client, path: str, case: Case):
 
 
 # ---- metadata and the plain infer ----------------------------------------------------------------
-def test_metadata(main_server, settings, champion_version):  # noqa: F811
+def test_metadata(main_server, settings, champion_version):
     with main_server.client() as client:
         server = client.get("/v2").json()
         body = client.get(f"/v2/models/{settings.model_name}").json()
@@ -270,7 +270,7 @@ def test_metadata(main_server, settings, champion_version):  # noqa: F811
     assert ready.status_code == 200
 
 
-def test_infer_one_tensor(main_server, settings, champion_version, rows):  # noqa: F811
+def test_infer_one_tensor(main_server, settings, champion_version, rows):
     features, expected = rows
     request = {
         "id": "req-42",
@@ -295,7 +295,7 @@ def test_infer_one_tensor(main_server, settings, champion_version, rows):  # noq
     assert flat_answer.json()["outputs"] == body["outputs"]
 
 
-def test_infer_one_tensor_per_feature(main_server, settings, rows):  # noqa: F811
+def test_infer_one_tensor_per_feature(main_server, settings, rows):
     features, expected = rows
     inputs = [
         {
@@ -315,7 +315,7 @@ def test_infer_one_tensor_per_feature(main_server, settings, rows):  # noqa: F81
 
 
 # ---- every way of asking: the booster's answer; the fast path and the route: the same bytes ---------
-def test_every_way_of_asking_answers_what_the_booster_answers(main_server, route_server, settings, booster_predict):  # noqa: F811
+def test_every_way_of_asking_answers_what_the_booster_answers(main_server, route_server, settings, booster_predict):
     path = f"/v2/models/{settings.model_name}/infer"
     fast = v2.fast_routes(main_server.server)[path]
     with main_server.client() as fast_client, route_server.client() as route_client:
@@ -355,7 +355,7 @@ def probabilities_of_fast(answer: v2.FastAnswer) -> np.ndarray:
     return np.frombuffer(answer.content[int(length) :], dtype="<f8")
 
 
-def test_fast_answers_are_counted_under_the_route_template(main_server, settings):  # noqa: F811
+def test_fast_answers_are_counted_under_the_route_template(main_server, settings):
     registry = main_server.server.metrics.registry
     path = f"/v2/models/{settings.model_name}/infer"
 
@@ -375,7 +375,7 @@ def test_fast_answers_are_counted_under_the_route_template(main_server, settings
     assert count(path) == 0.0  # never under the path itself
 
 
-def test_logged_rows_are_the_answered_rows(main_server, route_server, settings, booster_predict):  # noqa: F811
+def test_logged_rows_are_the_answered_rows(main_server, route_server, settings, booster_predict):
     path = f"/v2/models/{settings.model_name}/infer"
     prefix = f"log-{uuid.uuid4().hex[:8]}"
     logged_labels = ("one", "nulls", "fp32", "columnar", "batch100", "bin-nan", "bin-fp32")
@@ -584,7 +584,7 @@ BAD = [
 @pytest.mark.parametrize(("label", "body", "status", "field", "words"), BAD, ids=[case[0] for case in BAD])
 def test_bad_requests_get_the_same_4xx_both_ways(
     main_server, route_server, settings, label, body, status, field, words
-):  # noqa: F811
+):
     if isinstance(body, tuple):
         content, headers = body
     else:
@@ -634,7 +634,7 @@ def test_the_fast_json_reader_reads_what_json_object_reads(body):
     assert repr(fast) == repr(reference)  # repr: NaN equals itself, -0.0 differs from 0.0
 
 
-def test_duplicate_header_is_refused(main_server, settings):  # noqa: F811
+def test_duplicate_header_is_refused(main_server, settings):
     content, headers = raw_binary(BINARY_REQUEST, BINARY_ROW.tobytes())
     with main_server.client() as client:
         answer = client.post(
@@ -649,7 +649,7 @@ def test_duplicate_header_is_refused(main_server, settings):  # noqa: F811
     }
 
 
-def test_batch_over_the_row_limit_is_413(settings, champion_version, tmp_path):  # noqa: F811
+def test_batch_over_the_row_limit_is_413(settings, champion_version, tmp_path):
     config = make_config(settings, tmp_path, feast=None, max_batch_rows=5)
     matrix = sample_rows(6, seed=12)
     case = binary_case("six", {"inputs": [tensor(matrix)]}, [matrix], matrix)
@@ -662,7 +662,7 @@ def test_batch_over_the_row_limit_is_413(settings, champion_version, tmp_path): 
     assert accepted.status_code == 200 and len(accepted.json()["outputs"][0]["data"]) == 5
 
 
-def test_unknown_model_is_404(main_server, settings):  # noqa: F811
+def test_unknown_model_is_404(main_server, settings):
     with main_server.client() as client:
         metadata = client.get("/v2/models/nope")
         infer = client.post("/v2/models/nope/infer", json={"inputs": []})
@@ -673,7 +673,7 @@ def test_unknown_model_is_404(main_server, settings):  # noqa: F811
     assert version.status_code == 404 and "999" in version.json()["error"]
 
 
-def test_live_before_ready_and_ready_once_a_champion_exists(settings, registry, champion_version, tmp_path):  # noqa: F811
+def test_live_before_ready_and_ready_once_a_champion_exists(settings, registry, champion_version, tmp_path):
     name = f"serving_late_{uuid.uuid4().hex[:6]}"
     late = copy_model(settings, registry, name, versions=1)  # registered, but no champion alias yet
     config = make_config(settings, tmp_path, model_name=name, feast=None, poll_seconds=0.1)
@@ -692,7 +692,8 @@ def test_live_before_ready_and_ready_once_a_champion_exists(settings, registry, 
         assert not_yet.status_code == 503 and "no model loaded" in not_yet.json()["error"]
 
         late.set_alias(CHAMPION, 1)
-        deadline = time.monotonic() + 10
+        # Polled every 0.1 s, loaded in a moment on an idle machine; 30 s for two busy cores.
+        deadline = time.monotonic() + 30
         while client.get("/v2/health/ready").status_code != 200:
             assert time.monotonic() < deadline, "never became ready"
             time.sleep(0.05)

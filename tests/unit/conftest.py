@@ -1,14 +1,13 @@
 """Shared, session-scoped data for the unit tests: one seeded batch of generated transactions, a
 labelled training set built from it, and one model trained on that set.
 
-The training set's stats come from ``pandas.merge_asof`` (each transaction joined to its customer's
+The training set's stats come from ``stats_before`` (each transaction joined in memory to its customer's
 last stats row strictly before it), not from Feast, so the training and registry tests do not pay for
 Feast; test_point_in_time.py checks the real Feast join against a brute-force reference.
 """
 
 from datetime import date
 
-import pandas as pd
 import pytest
 
 from ml_platform.data.synthetic import SyntheticConfig, generate_transactions
@@ -25,11 +24,6 @@ GENERATED_START, GENERATED_END = date(2024, 3, 1), date(2024, 3, 4)
 SMALL_PARAMS = TrainingParams(n_estimators=40, max_depth=4, early_stopping_rounds=10, device="cpu", n_jobs=2)
 
 
-def stats_strictly_before(transactions: pd.DataFrame) -> pd.DataFrame:
-    """Each transaction's customer stats from strictly earlier history (NaN when none), aligned by row."""
-    return stats_before(transactions)
-
-
 @pytest.fixture(scope="session")
 def generated_transactions():
     return generate_transactions(GENERATED_CONFIG, GENERATED_START, GENERATED_END)
@@ -37,7 +31,7 @@ def generated_transactions():
 
 @pytest.fixture(scope="session")
 def training_set(generated_transactions):
-    return assemble_training_set(generated_transactions, stats_strictly_before(generated_transactions))
+    return assemble_training_set(generated_transactions, stats_before(generated_transactions))
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 
 from ml_platform.features.engineering import MODEL_FEATURES
 from ml_platform.monitoring.window import Window, read_predictions
-from ml_platform.serving.prediction_log import LOG_COLUMNS, PredictionBatch, PredictionLogger
+from ml_platform.predictions import LOG_COLUMNS, PredictionBatch, PredictionLogger
 
 END = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ml_platform.settings import Settings, SettingsError, write_text_atomic
-from ml_platform.storage import asset_path, file_lock, read_record, write_record, write_table
+from ml_platform.settings import Settings, SettingsError
+from ml_platform.storage import asset_path, file_lock, read_record, write_record, write_table, write_text_atomic
 
 
 def test_relative_home_is_resolved_to_an_absolute_path(tmp_path, monkeypatch):
@@ -121,7 +121,7 @@ import dagster as dg
 @dg.op
 def wait(context):
     with open(os.environ["STARTED_FILE"], "w") as started:
-        started.write(context.run_id)
+        started.write(context.run.run_id)
     time.sleep(600)
 
 

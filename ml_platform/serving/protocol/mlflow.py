@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from ml_platform.predictions import PredictionLogUnavailable
 from ml_platform.serving.middleware import FastAnswer, FastHandler
 from ml_platform.serving.protocol.mlflow_parser import BAD_REQUEST, JSON, parse_invocation
 from ml_platform.serving.schemas import ApiError
@@ -59,6 +60,8 @@ def router(server: ModelServer) -> APIRouter:
                 content = await run_in_threadpool(answer, server, body, content_type, request_id, started)
         except ApiError as error:
             return error_response(error)
+        except PredictionLogUnavailable as error:  # answers not logged are not sent; MLflow's error body
+            return error_response(ApiError(error.status_code, error.message, None))
         return Response(content=content, status_code=200, media_type="application/json")
 
     return routes

@@ -30,13 +30,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml_platform.serving.prediction_log import DAY_PREFIX, SWAP_LOCK_NAME
-from ml_platform.storage import file_lock
+from ml_platform.predictions.layout import DAY_PREFIX, PART_GLOB, day_folder
+from ml_platform.predictions.locks import compaction_lock, swap_lock
 
-PART_GLOB = "part-*.parquet"
 COMPACTED_MARK = "compacted"
 _INTO = ".into."
-LOCK_NAME = ".compaction.lock"
 
 
 @dataclass(frozen=True)
@@ -50,12 +48,6 @@ class CompactionResult:
     path: Path | None  # the compacted file (or the day's only file)
     seconds: float
     recovered: dict[str, int] = field(default_factory=dict)  # what a crashed compaction left: restored / removed
-
-
-def day_folder(log_dir: str | Path, day: str | date) -> Path:
-    day_text = day.isoformat() if isinstance(day, date) else str(day)
-    date.fromisoformat(day_text)  # ValueError naming the text when it is not a day
-    return Path(log_dir) / f"{DAY_PREFIX}{day_text}"
 
 
 def _recover(folder: Path) -> dict[str, int]:
@@ -81,8 +73,8 @@ def compact_day(log_dir: str | Path, day: str | date) -> CompactionResult:
     day_text = folder.name.removeprefix(DAY_PREFIX)
     if not folder.is_dir():
         return CompactionResult(day_text, folder, 0, 0, 0, False, None, time.perf_counter() - started)
-    with file_lock(folder / LOCK_NAME):
-        with file_lock(folder / SWAP_LOCK_NAME):
+    with compaction_lock(folder):
+        with swap_lock(folder):
             recovered = _recover(folder)
         parts = sorted(folder.glob(PART_GLOB))
         if len(parts) <= 1:
@@ -105,7 +97,7 @@ def compact_day(log_dir: str | Path, day: str | date) -> CompactionResult:
         hidden: list[tuple[Path, Path]] = []
         try:
             frame.to_parquet(temporary, index=False)
-            with file_lock(folder / SWAP_LOCK_NAME):
+            with swap_lock(folder):
                 try:
                     for part in parts:
                         target = folder / f".{part.name}{_INTO}{name}"

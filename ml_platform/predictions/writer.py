@@ -1,4 +1,4 @@
-"""The prediction log: every answered prediction (and every shadow score), journaled, then batched into parquet.
+"""The prediction log's writer: every answered prediction (and every shadow score), journaled, then parquet.
 
 An answer is sent only once its row has been handed to the operating system. :meth:`PredictionLogger.log`
 and :meth:`PredictionLogger.log_row` append the row (a batch: all its rows) to the process's journal
@@ -18,23 +18,20 @@ read from its file. A part is written under a temporary name and renamed, so a r
 a file, and its name is the segment's: a process that died after writing a part but before deleting
 the segment leaves a part that recovery finds and does not write again.
 
-Ownership: a process holds an exclusive ``flock`` on each of its segments, from creation until the
-segment is deleted (a new segment is created and locked under a hidden name, then renamed, so nobody
-can see it unlocked). When a logger starts, and every ``recover_seconds`` after, it converts every
-segment it can lock without waiting: their owners died (the kernel released their locks). Several
-server processes may share one log directory.
+Recovery: each segment is locked by its owner (:mod:`ml_platform.predictions.locks`). When a logger
+starts, and every ``recover_seconds`` after, it converts every segment it can lock without waiting:
+their owners died (the kernel released their locks).
 
 One bad row never costs another: a row that cannot be stored in the log's schema (a lone surrogate
 in a string, an integer out of int64's range, a value of the wrong type, a line torn by a crash) goes
 to ``log_dir/quarantine/quarantine-<day>-<stem>.jsonl`` with the reason, and the rest of its segment
-is written. Readers glob ``date=*/part-*.parquet`` and never see the journal or the quarantine folder.
+is written.
 """
 
 from __future__ import annotations
 
 import base64
 import collections
-import fcntl
 import itertools
 import json
 import logging
@@ -43,9 +40,9 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack, suppress
+from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from json.encoder import c_make_encoder, encode_basestring_ascii
 from pathlib import Path
 from typing import Any
@@ -54,30 +51,18 @@ import numpy as np
 import pandas as pd
 
 from ml_platform.features.engineering import MODEL_FEATURES
-from ml_platform.storage import file_lock
+from ml_platform.predictions.layout import (
+    CREATING_SUFFIX,
+    DAY_PREFIX,
+    JOURNAL_DIR,
+    LOG_COLUMNS,
+    QUARANTINE_DIR,
+    SEGMENT_SUFFIX,
+)
+from ml_platform.predictions.locks import Segment
 
 _log = logging.getLogger(__name__)
 
-LOG_COLUMNS: tuple[str, ...] = (
-    "time",
-    "request_id",
-    "customer_id",
-    *MODEL_FEATURES,
-    "probability",
-    "is_fraud",
-    "threshold",
-    "model_version",
-    "variant",
-    "latency_ms",
-)
-DAY_PREFIX = "date="
-# Readers of a day's part files hold this lock shared; compaction holds it exclusively while it swaps
-# the parts for the compacted file (ml_platform.monitoring.compaction), so no reader sees half a swap.
-SWAP_LOCK_NAME = ".compaction.swap.lock"
-JOURNAL_DIR = "journal"
-QUARANTINE_DIR = "quarantine"
-SEGMENT_SUFFIX = ".jsonl"
-_CREATING_SUFFIX = ".creating"  # a segment being created and locked, before it gets its visible name
 _CREATING_GRACE_SECONDS = 60.0  # a half-created segment this old was left by a process that died
 _ROW_VALUES = 10  # the values of one row: PredictionLogger.log_row's arguments
 _BATCH_KEYS = frozenset(
@@ -163,83 +148,19 @@ def _unbase64(text: Any, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text, validate=True), dtype=dtype).reshape(shape)
 
 
-def _unavailable(message: str) -> Exception:
-    from ml_platform.serving.schemas import ApiError
+class PredictionLogUnavailable(RuntimeError):
+    """Rows could not be journaled (the log is closed, or the disk refused the write). Their predictions must
+    not be answered: the model server turns this into a 503 naming ``message``."""
 
-    return ApiError(503, f"prediction log: {message}", None)
+    status_code = 503
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
-# ---- segments -------------------------------------------------------------------------------------
-class _Segment:
-    """One journal file and this process's descriptor on it, which holds the file's lock."""
-
-    def __init__(self, path: Path, fd: int, items: list | None) -> None:
-        self.path = path
-        self.fd = fd
-        # What this process wrote to it (row lists and batches), converted from memory; None for a
-        # recovered segment, which is read from its file.
-        self.items = items
-
-    @property
-    def stem(self) -> str:
-        return self.path.name.removesuffix(SEGMENT_SUFFIX)
-
-    @classmethod
-    def create(cls, journal: Path, stem: str) -> _Segment:
-        """A new, empty segment, locked before anyone can see it under its visible name."""
-        creating = journal / f".{stem}{_CREATING_SUFFIX}"
-        fd = os.open(creating, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            path = journal / f"{stem}{SEGMENT_SUFFIX}"
-            os.rename(creating, path)
-        except BaseException:
-            with suppress(OSError):
-                os.unlink(creating)
-            os.close(fd)
-            raise
-        return cls(path, fd, [])
-
-    @classmethod
-    def claim(cls, path: Path) -> _Segment | None:
-        """``path`` locked for this process when its owner is gone (no lock held on it), else None."""
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_APPEND)
-        except FileNotFoundError:  # converted and deleted meanwhile
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # The owner (or another recovery) may have deleted it between our open and our lock.
-            if os.fstat(fd).st_nlink == 0 or os.stat(path).st_ino != os.fstat(fd).st_ino:
-                os.close(fd)
-                return None
-        except OSError:  # locked: its owner is alive (or another process is recovering it)
-            os.close(fd)
-            return None
-        return cls(path, fd, None)
-
-    def read(self) -> bytes:
-        size = os.fstat(self.fd).st_size
-        chunks = []
-        offset = 0
-        while offset < size:
-            chunk = os.pread(self.fd, size - offset, offset)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            offset += len(chunk)
-        return b"".join(chunks)
-
-    def remove(self) -> None:
-        """Delete the file, then let go of it (in this order: the lock guards the file until it is gone)."""
-        with suppress(FileNotFoundError):
-            os.unlink(self.path)
-        self.release()
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+def _unavailable(message: str) -> PredictionLogUnavailable:
+    return PredictionLogUnavailable(f"prediction log: {message}")
 
 
 class _Flush:
@@ -276,14 +197,14 @@ class PredictionLogger:
         # The request path: the live segment, its descriptor (-1: none yet) and its row count,
         # changed together under the lock.
         self._lock = threading.Lock()
-        self._live: _Segment | None = None
+        self._live: Segment | None = None
         self._fd = -1
         self._items: list = []  # the live segment's items
         self._rows = 0
         self._woken = False  # the writer was told that the live segment is full
         self._closed = False
         # The writer thread's own state.
-        self._sealed: list[_Segment] = []  # oldest first; a segment stays here until it is converted
+        self._sealed: list[Segment] = []  # oldest first; a segment stays here until it is converted
         self._requests: collections.deque[_Flush | None] = collections.deque()  # None asks the writer to stop
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -332,7 +253,7 @@ class PredictionLogger:
 
     # ---- the request path ----------------------------------------------------------------------
     def log(self, batch: PredictionBatch) -> None:
-        """Journal the rows of ``batch`` (one write); raises ApiError 503 when they could not be."""
+        """Journal the rows of ``batch`` (one write); raises PredictionLogUnavailable when they could not be."""
         self._append((_batch_line(batch) + "\n").encode(), len(batch), batch)
 
     def log_row(
@@ -352,7 +273,7 @@ class PredictionLogger:
 
         ``when`` is unix seconds, as :attr:`PredictionBatch.time`; ``features`` are the model's inputs
         in :data:`MODEL_FEATURES` order (None: missing). The row is in the journal when this returns;
-        raises ApiError 503 when it could not be written (then the prediction must not be answered).
+        raises PredictionLogUnavailable when it could not be written (then the prediction must not be answered).
         """
         row = [when, request_id, customer_id, features, probability, is_fraud, threshold, model_version, variant,
                latency_ms]  # fmt: skip
@@ -403,9 +324,9 @@ class PredictionLogger:
         _log.error("could not append to the prediction log journal: %s", error)
         raise _unavailable(f"cannot write the journal: {error.strerror or error}") from error
 
-    def _new_segment(self) -> _Segment:
+    def _new_segment(self) -> Segment:
         stem = f"{time.time_ns():020d}-{self._token}-{next(self._sequence):06d}"
-        return _Segment.create(self.journal_dir, stem)
+        return Segment.create(self.journal_dir, stem)
 
     def _count(self, event: str, amount: int) -> None:
         setattr(self, event, getattr(self, event) + amount)
@@ -453,7 +374,7 @@ class PredictionLogger:
         if self._rows == 0:
             return
         try:
-            fresh: _Segment | None = self._new_segment()
+            fresh: Segment | None = self._new_segment()
         except OSError:  # the request path opens one itself when it needs it
             _log.exception("could not open the next prediction log journal segment")
             fresh = None
@@ -501,12 +422,12 @@ class PredictionLogger:
         if self._live is not None:
             own.add(self._live.path)
         for path in paths:
-            creating = path.name.startswith(".") and path.name.endswith(_CREATING_SUFFIX)
+            creating = path.name.startswith(".") and path.name.endswith(CREATING_SUFFIX)
             if path in own or not (creating or path.name.endswith(SEGMENT_SUFFIX)):
                 continue
             if creating and not _older_than(path, _CREATING_GRACE_SECONDS):
                 continue  # its creator may be between creating and locking it
-            segment = _Segment.claim(path)
+            segment = Segment.claim(path)
             if segment is None:
                 continue
             if creating:  # its owner died before writing anything to it
@@ -523,7 +444,7 @@ class PredictionLogger:
                 remaining.append(segment)
         self._sealed = remaining
 
-    def _convert(self, segment: _Segment) -> bool:
+    def _convert(self, segment: Segment) -> bool:
         """Write ``segment``'s rows as parquet (and its bad rows to quarantine), then delete it."""
         try:
             items, bad = (segment.items, []) if segment.items is not None else _parse(segment.read())
@@ -558,7 +479,7 @@ class PredictionLogger:
             self.files_written += 1
             self._count(ROWS_WRITTEN, part.num_rows)
 
-    def _quarantine(self, segment: _Segment, bad: list[tuple[str, str]]) -> None:
+    def _quarantine(self, segment: Segment, bad: list[tuple[str, str]]) -> None:
         """The segment's bad rows, each with its reason, in one file named after the segment."""
         day = _segment_day(segment.stem)
         path = self.quarantine_dir / f"quarantine-{day}-{segment.stem}.jsonl"
@@ -590,16 +511,6 @@ def _segment_day(stem: str) -> str:
     digits = stem.split("-", 1)[0]
     seconds = int(digits) / 1e9 if digits.isdigit() and len(digits) <= 20 else time.time()
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d")
-
-
-def read_quarantine(log_dir: str | Path) -> list[dict[str, Any]]:
-    """Every quarantined row under ``log_dir``, oldest segment first: ``reason``, ``row`` (the row's
-    journal text), ``segment`` (the journal file it came from) and ``quarantined_at``."""
-    folder = Path(log_dir) / QUARANTINE_DIR
-    records = []
-    for path in sorted(folder.glob("quarantine-*.jsonl")):
-        records += [json.loads(line) for line in path.read_text(encoding="ascii").splitlines() if line]
-    return records
 
 
 # ---- conversion: items -> one arrow table (bad rows set aside) -------------------------------------
@@ -933,42 +844,3 @@ def batches_to_frame(batches: list[PredictionBatch]) -> pd.DataFrame:
     columns["variant"] = [b.variant for b in batches for _ in range(len(b))]
     columns["latency_ms"] = np.concatenate([np.full(len(b), b.latency_ms, dtype="float64") for b in batches])
     return pd.DataFrame(columns)[list(LOG_COLUMNS)]
-
-
-def read_prediction_log(log_dir: str | Path, day: str | date | datetime | None = None) -> pd.DataFrame:
-    """Every logged prediction under ``log_dir`` (or of one UTC ``day``), oldest first.
-
-    Files still being written (temporary names) are skipped; an empty log gives an empty frame with
-    the log's columns. Each day is listed and read under its swap lock (shared), so a compaction of
-    that day is either wholly before the read or wholly after it.
-    """
-    log_dir = Path(log_dir)
-    if day is None:
-        folders = sorted(log_dir.glob(f"{DAY_PREFIX}*"))
-    else:
-        day_text = day.strftime("%Y-%m-%d") if isinstance(day, date | datetime) else str(day)
-        folders = [log_dir / f"{DAY_PREFIX}{day_text}"]
-    frames = []
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        with ExitStack() as lock:
-            # No lock file and no right to create one: a read-only copy of the log, which nothing compacts.
-            with suppress(OSError):
-                lock.enter_context(file_lock(folder / SWAP_LOCK_NAME, shared=True))
-            frames += [pd.read_parquet(path) for path in sorted(folder.glob("part-*.parquet"))]
-    if not frames:
-        return _empty_frame()
-    frame = pd.concat(frames, ignore_index=True)
-    return frame.sort_values("time", kind="stable").reset_index(drop=True)
-
-
-def _empty_frame() -> pd.DataFrame:
-    frame = pd.DataFrame({name: pd.Series(dtype="float64") for name in LOG_COLUMNS})
-    frame["time"] = pd.Series(dtype="datetime64[ns, UTC]")
-    frame["request_id"] = pd.Series(dtype="object")
-    frame["customer_id"] = pd.Series(dtype="Int64")
-    frame["is_fraud"] = pd.Series(dtype="bool")
-    frame["model_version"] = pd.Series(dtype="int64")
-    frame["variant"] = pd.Series(dtype="object")
-    return frame

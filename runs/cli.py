@@ -1,0 +1,341 @@
+"""The ``ml-platform`` console entry point: the commands that launch runs of the code location's jobs or
+need its resources (``demo``, ``run``, ``materialize-features``, ``deploy``, ``rollback``, ``status``),
+added to the core's typer app, whose Dagster-free commands are in ``ml_platform/cli.py``.
+
+``python -m runs.cli`` runs it too.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from ml_platform.cli import app, fail, prepared_settings
+from ml_platform.settings import Settings
+from runs.launch import CliError, failure_report, job_assets, launch, load_definitions, quiet_warnings, summarize
+
+PIPELINES = {
+    "training": "retrain",  # training_set -> trained_model -> model_evaluation -> champion_model
+    "features": "refresh_features",  # customer_stats -> feature_store -> online_features
+    "ingest": "ingest",  # raw_transactions -> validated_transactions, per day
+    "all": "bootstrap",  # the whole graph over a range of days
+}
+PARTITIONED_PIPELINES = {"ingest", "all"}
+FEATURE_VIEWS = ("customer_stats",)
+ENVIRONMENTS = ("local", "staging", "prod")
+
+
+def load_params(path: Path | None, pipeline_assets: set[str]) -> dict[str, Any]:
+    """Read a params file: top-level keys are assets of the pipeline, values their config."""
+    if path is None:
+        return {}
+    if not path.exists():
+        raise CliError(f"params file {path} does not exist")
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise CliError(f"params file {path} is not valid YAML: {error}") from error
+    if not isinstance(params, dict):
+        raise CliError(f"params file {path} must map asset names to their config, got {type(params).__name__}")
+    unknown = sorted(set(params) - pipeline_assets)
+    if unknown:
+        raise CliError(
+            f"params file {path} names {', '.join(unknown)}, not assets of this pipeline; "
+            f"expected some of: {', '.join(sorted(pipeline_assets))}"
+        )
+    for asset, config in params.items():
+        if not isinstance(config, dict):
+            raise CliError(f"params file {path}: '{asset}' must be a mapping of config fields")
+    return params
+
+
+def _print_result(result, title: str) -> None:
+    """The run's outcome and one line of figures per materialized asset; exit 1 when it failed."""
+    if not result.success:
+        typer.secho(f"{title}: FAILED (run {result.run_id})", fg="red", err=True)
+        typer.echo(failure_report(result), err=True)
+        raise typer.Exit(1)
+    typer.secho(f"{title}: succeeded (run {result.run_id})", fg="green")
+    width = max((len(name) for name, _ in summarize(result)), default=0)
+    for name, figures in summarize(result):
+        typer.echo(f"  {name:<{width}}  {figures}")
+
+
+def _run_cli(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, with a :class:`CliError` printed as an error and exit status 2."""
+    try:
+        return fn(*args, **kwargs)
+    except CliError as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+
+
+def _last_complete_days(days: int) -> tuple[date, date]:
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    return yesterday - timedelta(days=days - 1), yesterday
+
+
+@app.command()
+def demo(
+    days: Annotated[int, typer.Option(min=3, help="How many complete days of transactions (ending yesterday).")] = 28,
+    transactions_per_day: Annotated[int, typer.Option(min=10)] = 2_000,
+    customers: Annotated[int, typer.Option(min=10)] = 5_000,
+    loop: Annotated[
+        bool,
+        typer.Option(
+            "--loop/--no-loop",
+            help="Then close the loop: serve the champion, send drifted traffic, let the sensors retrain and "
+            "deploy, turn the labels bad, let them roll back.",
+        ),
+    ] = True,
+    drift: Annotated[float, typer.Option(min=0.0, help="The drift knob of the loop's new days.")] = 0.3,
+    drift_days: Annotated[int, typer.Option(min=1, help="How many of the DAYS are the loop's drifted days.")] = 4,
+    keep_serving: Annotated[bool, typer.Option(help="Leave the model server running after the loop.")] = False,
+) -> None:
+    """Materialize the whole graph headless over the last DAYS days and print what it produced; with
+    --loop (the default) the last DRIFT_DAYS of them arrive later, drifted, and the platform reacts."""
+    settings = prepared_settings()
+    if loop and drift_days >= days:
+        fail(f"--drift-days {drift_days} must be fewer than --days {days} (the rest is the clean history)")
+    start, end = _last_complete_days(days)
+    history_end = end - timedelta(days=drift_days) if loop else end
+    data = {"transactions_per_day": transactions_per_day, "n_customers": customers}
+    typer.echo(
+        f"materializing the whole graph over {start} .. {history_end} ({(history_end - start).days + 1} daily "
+        "partitions) ..."
+    )
+    result = _run_cli(launch, "bootstrap", {"raw_transactions": data}, start=start, end=history_end)
+    if loop and not result.success and _only_the_gates_failed(result, settings):
+        # A state directory used before: the new model did not beat the champion of the last demo, which
+        # stays (as a gate should have it); the loop goes on with that champion.
+        typer.secho(f"demo: the new model was not promoted (run {result.run_id}):", fg="yellow")
+        typer.echo(failure_report(result))
+    else:
+        _print_result(result, "demo")
+    evaluation = result.output_for_node("model_evaluation")
+    challenger = evaluation["metrics"]["challenger"]
+    typer.echo(
+        f"\n{evaluation['model_name']} v{evaluation['challenger_version']} on {evaluation['test_rows']:,} test rows: "
+        + ", ".join(f"{m}={challenger[m]:.4f}" for m in ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"))
+    )
+    if loop:
+        from runs.closed_loop import ClosedLoop, LoopError, LoopPlan  # imports the sensors and so the assets
+
+        plan = LoopPlan.for_history(
+            data,
+            history_days=(history_end - start).days + 1,
+            drift_start=history_end + timedelta(days=1),
+            drift_days=drift_days,
+            drift=drift,
+        )
+        closed = ClosedLoop(settings, load_definitions(), echo=typer.echo)
+        try:
+            report = closed.run_scenario(plan)
+        except LoopError as error:
+            typer.secho(f"the loop did not close: {error}", fg="red", err=True)
+            raise typer.Exit(1) from error
+        finally:
+            if not keep_serving:
+                closed.stop_server()
+        typer.echo("")
+        typer.echo(report.summary())
+        if not keep_serving:
+            typer.echo(
+                "the model server was stopped (--keep-serving leaves it running; `ml-platform deploy` restarts it)"
+            )
+    typer.echo("open the UI with `make dev` (http://127.0.0.1:3000) to see every materialization and check")
+
+
+def _only_the_gates_failed(result, settings: Settings) -> bool:
+    """The run failed at the promotion gates alone, and a champion from before is there to go on with."""
+    from ml_platform.registry import CHAMPION, Registry
+
+    failed_steps = {e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"}
+    failed_checks = {
+        e.event_specific_data.check_name
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed
+    }
+    registry = Registry.from_settings(settings)
+    return (
+        failed_steps == {"model_evaluation"}
+        and bool(failed_checks)
+        and failed_checks <= {"quality_floor", "no_regression"}
+        and registry.version_for_alias(CHAMPION) is not None
+    )
+
+
+@app.command()
+def run(
+    pipeline: Annotated[str, typer.Option(help=f"One of: {', '.join(PIPELINES)}.")] = "training",
+    params: Annotated[Path | None, typer.Option(help="YAML: asset name -> that asset's config.")] = None,
+    start: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD) for ingest/all.")] = None,
+    end: Annotated[str | None, typer.Option(help="Last day, inclusive (YYYY-MM-DD) for ingest/all.")] = None,
+) -> None:
+    """Run a pipeline with parameters from a file."""
+    prepared_settings()
+    if pipeline not in PIPELINES:
+        typer.secho(f"error: unknown pipeline {pipeline!r}; expected one of {', '.join(PIPELINES)}", fg="red", err=True)
+        raise typer.Exit(2)
+    job_name = PIPELINES[pipeline]
+    first = last = None
+    if pipeline in PARTITIONED_PIPELINES:
+        first, last = _run_cli(_parse_range, start, end)
+    elif start or end:
+        typer.secho(f"error: --start/--end apply to {' and '.join(PARTITIONED_PIPELINES)} only", fg="red", err=True)
+        raise typer.Exit(2)
+    defs = load_definitions()
+    run_params = _run_cli(load_params, params, job_assets(job_name, defs))
+    result = _run_cli(launch, job_name, run_params, start=first, end=last, defs=defs)
+    _print_result(result, f"pipeline {pipeline}")
+
+
+def _parse_range(start: str | None, end: str | None) -> tuple[date, date]:
+    if not start and not end:
+        return _last_complete_days(1)
+    try:
+        first = date.fromisoformat(start or end)
+        last = date.fromisoformat(end or start)
+    except ValueError as error:
+        raise CliError(f"--start/--end must be dates as YYYY-MM-DD: {error}") from error
+    if last < first:
+        raise CliError(f"--end {last} is before --start {first}")
+    if last >= datetime.now(UTC).date():
+        raise CliError(f"--end {last} is not a complete day yet; the last complete day is yesterday")
+    return first, last
+
+
+@app.command("materialize-features")
+def materialize_features(
+    feature_view: Annotated[str, typer.Option(help="The feature view to rebuild and load online.")] = "customer_stats",
+) -> None:
+    """Rebuild a feature view from every stored day and load it into the online store."""
+    prepared_settings()
+    if feature_view not in FEATURE_VIEWS:
+        typer.secho(
+            f"error: unknown feature view {feature_view!r}; expected one of {', '.join(FEATURE_VIEWS)}",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
+    result = _run_cli(launch, "refresh_features")
+    _print_result(result, f"feature view {feature_view}")
+
+
+@app.command()
+def status(
+    window: Annotated[str, typer.Option(help='Trailing window of traffic to judge: "24h", "7d", "90m".')] = "24h",
+) -> None:
+    """Where the registry stands (champion, challenger, previous) and the champion's health: status,
+    uptime, latency, errors, live accuracy against its baseline, drift and the alerts firing."""
+    settings = prepared_settings()
+    quiet_warnings()
+    from ml_platform.monitoring.dashboard import render_terminal
+    from ml_platform.monitoring.health import collect_model_health
+    from ml_platform.monitoring.window import Window
+    from ml_platform.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
+
+    try:
+        span = Window.parse(window)
+    except ValueError as error:
+        fail(str(error))
+    registry = Registry.from_settings(settings)
+    aliases = registry.aliases()
+    if not aliases:
+        typer.echo(f"{settings.model_name}: no registered model yet (run `make demo`)")
+        raise typer.Exit(0)
+    typer.echo(f"{settings.model_name} ({settings.public_tracking_uri})")
+    for alias in (CHAMPION, CHALLENGER, PREVIOUS):
+        version = aliases.get(alias)
+        typer.echo(f"  {alias:<10} {'v' + str(version) if version is not None else '-'}")
+    defs = load_definitions()
+    monitoring, deployment = defs.resources["monitoring"], defs.resources["deployment"]
+    try:
+        rules, drift_config = monitoring.rules(), monitoring.drift_config()
+    except ValueError as error:
+        fail(f"monitoring resource: {error}")
+    health = collect_model_health(
+        registry,
+        monitoring.paths(),
+        span,
+        endpoint=deployment.endpoint(),
+        token=deployment.token(),
+        training_set_path=defs.resources["state"].table_path("training_set"),
+        drift_config=drift_config,
+        rules=rules,
+    )
+    typer.echo("")
+    typer.echo(render_terminal(health), nl=False)
+
+
+@app.command()
+def deploy(
+    model: Annotated[str, typer.Option(help="Registered model name.")] = "",
+    version: Annotated[int | None, typer.Option(min=1, help="Version to serve; default: the champion.")] = None,
+    env: Annotated[str, typer.Option(help=f"One of: {', '.join(ENVIRONMENTS)}.")] = "local",
+) -> None:
+    """Deploy a model version to an environment.
+
+    A version other than the champion becomes the champion first (the old one becomes 'previous'), so
+    a rollback can undo it. Local: the managed server process, then the smoke check. staging/prod: the
+    Kubernetes overlay applied with the version pinned, waiting for the rollout.
+    """
+    settings = prepared_settings()
+    if env not in ENVIRONMENTS:
+        fail(f"unknown environment {env!r}; expected one of {', '.join(ENVIRONMENTS)}")
+    if model and model != settings.model_name:
+        fail(f"this platform serves model {settings.model_name!r} (ML_PLATFORM_MODEL_NAME), not {model!r}")
+    quiet_warnings()
+    from mlflow.exceptions import MlflowException
+
+    from ml_platform.registry import CHAMPION, Registry
+
+    registry = Registry.from_settings(settings)
+    if version is not None and version != registry.version_for_alias(CHAMPION):
+        try:
+            registry.pin(version, promoted_at=datetime.now(UTC).isoformat())
+        except MlflowException as error:  # the version does not exist
+            fail(f"{settings.model_name} v{version} cannot be deployed: {error}")
+        typer.echo(f"{settings.model_name}: champion is now v{version}")
+    if env == "local":
+        result = _run_cli(launch, "deploy")
+        _print_result(result, f"deploy to {env}")
+        return
+    _deploy_kubernetes(settings, registry, env)
+
+
+def _deploy_kubernetes(settings: Settings, registry, env: str) -> None:
+    from ml_platform.deploy.kubernetes import KubernetesTarget, overlay_dir
+    from ml_platform.deploy.local import DeploymentError
+    from ml_platform.registry import CHAMPION
+
+    version = registry.version_for_alias(CHAMPION)
+    if version is None:
+        fail(f"{settings.model_name} has no champion to deploy")
+    try:
+        statuses = KubernetesTarget().deploy(overlay_dir(env), version, alias=CHAMPION)
+    except DeploymentError as error:
+        fail(f"deploy to {env}: {error}")
+    typer.secho(f"deploy to {env}: v{version} rolled out", fg="green")
+    for status in statuses:
+        typer.echo(f"  {status.namespace}/{status.name}: {status.message}")
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Recorded on the version taken out of service.")] = "manual rollback",
+) -> None:
+    """Put the previous champion back, redeploy it and verify what is serving."""
+    prepared_settings()
+    result = _run_cli(launch, "rollback", ops_config={"roll_back_champion": {"reason": reason}})
+    _print_result(result, "rollback")
+    outcome = result.output_for_node("redeploy_and_verify")
+    typer.echo(f"  serving v{outcome['to_version']} (was v{outcome['from_version']}) at {outcome['endpoint']}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,116 @@
+"""The graph tests' shared vocabulary: the session's small data, what a run produced, and live traffic.
+
+- ``SMALL_DATA``, ``FIRST_DAY``, ``LAST_DAY``: the seeded synthetic source and the 14 days the session's
+  bootstrap run materializes (the production-profile tests bootstrap the same data on their services).
+- ``materializations``, ``check_results``: a Dagster run result's materialization metadata and check
+  verdicts as plain values.
+- ``drifted_transactions``, ``send_with_labels``, ``wait_until_logged``: traffic for the served champion
+  and its (already arrived) labels, returning once the server's log holds every answer.
+- ``monitoring_resources``, ``run_monitor``: the monitor job's assets and checks with the monitoring
+  resource's fields changed (thresholds, the log directory, the cooldown).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+import pandas as pd
+
+from assets import ALL_ASSETS
+from assets.monitoring import WINDOW_ASSETS
+from ml_platform.data.synthetic import SyntheticConfig, generate_transactions
+from ml_platform.monitoring.labels import delayed_labels
+from ml_platform.monitoring.traffic import send_traffic
+from ml_platform.predictions import read_prediction_log
+from resources.monitoring import MonitoringResource
+
+SMALL_DATA = {"raw_transactions": {"n_customers": 1_500, "transactions_per_day": 1_200, "seed": 7}}
+FIRST_DAY, LAST_DAY = date(2026, 3, 1), date(2026, 3, 14)
+
+# A server's log reaches disk in batches (every 2 s by default); on a busy machine much later than that.
+LOG_DEADLINE_SECONDS = 60.0
+
+
+def materializations(result, asset: str) -> list[dict]:
+    """The metadata of each materialization of ``asset`` in the run ``result``, as plain values."""
+    found = []
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        if materialization.asset_key == dg.AssetKey(asset):
+            found.append({k: getattr(v, "value", v) for k, v in materialization.metadata.items()})
+    return found
+
+
+def check_results(result) -> dict[tuple[str, str], bool]:
+    """Each check evaluated in the run ``result``: (asset, check) -> passed."""
+    return {
+        (
+            e.event_specific_data.asset_key.to_user_string(),
+            e.event_specific_data.check_name,
+        ): e.event_specific_data.passed
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+
+
+def drifted_transactions(day: date, rows: int = 600, drift: float = 1.0) -> pd.DataFrame:
+    """A day of the session's synthetic customers, drifted, as live traffic (never ingested)."""
+    source = SMALL_DATA["raw_transactions"]
+    config = SyntheticConfig(
+        n_customers=source["n_customers"], seed=source["seed"], transactions_per_day=rows, drift=drift
+    )
+    return generate_transactions(config, day, day + timedelta(days=1))
+
+
+def endpoint(settings) -> str:
+    return f"http://127.0.0.1:{settings.serving_port}"
+
+
+def wait_until_logged(log_dir, request_ids: set[str], timeout: float = LOG_DEADLINE_SECONDS) -> pd.DataFrame:
+    """The log once every answer in ``request_ids`` is on disk (or the deadline passed: the caller's
+    assertions then say what is missing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logged = read_prediction_log(log_dir)
+        if set(request_ids) <= set(logged["request_id"]) or time.monotonic() > deadline:
+            return logged
+        time.sleep(0.25)
+
+
+def send_with_labels(settings, defs, transactions: pd.DataFrame, flip_fraction: float, seed: int = 0) -> dict:
+    """Send ``transactions`` to the served model and store their (already arrived) labels."""
+    paths = defs.resources["monitoring"].paths()
+    traffic = send_traffic(endpoint(settings), transactions)
+    assert traffic.failed == 0, traffic.errors
+    labels = delayed_labels(
+        transactions,
+        sent_at=datetime.now(UTC) - timedelta(minutes=1),
+        delay=timedelta(0),
+        flip_fraction=flip_fraction,
+        seed=seed,
+    )
+    paths.labels().write(labels)
+    wait_until_logged(paths.log_dir, set(transactions["transaction_id"]))
+    return {"traffic": traffic, "labels": labels}
+
+
+def monitoring_resources(defs, **overrides) -> dict:
+    """The code location's resources with the monitoring resource's fields changed."""
+    base = defs.resources["monitoring"]
+    fields = {"log_dir": base.log_dir, "monitoring_dir": base.monitoring_dir, **overrides}
+    return {**defs.resources, "monitoring": MonitoringResource(**fields)}
+
+
+def run_monitor(defs, instance, *, window: str = "24h", **overrides):
+    """The monitor job's assets and checks, with the monitoring resource changed by ``overrides``."""
+    config = {"ops": {name: {"config": {"window": window}} for name in WINDOW_ASSETS}}
+    return dg.materialize(
+        ALL_ASSETS,
+        selection=dg.AssetSelection.assets(*WINDOW_ASSETS),
+        resources=monitoring_resources(defs, **overrides),
+        instance=instance,
+        run_config=config,
+        raise_on_error=False,
+    )
