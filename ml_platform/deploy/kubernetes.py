@@ -493,18 +493,19 @@ def _load_api_client(kubeconfig: str | Path | None, context: str | None, in_clus
             ) from exc
         return k8s_client.ApiClient(configuration), "in-cluster service account"
 
+    # The kubernetes package reads $KUBECONFIG once, when it is first imported; the variable's value now is
+    # passed on explicitly so that one set later is honoured (a list of files, ':'-separated, merges as kubectl's).
+    config_file = str(kubeconfig) if kubeconfig is not None else os.environ.get("KUBECONFIG") or None
     if kubeconfig is not None:
         where = f"kubeconfig {kubeconfig}"
-    elif os.environ.get("KUBECONFIG"):
-        where = f"kubeconfig from KUBECONFIG={os.environ['KUBECONFIG']}"
+    elif config_file:
+        where = f"kubeconfig from KUBECONFIG={config_file}"
     else:
-        where = "kubeconfig ~/.kube/config"
+        where, config_file = "kubeconfig ~/.kube/config", "~/.kube/config"
     if context:
         where += f", context {context!r}"
     try:
-        api_client = k8s_config.new_client_from_config(
-            config_file=str(kubeconfig) if kubeconfig is not None else None, context=context, persist_config=False
-        )
+        api_client = k8s_config.new_client_from_config(config_file=config_file, context=context, persist_config=False)
     except (ConfigException, OSError, yaml.YAMLError, TypeError, ValueError) as exc:
         raise KubernetesUnavailable(
             f"no usable Kubernetes configuration: {where}: {exc}; and not in-cluster "

@@ -7,7 +7,10 @@ statuses; a fake clock makes the rollout waits instant.
 from __future__ import annotations
 
 import copy
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -445,6 +448,24 @@ def test_no_kubeconfig_raises_kubernetes_unavailable(tmp_path, monkeypatch):
     assert "is empty" in message
     assert "KUBERNETES_SERVICE_HOST unset" in message
     assert "Pass kubeconfig=" in message
+
+
+def test_kubeconfig_set_after_the_kubernetes_package_was_imported_is_the_one_read(tmp_path):
+    """The kubernetes package reads $KUBECONFIG once, at import: a value set later (another test, a
+    command that sets it after start-up) must still be the file read. A fresh process makes the order sure."""
+    empty = tmp_path / "kubeconfig"
+    empty.write_text("")
+    script = (
+        "import os, kubernetes.config\n"  # imported while KUBECONFIG is unset
+        f"os.environ['KUBECONFIG'] = {str(empty)!r}\n"
+        "from ml_platform.deploy.kubernetes import KubernetesTarget, KubernetesUnavailable\n"
+        "try:\n    KubernetesTarget()\nexcept KubernetesUnavailable as error:\n    print(error)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"no usable Kubernetes configuration: kubeconfig from KUBECONFIG={empty}: ")
+    assert "is empty" in done.stdout
 
 
 def test_explicit_missing_kubeconfig_and_context_are_named(tmp_path, monkeypatch):

@@ -5,8 +5,8 @@ previous champion back, and the server answers with it. The same scenario `make 
 
 It runs in the session's graph world (tests/conftest.py: registry, data, Dagster instance, server port),
 from whatever state the other graph tests left: the champion at its start is ``v_start``, the version the
-drift retrain makes is new, and the rollback serves ``v_start`` again, so the world is left as it found
-the champion as it found it for the tests after it. What else it adds cannot disturb them: its drifted days
+drift retrain makes is new, and the rollback serves ``v_start`` again, so the tests after it find the
+champion as this test found it. What else it adds cannot disturb them: its drifted days
 (2026-03-15 .. 03-19) are days no other test ingests or sends, and the server it starts writes a prediction
 log of its own, so its monitoring runs judge its traffic only and other tests' monitoring runs never see it.
 """
