@@ -87,7 +87,7 @@ def test_strict_validation_rejects_an_unknown_field(rendered):
     """The validation above would catch a misspelt field (it is not a vacuous pass)."""
     import kubernetes_validate  # pinned in requirements.lock: a missing install fails, never skips
 
-    deployment = one(rendered["base"], "Deployment", "fraud-detector")
+    deployment = copy.deepcopy(one(rendered["base"], "Deployment", "fraud-detector"))  # the render is shared
     container(deployment)["readinesProbe"] = container(deployment)["readinessProbe"]
     with pytest.raises(kubernetes_validate.ValidationError, match="readinesProbe"):
         kubernetes_validate.validate(deployment, SCHEMA_VERSIONS[0], strict=True)
