@@ -5,6 +5,7 @@ from assets.deployment import batch_predictions, model_deployment
 from assets.evaluation import champion_model, model_evaluation
 from assets.features import customer_stats, feature_store, online_features
 from assets.monitoring import MONITORING_ASSETS
+from assets.skew import feature_skew
 from assets.training import trained_model, training_set
 
 ALL_ASSETS = [
@@ -20,4 +21,5 @@ ALL_ASSETS = [
     model_deployment,
     batch_predictions,
     *MONITORING_ASSETS,
+    feature_skew,
 ]

@@ -150,8 +150,9 @@ def _auth_problems(
     partitions_def=DAILY_PARTITIONS,
     deps=["champion_model", "feature_store"],
     kinds={"xgboost", "parquet"},
-    description="Every transaction of the day scored by the champion (features as they were just before each "
-    "one), streamed parquet to parquet in bounded memory, with model version and scoring time on every row.",
+    description="Every transaction of the day scored by the champion (with the customer stats served that "
+    "day: through the end of the day before, as in training), streamed parquet to parquet in bounded memory, "
+    "with model version and scoring time on every row.",
 )
 def batch_predictions(
     context: dg.AssetExecutionContext,

@@ -2,14 +2,22 @@
 
 ``customer_stats`` is the offline feature table: one row per customer and event time, holding the
 customer's history *after* the transactions at that time (total_purchases, avg_order_value,
-lifetime_value and when the last order was). A model scoring a transaction must only see the
-history *before* it, so the training join asks the store for the state just before each
-transaction (see :data:`JOIN_OFFSET`), which is also what the online store holds when a new
-transaction arrives.
+lifetime_value and when the last order was).
 
-``days_since_last_order`` depends on when it is asked, so the store keeps the time of the last
-order and the feature is derived at request time by :func:`model_features`, the one function that
-turns a transaction plus its customer's stats into the model's input, in training and in serving.
+Training and serving read the same daily snapshots. The online store is loaded by the nightly batch
+(ingest the day, recompute ``customer_stats``, load the online store) with every customer's stats
+through the last complete UTC day, so a transaction of day D is served with its customer's stats as of
+the end of day D-1: the stats of all transactions strictly before 00:00 UTC of its own day
+(:func:`snapshot_time`). The training set, batch scoring and the in-memory join :func:`stats_before`
+give each transaction exactly that snapshot, not the history up to the transaction itself: same-day
+activity is not a feature, because the server never sees it. (Updating the online store on every scored
+transaction would put a write on the prediction path, race between replicas and count a transaction
+twice when it is scored twice; a same-day velocity feature needs a streaming push of its own.)
+
+``days_since_last_order`` and ``amount_to_avg_ratio`` depend on the transaction, so the store keeps
+the time of the last order and the average, and the features are derived at request time by
+:func:`model_features`, the one function that turns a transaction plus its customer's stats into the
+model's input, in training and in serving.
 """
 
 from __future__ import annotations
@@ -45,16 +53,28 @@ DRIFT_FEATURES: tuple[str, ...] = tuple(name for name in MODEL_FEATURES if name 
 # The request-time fields of a transaction (what a caller sends besides the customer id).
 REQUEST_FIELDS: tuple[str, ...] = ("amount", "category", "channel", TIMESTAMP_COLUMN)
 
-# Stats are looked up as of this much before the transaction: strictly earlier history only.
+# The point-in-time join is inclusive (a stats row at the lookup instant counts), so the feature store is
+# asked for the stats as of this much before a snapshot instant: strictly earlier history only.
 JOIN_OFFSET = pd.Timedelta(microseconds=1)
 
 _CATEGORY_CODES = {name: code for code, name in enumerate(CATEGORIES)}
 _SECONDS_PER_DAY = 86_400.0
+_UTC_NANOSECONDS = "datetime64[ns, UTC]"
 
 
 def epoch_seconds(timestamps: pd.Series) -> np.ndarray:
-    """Unix time in seconds (float) of timestamps; naive ones are taken as UTC."""
-    return pd.DatetimeIndex(pd.to_datetime(timestamps, utc=True)).asi8 / 1e9
+    """Unix time in seconds (float) of timestamps, whatever their time unit; naive ones are taken as UTC."""
+    return pd.DatetimeIndex(pd.to_datetime(timestamps, utc=True)).as_unit("ns").asi8 / 1e9
+
+
+def snapshot_time(timestamps: pd.Series) -> pd.Series:
+    """The instant whose stats a transaction at each of ``timestamps`` is scored with: 00:00 UTC of its day.
+
+    The stats come from every transaction strictly before that instant: the previous days', as the
+    online store holds them after the nightly load, and none of the same day's (not even at 00:00:00).
+    Naive timestamps are taken as UTC; the result is UTC and keeps ``timestamps``' index.
+    """
+    return pd.to_datetime(timestamps, utc=True).dt.floor("D")
 
 
 def compute_customer_stats(transactions: pd.DataFrame) -> pd.DataFrame:
@@ -87,22 +107,31 @@ def compute_customer_stats(transactions: pd.DataFrame) -> pd.DataFrame:
 
 
 def stats_before(transactions: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Each transaction's customer stats from strictly earlier history, joined in memory (NaN when none).
+    """Each transaction's customer stats as of its daily snapshot (:func:`snapshot_time`), joined in
+    memory (NaN when the customer has no earlier day).
 
     The same answer as the Feast point-in-time join (``features.store.point_in_time_stats``) without a
     feature store: for tests, benchmarks and notebooks. ``history`` is the transactions the stats come
     from (default: ``transactions`` themselves). Aligned with ``transactions`` by row.
     """
     stats = compute_customer_stats(transactions if history is None else history)
-    events = transactions[[ENTITY_COLUMN, TIMESTAMP_COLUMN]].reset_index(drop=True)
-    events["__row"] = np.arange(len(events))
+    events = pd.DataFrame(
+        {
+            ENTITY_COLUMN: transactions[ENTITY_COLUMN].to_numpy(),
+            TIMESTAMP_COLUMN: snapshot_time(transactions[TIMESTAMP_COLUMN]).to_numpy(),
+            "__row": np.arange(len(transactions)),
+        }
+    )
+    # one time unit on both sides: merge_asof refuses keys of different resolutions
+    events[TIMESTAMP_COLUMN] = events[TIMESTAMP_COLUMN].astype(_UTC_NANOSECONDS)
+    stats[TIMESTAMP_COLUMN] = stats[TIMESTAMP_COLUMN].astype(_UTC_NANOSECONDS)
     joined = pd.merge_asof(
         events.sort_values(TIMESTAMP_COLUMN, kind="stable"),
         stats.sort_values(TIMESTAMP_COLUMN, kind="stable"),
         on=TIMESTAMP_COLUMN,
         by=ENTITY_COLUMN,
         direction="backward",
-        allow_exact_matches=False,  # strictly earlier: a transaction never sees itself or its same-second twin
+        allow_exact_matches=False,  # strictly before the snapshot: a stats row at 00:00:00 is that day's
     ).sort_values("__row")
     joined.index = transactions.index
     return joined[list(STORED_FEATURES)]

@@ -1,5 +1,10 @@
 """The Feast feature repository, defined in code, and the point-in-time join.
 
+The join gives each transaction its customer's stats as of the transaction's daily snapshot
+(``features.engineering.snapshot_time``: everything strictly before 00:00 UTC of its day), which is
+what the online store, loaded nightly through the last complete day, serves for that transaction: the
+training set, batch scoring and the skew check read the rows serving reads.
+
 The repo config is built from :class:`~ml_platform.settings.Settings` (DuckDB offline store over the
 parquet feature table, file registry, all under the state directory; the online store is SQLite there
 too in the local profile and Redis in the production profile). DuckDB runs
@@ -19,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ml_platform.data.schema import ENTITY_COLUMN, TIMESTAMP_COLUMN
-from ml_platform.features.engineering import JOIN_OFFSET, STORED_FEATURES
+from ml_platform.features.engineering import JOIN_OFFSET, STORED_FEATURES, snapshot_time
 from ml_platform.settings import REDIS_PASSWORD_ENV, Settings
 from ml_platform.storage import write_text_atomic
 
@@ -179,28 +184,45 @@ def feature_definitions(repo: FeatureRepo) -> list:
 
 
 def point_in_time_stats(store, events: pd.DataFrame) -> pd.DataFrame:
-    """Each event's customer stats as they were just before the event, aligned with ``events``.
+    """Each event's customer stats as of its daily snapshot, aligned with ``events``.
 
-    The join carries a row id and is merged back onto every event, so an event comes back exactly once
-    and in its place whatever the offline store does with events that have no earlier row (Feast's
-    dask store silently drops an event whose customer has rows, but none inside ``[ts - ttl, ts]``, even
-    with ttl 0): a customer's first transaction has missing stats, never goes missing itself.
+    The snapshot of an event is its customer's stats from every transaction strictly before 00:00 UTC
+    of the event's day (:func:`~ml_platform.features.engineering.snapshot_time`): the store is asked as
+    of the snapshot instant minus :data:`~ml_platform.features.engineering.JOIN_OFFSET`, so even an
+    event at exactly 00:00:00 sees only earlier days. Events of one customer and day share a snapshot,
+    so each (customer, day) is looked up once.
+
+    The join carries a row id per lookup and is merged back onto every event, so an event comes back
+    exactly once and in its place whatever the offline store does with lookups that have no earlier row
+    (Feast's dask store silently drops one whose customer has rows, but none inside ``[ts - ttl, ts]``,
+    even with ttl 0): a customer's first day has missing stats, never goes missing itself.
     """
-    entity_df = pd.DataFrame(
+    if events.empty:
+        return pd.DataFrame({name: pd.Series(dtype="float64") for name in STORED_FEATURES}, index=events.index)
+    snapshots = pd.DataFrame(
         {
-            ROW_ID: np.arange(len(events)),
-            ENTITY_COLUMN: events[ENTITY_COLUMN].to_numpy(),
-            TIMESTAMP_COLUMN: pd.to_datetime(events[TIMESTAMP_COLUMN], utc=True).to_numpy() - JOIN_OFFSET,
+            ENTITY_COLUMN: events[ENTITY_COLUMN].reset_index(drop=True),
+            TIMESTAMP_COLUMN: snapshot_time(events[TIMESTAMP_COLUMN]).reset_index(drop=True),
         }
     )
-    entity_df[TIMESTAMP_COLUMN] = pd.to_datetime(entity_df[TIMESTAMP_COLUMN], utc=True)
+    lookups = snapshots.drop_duplicates(ignore_index=True)
+    entity_df = pd.DataFrame(
+        {
+            ROW_ID: np.arange(len(lookups)),
+            ENTITY_COLUMN: lookups[ENTITY_COLUMN].to_numpy(),
+            TIMESTAMP_COLUMN: lookups[TIMESTAMP_COLUMN] - JOIN_OFFSET,
+        }
+    )
     joined = store.get_historical_features(
         entity_df=entity_df, features=store.get_feature_service(FEATURE_SERVICE)
     ).to_df()
     if joined[ROW_ID].duplicated().any():
-        raise RuntimeError("the point-in-time join returned some events twice")
-    aligned = pd.DataFrame({ROW_ID: entity_df[ROW_ID]}).merge(
+        raise RuntimeError("the point-in-time join returned some lookups twice")
+    found = lookups.assign(**{ROW_ID: entity_df[ROW_ID]}).merge(
         joined[[ROW_ID, *STORED_FEATURES]], on=ROW_ID, how="left", validate="one_to_one"
+    )
+    aligned = snapshots.merge(
+        found.drop(columns=ROW_ID), on=[ENTITY_COLUMN, TIMESTAMP_COLUMN], how="left", validate="many_to_one"
     )
     aligned.index = events.index
     return aligned[list(STORED_FEATURES)]
@@ -208,6 +230,10 @@ def point_in_time_stats(store, events: pd.DataFrame) -> pd.DataFrame:
 
 def load_online_store(store, start: datetime, end: datetime) -> None:
     """Load every customer's latest stats in [start, end) into the online store.
+
+    Loaded by the nightly batch once a day is ingested, it holds each customer's stats through the last
+    complete day: the daily snapshot that the next day's transactions are served with, and that
+    :func:`point_in_time_stats` gives them for training.
 
     ``customer_stats`` is recomputed whole (a backfilled older day changes every later running
     total), so the online store is always loaded over the table's full time range rather than

@@ -2,8 +2,9 @@
 labelled training set built from it, and one model trained on that set.
 
 The training set's stats come from ``stats_before`` (each transaction joined in memory to its customer's
-last stats row strictly before it), not from Feast, so the training and registry tests do not pay for
-Feast; test_point_in_time.py checks the real Feast join against a brute-force reference.
+stats through the end of the day before its own, the daily snapshot the online store serves), not from
+Feast, so the training and registry tests do not pay for Feast; test_point_in_time.py checks the real
+Feast join against a brute-force reference.
 """
 
 from datetime import date

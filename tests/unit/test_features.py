@@ -1,4 +1,5 @@
-"""Customer stats against a brute-force reference, and the model's features for known inputs."""
+"""Customer stats against a brute-force reference, each transaction's daily snapshot of them (the in-memory
+join), and the model's features for known inputs."""
 
 from collections import defaultdict
 
@@ -11,7 +12,10 @@ from ml_platform.features.engineering import (
     MODEL_FEATURES,
     STORED_FEATURES,
     compute_customer_stats,
+    epoch_seconds,
     model_features,
+    snapshot_time,
+    stats_before,
 )
 
 
@@ -133,6 +137,93 @@ def test_stats_on_generated_data_match_the_brute_force(generated_transactions):
     reference = brute_force_stats(sample)
     assert len(reference) == 2_000 and len(sample) == 2_025
     assert_stats_equal(stats, reference)
+
+
+# ---- the daily snapshot ------------------------------------------------------------------------
+
+
+def test_snapshot_time_is_midnight_utc_of_the_transactions_day():
+    times = pd.Series(
+        pd.to_datetime(
+            ["2024-01-02 00:00:00", "2024-01-02 23:59:59.999999", "2024-01-02 01:30:00+02:00"], format="ISO8601"
+        ),
+        index=[7, 8, 9],
+    )
+    snapshots = snapshot_time(times)
+    assert list(snapshots.index) == [7, 8, 9]
+    # naive times are UTC; 01:30 at +02:00 is 23:30 UTC of the day before
+    assert list(snapshots) == [ts("2024-01-02"), ts("2024-01-02"), ts("2024-01-01")]
+
+
+def snapshot_of(stats, transactions, transaction_id):
+    return tuple(stats.loc[transactions.index[transactions["transaction_id"] == transaction_id][0]])
+
+
+def test_stats_before_gives_each_transaction_its_days_snapshot():
+    transactions = hand_transactions()
+    stats = stats_before(transactions)
+    assert list(stats.index) == list(transactions.index) and list(stats.columns) == list(STORED_FEATURES)
+    # the first day: nobody has an earlier day, whatever happened earlier that day (c1-b after c1-a)
+    for first_day in ("c1-a", "c1-b", "c2-a", "c3-a", "c3-b"):
+        assert np.isnan(snapshot_of(stats, transactions, first_day)).all(), first_day
+    # 01-02: the previous day's transactions, not the same-second twin
+    for tied in ("c1-c", "c1-d"):
+        assert snapshot_of(stats, transactions, tied) == (2, 20.0, 40.0, epoch("2024-01-01 12:30")), tied
+    assert snapshot_of(stats, transactions, "c2-b") == (1, 50.0, 50.0, epoch("2024-01-01 11:00"))
+    # 01-03: both previous days
+    assert snapshot_of(stats, transactions, "c1-e") == (4, 25.0, 100.0, epoch("2024-01-02 08:00"))
+
+
+def test_stats_before_leaves_out_same_day_transactions_even_at_midnight():
+    history = pd.DataFrame(
+        {
+            "transaction_id": ["a", "b", "c", "d"],
+            "customer_id": np.array([5, 5, 5, 5], dtype="int64"),
+            "event_timestamp": [
+                ts("2024-01-01 23:59:59"),
+                ts("2024-01-02 00:00:00"),
+                ts("2024-01-02 13:00"),
+                ts("2024-01-03 00:00:00"),
+            ],
+            "amount": [10.0, 20.0, 30.0, 40.0],
+        }
+    )
+    stats = stats_before(history)
+    assert np.isnan(snapshot_of(stats, history, "a")).all()
+    assert snapshot_of(stats, history, "b") == (1, 10.0, 10.0, epoch("2024-01-01 23:59:59"))  # its own second: out
+    assert snapshot_of(stats, history, "c") == (1, 10.0, 10.0, epoch("2024-01-01 23:59:59"))  # b of 00:00: out
+    assert snapshot_of(stats, history, "d") == (3, 20.0, 60.0, epoch("2024-01-02 13:00"))
+
+
+def test_stats_before_reads_only_earlier_days_of_a_separate_history():
+    """Traffic joined to a history holding later days too (a backfill): only the days before each
+    transaction's own count; a customer the history does not know has no stats."""
+    history = hand_transactions()  # 2024-01-01 .. 01-03
+    traffic = pd.DataFrame(
+        {
+            "customer_id": np.array([1, 1, 2, 99], dtype="int64"),
+            "event_timestamp": [
+                ts("2024-01-02 23:00"),
+                ts("2024-01-04 06:00"),
+                ts("2024-01-02 07:00"),
+                ts("2024-01-04"),
+            ],
+        },
+        index=["x", "y", "z", "w"],
+    )
+    stats = stats_before(traffic, history)
+    assert list(stats.index) == ["x", "y", "z", "w"]
+    assert tuple(stats.loc["x"]) == (2, 20.0, 40.0, epoch("2024-01-01 12:30"))
+    assert tuple(stats.loc["y"]) == (5, 40.0, 200.0, epoch("2024-01-03 09:15:30"))
+    assert tuple(stats.loc["z"]) == (1, 50.0, 50.0, epoch("2024-01-01 11:00"))
+    assert stats.loc["w"].isna().all()
+
+
+def test_epoch_seconds_does_not_depend_on_the_time_unit():
+    times = pd.Series([ts("2024-01-01 00:00:01"), ts("2024-01-02 12:00:00.5")])
+    expected = [1_704_067_201.0, 1_704_196_800.5]
+    for unit in ("ms", "us", "ns"):
+        np.testing.assert_array_equal(epoch_seconds(times.astype(f"datetime64[{unit}, UTC]")), expected, err_msg=unit)
 
 
 # ---- model features ----------------------------------------------------------------------------

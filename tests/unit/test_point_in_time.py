@@ -1,6 +1,10 @@
 """The real Feast point-in-time join (the offline store open_store configures) against a brute-force
 reference, and the online store after a full load. One Feast repo for the module, holding hand-made
-customers (ids from 900_001) beside generated ones (ids below 200)."""
+customers (ids from 900_001) beside generated ones (ids below 200).
+
+The join gives each transaction its daily snapshot: its customer's stats from every transaction strictly
+before 00:00 UTC of its day. The last test holds the platform to its promise: the online store loaded
+through day D-1 serves each transaction of day D exactly the stats the training join gives it."""
 
 from datetime import UTC, datetime
 
@@ -8,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml_platform.features.engineering import STORED_FEATURES, compute_customer_stats, stats_before
+from ml_platform.features.engineering import STORED_FEATURES, compute_customer_stats, model_features, stats_before
 from ml_platform.features.store import (
     FEATURE_SERVICE,
     FeatureRepo,
@@ -18,6 +22,7 @@ from ml_platform.features.store import (
     point_in_time_stats,
 )
 from ml_platform.storage import write_table
+from tests.support.feature_loads import expected_online, load_stats
 
 C1, C2, C3, UNKNOWN = 900_001, 900_002, 900_003, 999_999
 
@@ -35,6 +40,8 @@ def hand_transactions():
         ("c1-e", C1, "2024-03-03 09:15:30", 100.0),
         ("c2-a", C2, "2024-03-01 11:00:00", 50.0),
         ("c2-b", C2, "2024-03-02 08:00:00", 5.0),
+        ("c2-c", C2, "2024-03-03 00:00:00", 25.0),  # at midnight exactly: the first instant of its day
+        ("c2-d", C2, "2024-03-03 18:00:00", 15.0),
         ("c3-a", C3, "2024-03-01 09:00:00", 7.0),  # c3's first second holds two transactions
         ("c3-b", C3, "2024-03-01 09:00:00", 3.0),
     ]
@@ -49,13 +56,14 @@ def hand_transactions():
 
 
 def brute_force_point_in_time(history, events):
-    """For each event: the stats of its customer's transactions strictly before the event time."""
+    """For each event: the stats of its customer's transactions strictly before 00:00 UTC of the event's day."""
     by_customer = {}
     for c, t, a in zip(history["customer_id"], history["event_timestamp"], history["amount"], strict=True):
         by_customer.setdefault(int(c), []).append((t, float(a)))
     rows = []
     for customer, when in zip(events["customer_id"], events["event_timestamp"], strict=True):
-        earlier = [(t, a) for t, a in by_customer.get(int(customer), []) if t < when]
+        midnight = pd.Timestamp(when.year, when.month, when.day, tz="UTC")
+        earlier = [(t, a) for t, a in by_customer.get(int(customer), []) if t < midnight]
         if not earlier:
             rows.append((np.nan, np.nan, np.nan, np.nan))
             continue
@@ -109,37 +117,43 @@ def stats_of(result, events, transaction_id):
 
 
 def test_output_is_aligned_with_the_events(hand_result, hand_events):
-    assert len(hand_result) == len(hand_events) == 11
+    assert len(hand_result) == len(hand_events) == 13
     assert list(hand_result.index) == list(hand_events.index)
     assert list(hand_result.columns) == list(STORED_FEATURES)
 
 
-def test_first_transaction_is_kept_with_missing_stats(hand_result, hand_events):
-    for first in ("c1-a", "c2-a"):
-        assert stats_of(hand_result, hand_events, first).isna().all(), first
+def test_first_day_transactions_are_kept_with_missing_stats(hand_result, hand_events):
+    # c1-b comes 2.5 hours after c1-a, on the same day: the snapshot both are served with is empty
+    for first_day in ("c1-a", "c1-b", "c2-a", "c3-a", "c3-b"):
+        assert stats_of(hand_result, hand_events, first_day).isna().all(), first_day
 
 
-def test_later_transaction_sees_only_strictly_earlier_history(hand_result, hand_events):
-    second = stats_of(hand_result, hand_events, "c1-b")
-    assert second["total_purchases"] == 1
-    assert second["lifetime_value"] == 10.0  # not its own 30.0
-    assert second["avg_order_value"] == 10.0
-    assert second["last_order_ts"] == ts("2024-03-01 10:00").timestamp()
-    fifth = stats_of(hand_result, hand_events, "c1-e")
-    assert (fifth["total_purchases"], fifth["lifetime_value"], fifth["avg_order_value"]) == (4, 100.0, 25.0)
-    assert fifth["last_order_ts"] == ts("2024-03-02 08:00").timestamp()
-
-
-def test_transactions_at_the_same_second_do_not_see_each_other(hand_result, hand_events):
-    # The 08:00 stats row holds both tied transactions (4 purchases, 100.0); each tied event must see
-    # only the history before that second. (Feast's dask offline store de-duplicated entity rows on
-    # (customer_id, event_timestamp), ignoring the row id, so one of the two came back NaN.)
+def test_same_day_earlier_transactions_are_not_in_the_stats(hand_result, hand_events):
+    # c1-c and c1-d share a second on 03-02; both see the two transactions of 03-01 and neither sees the other
     for tied in ("c1-c", "c1-d"):
         row = stats_of(hand_result, hand_events, tied)
         assert (row["total_purchases"], row["lifetime_value"], row["avg_order_value"]) == (2, 40.0, 20.0), tied
         assert row["last_order_ts"] == ts("2024-03-01 12:30").timestamp()
-    for tied_first in ("c3-a", "c3-b"):  # both at the customer's first second: no history at all
-        assert stats_of(hand_result, hand_events, tied_first).isna().all(), tied_first
+    # c2-d at 18:00 on 03-03 does not see c2-c of 00:00 the same day
+    evening = stats_of(hand_result, hand_events, "c2-d")
+    assert (evening["total_purchases"], evening["lifetime_value"], evening["avg_order_value"]) == (2, 55.0, 27.5)
+    assert evening["last_order_ts"] == ts("2024-03-02 08:00").timestamp()
+
+
+def test_previous_days_are_in_the_stats(hand_result, hand_events):
+    fifth = stats_of(hand_result, hand_events, "c1-e")  # 03-03: all four of 03-01 and 03-02
+    assert (fifth["total_purchases"], fifth["lifetime_value"], fifth["avg_order_value"]) == (4, 100.0, 25.0)
+    assert fifth["last_order_ts"] == ts("2024-03-02 08:00").timestamp()
+    second = stats_of(hand_result, hand_events, "c2-b")  # 03-02: c2-a of 03-01
+    assert (second["total_purchases"], second["lifetime_value"], second["avg_order_value"]) == (1, 50.0, 50.0)
+    assert second["last_order_ts"] == ts("2024-03-01 11:00").timestamp()
+
+
+def test_a_transaction_at_midnight_sees_only_earlier_days(hand_result, hand_events):
+    # c2-c at 03-03 00:00:00 has a stats row of its own at that very instant: it is not in its snapshot
+    midnight = stats_of(hand_result, hand_events, "c2-c")
+    assert (midnight["total_purchases"], midnight["lifetime_value"], midnight["avg_order_value"]) == (2, 55.0, 27.5)
+    assert midnight["last_order_ts"] == ts("2024-03-02 08:00").timestamp()
 
 
 def test_unknown_customer_is_kept_with_missing_stats(hand_result, hand_events):
@@ -161,7 +175,8 @@ def test_generated_events_match_the_brute_force(store, generated_transactions, h
     result = point_in_time_stats(store, events)
     reference = brute_force_point_in_time(history, events)
     assert len(result) == len(events) and list(result.index) == list(events.index)
-    assert 0 < reference["total_purchases"].isna().sum() < len(events) // 4  # some first transactions
+    first_day = (events["event_timestamp"] < ts("2024-03-02")).sum()  # the snapshot of the first day is empty
+    assert first_day < reference["total_purchases"].isna().sum() < len(events) // 2
     for column in STORED_FEATURES:
         np.testing.assert_allclose(
             result[column].to_numpy(dtype="float64"),
@@ -198,7 +213,7 @@ def test_online_store_holds_each_customers_latest_stats(store, history):
     latest = compute_customer_stats(history).groupby("customer_id").last()
     expected = {
         C1: (5, 40.0, 200.0, ts("2024-03-03 09:15:30").timestamp()),
-        C2: (2, 27.5, 55.0, ts("2024-03-02 08:00").timestamp()),
+        C2: (4, 23.75, 95.0, ts("2024-03-03 18:00").timestamp()),
         C3: (2, 5.0, 10.0, ts("2024-03-01 09:00").timestamp()),
         5: tuple(latest.loc[5, list(STORED_FEATURES)]),
     }
@@ -213,3 +228,30 @@ def test_online_store_rejects_an_empty_window(store):
     when = datetime(2024, 3, 1, tzinfo=UTC)
     with pytest.raises(ValueError, match="empty"):
         load_online_store(store, when, when)
+
+
+@pytest.mark.parametrize("day", ["2024-03-02", "2024-03-03"])
+def test_the_online_store_loaded_through_the_day_before_serves_what_training_joins(tmp_path, store, history, day):
+    """The nightly batch loads the online store with every day before D; each transaction of D is then
+    served the stats the training join (on the full offline table, D included) gives it, bit for bit."""
+    midnight = ts(day)
+    earlier_days = history[history["event_timestamp"] < midnight]
+    todays = history[
+        (history["event_timestamp"] >= midnight) & (history["event_timestamp"] < midnight + pd.Timedelta(days=1))
+    ]
+    assert len(todays) > 500 and todays["customer_id"].isin(earlier_days["customer_id"]).mean() > 0.5
+
+    repo = FeatureRepo(tmp_path / "repo", tmp_path / "offline", "nightly")
+    load_stats(repo, compute_customer_stats(earlier_days))
+    served = expected_online(open_store(repo), todays["customer_id"].tolist())
+
+    trained = point_in_time_stats(store, todays)
+    np.testing.assert_array_equal(served, trained.to_numpy(dtype="float64"))
+    np.testing.assert_array_equal(served, stats_before(todays, history).to_numpy(dtype="float64"))
+    assert np.isnan(served[:, 0]).sum() == (~todays["customer_id"].isin(earlier_days["customer_id"])).sum()
+    # and so the model's input: the served features equal the training set's
+    transactions = todays.assign(category="grocery", channel="online")
+    served_features = model_features(
+        transactions, pd.DataFrame(served, columns=list(STORED_FEATURES), index=todays.index)
+    )
+    np.testing.assert_array_equal(served_features.to_numpy(), model_features(transactions, trained).to_numpy())
