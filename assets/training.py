@@ -10,6 +10,12 @@ from ml_platform.features.engineering import MODEL_FEATURES, describe_features
 from ml_platform.features.store import point_in_time_stats
 from ml_platform.settings import Settings
 from ml_platform.training.dataset import SplitFractions, assemble_training_set, split_summary
+from ml_platform.training.datasets import (
+    StoredTrainingSet,
+    store_training_set,
+    store_training_set_file,
+    stored_training_set_path,
+)
 from ml_platform.training.job import TrainingJob
 from resources.feast import FeastResource
 from resources.mlflow import MLflowResource
@@ -28,11 +34,13 @@ class TrainingSetConfig(dg.Config):
     ins=ALL_STORED_DAYS,
     deps=[feature_store],
     kinds={"feast", "pandas", "parquet"},
-    description="Every labelled transaction with its customer's stats as they were just before it "
-    "(Feast point-in-time join; no row dropped), split by time into train/validation/test.",
+    description="Every labelled transaction with its customer's stats as the online store serves them on "
+    "the transaction's day: through the end of the day before (Feast point-in-time join; no row dropped), "
+    "split by time into train/validation/test. Each content is also kept for good as "
+    "training_sets/<sha256>.parquet; the sha256 is the asset's data version.",
 )
 def training_set(
-    config: TrainingSetConfig, validated_transactions: pd.DataFrame, feast: FeastResource
+    config: TrainingSetConfig, validated_transactions: pd.DataFrame, feast: FeastResource, state: StateStorage
 ) -> dg.Output[pd.DataFrame]:
     fractions = SplitFractions(config.train_fraction, config.validation_fraction, config.test_fraction)
     store = feast.store()
@@ -43,9 +51,12 @@ def training_set(
     if len(frame) != len(validated_transactions):
         raise dg.Failure(f"training_set has {len(frame)} rows for {len(validated_transactions)} transactions")
     no_history = int(stats["total_purchases"].isna().sum())
+    stored = store_training_set(frame, state.training_sets_dir())
     return dg.Output(
         frame,
+        data_version=dg.DataVersion(stored.digest),
         metadata={
+            **stored_metadata(stored),
             "dagster/row_count": len(frame),
             "splits": md_table(split_summary(frame)),
             "fraud_rate": float(frame[LABEL_COLUMN].mean()),
@@ -55,6 +66,40 @@ def training_set(
             "compute_seconds": timer.seconds,
         },
     )
+
+
+DIGEST_KEY = "training_set_digest"
+
+
+def stored_metadata(stored: StoredTrainingSet) -> dict[str, object]:
+    return {
+        DIGEST_KEY: stored.digest,
+        "training_set_file": dg.MetadataValue.path(str(stored.path)),
+        "newest_transaction": stored.data_end or "none",
+        "stored_now": stored.created,  # False: the same content was already kept
+    }
+
+
+def current_training_set(context: dg.AssetExecutionContext, state: StateStorage) -> tuple[str, str]:
+    """The digest and stored file of the newest training_set materialization.
+
+    One materialized before training sets were kept has no digest: the current file is kept now.
+    """
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("training_set"))
+    materialization = event.asset_materialization if event is not None else None
+    entry = materialization.metadata.get(DIGEST_KEY) if materialization is not None else None
+    digest = getattr(entry, "value", entry)
+    if isinstance(digest, str):
+        try:
+            return digest, str(stored_training_set_path(state.training_sets_dir(), digest))
+        except (FileNotFoundError, ValueError) as error:
+            raise dg.Failure(f"trained_model: {error}; materialize training_set again") from error
+    path = state.table_path("training_set")
+    if not path.exists():
+        raise dg.Failure(f"trained_model: {path} is missing; materialize training_set first")
+    stored = store_training_set_file(path, state.training_sets_dir())
+    context.log.info(f"kept the current training set (materialized before training sets were kept) as {stored.path}")
+    return stored.digest, str(stored.path)
 
 
 class TrainingConfig(dg.Config):
@@ -81,8 +126,10 @@ class TrainingConfig(dg.Config):
     # GPU (limits, node selector, tolerations from the settings); no tag otherwise (resources.training).
     op_tags=training_step_tags(Settings.from_env()),
     description="XGBoost trained with early stopping through Dagster Pipes (a subprocess here, a GPU pod on "
-    "Kubernetes), tracked in MLflow and registered as a new version with alias 'challenger'. "
-    "Exactly one version per run, retries included.",
+    "Kubernetes) on the stored file of the current training set, tracked in MLflow (the training set as the "
+    "run's dataset input) and registered as a new version with alias 'challenger', tagged with the training "
+    "set's digest, its newest transaction time and the model file's digest. Exactly one version per run, "
+    "retries included.",
 )
 def trained_model(
     context: dg.AssetExecutionContext,
@@ -91,12 +138,11 @@ def trained_model(
     training_compute: TrainingCompute,
     state: StateStorage,
 ) -> dg.MaterializeResult:
-    path = state.table_path("training_set")
-    if not path.exists():
-        raise dg.Failure(f"trained_model: {path} is missing; materialize training_set first")
+    digest, path = current_training_set(context, state)
     key = run_key(context)
     job = TrainingJob(
-        training_set_path=str(path),
+        training_set_path=path,
+        training_set_digest=digest,
         tracking_uri=mlflow.tracking_uri,
         model_name=mlflow.model_name,
         experiment_name=mlflow.experiment_name,

@@ -67,17 +67,25 @@ def drift(
         typer.Option(help="Exit 1 when the share of drifted features is over this (default: the alert rule, 0.15)."),
     ] = None,
 ) -> None:
-    """The drift analyzer: each feature of the logged traffic against the training data, and the dataset's
-    drift score. Exits 1 when the score is over the threshold, 0 when not, 2 for bad input."""
+    """The drift analyzer: each feature of the logged traffic against the champion's own training data (the
+    current training set for a version that does not name its own), and the dataset's drift score. Exits 1
+    when the score is over the threshold, 0 when not, 2 for bad input."""
     settings = prepared_settings()
     from tabulate import tabulate
 
     from ml_platform.features.engineering import CUMULATIVE_FEATURES, DRIFT_FEATURES
     from ml_platform.monitoring.alerts import DEFAULT_RULES
     from ml_platform.monitoring.drift import METHOD_TITLES, DriftConfig, compute_drift
-    from ml_platform.monitoring.health import MonitoringPaths, reference_features, rules_with_thresholds
+    from ml_platform.monitoring.health import (
+        MonitoringPaths,
+        reference_features,
+        rules_with_thresholds,
+        training_reference,
+    )
     from ml_platform.monitoring.window import Window, read_predictions
+    from ml_platform.registry import CHAMPION, Registry
     from ml_platform.storage import table_path
+    from ml_platform.training.datasets import training_sets_dir
 
     if model and model != settings.model_name:
         fail(f"this platform monitors model {settings.model_name!r} (ML_PLATFORM_MODEL_NAME), not {model!r}")
@@ -91,18 +99,27 @@ def drift(
         fail(str(error))
     paths = MonitoringPaths.from_settings(settings)
     training_set = table_path(settings.data_dir, "training_set")
-    if not training_set.exists():
+    registry = Registry.from_settings(settings)
+    champion = registry.version_for_alias(CHAMPION)
+    try:
+        source = training_reference(registry, champion, training_set, training_sets_dir(settings.data_dir))
+    except FileNotFoundError:
         fail(f"no training set at {training_set} to compare with; run `make demo` (or the training pipeline) first")
     current = read_predictions(paths.log_dir, span)
     if current.empty:
         fail(f"no predictions logged over {span.label} under {paths.log_dir}; send traffic to the model server first")
     try:
-        report = compute_drift(reference_features(training_set), current, DRIFT_FEATURES, config)
+        report = compute_drift(reference_features(source.path), current, DRIFT_FEATURES, config)
     except ValueError as error:
         fail(str(error))
+    judged = (
+        f"v{champion}'s own training set {source.digest[:12]}"
+        if source.fallback_reason is None
+        else f"the current training set {source.digest[:12]} ({source.fallback_reason})"
+    )
     typer.echo(
         f"{settings.model_name}: drift of {report.current_rows:,} predictions over {span.label} against "
-        f"{report.reference_rows:,} training rows ({METHOD_TITLES.get(config.method, config.method)}, "
+        f"{report.reference_rows:,} rows of {judged} ({METHOD_TITLES.get(config.method, config.method)}, "
         f"feature threshold {config.threshold:g}; not scored: {', '.join(CUMULATIVE_FEATURES)}, which grow with "
         "each customer's history)\n"
     )

@@ -7,10 +7,15 @@ name and a rename, so a reader never sees half a file and a failed write leaves 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,6 +73,87 @@ def file_lock(path: Path, *, shared: bool = False) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)  # closing the only descriptor releases the lock
+
+
+# ---- content-addressed files ------------------------------------------------------------------------
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of the file's bytes, as 64 lowercase hex digits."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def content_path(directory: Path, digest: str, suffix: str = TABLE_SUFFIX) -> Path:
+    """``<directory>/<digest><suffix>``; a ``digest`` that is not a sha256 (64 lowercase hex digits) raises
+    ValueError naming it, so no other name (``../x``) can be made into a path."""
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise ValueError(f"{digest!r} is not a sha256 digest (64 lowercase hex digits)")
+    return Path(directory) / f"{digest}{suffix}"
+
+
+@dataclass(frozen=True)
+class StoredContent:
+    digest: str  # sha256 of the file's bytes, which is also its name
+    path: Path
+    created: bool  # False when the same bytes were already stored
+
+
+def _publish(tmp: Path, directory: Path, suffix: str) -> StoredContent:
+    """Name the finished temporary file ``tmp`` after the sha256 of its bytes, unless that name exists.
+
+    A hard link publishes it atomically and, unlike a rename, never replaces an existing file: the
+    first writer of some content wins and every later one finds it there (equal bytes, equal name).
+    """
+    try:
+        digest = file_digest(tmp)
+        target = content_path(directory, digest, suffix)
+        os.chmod(tmp, 0o444)  # read-only: stored content is never edited in place
+        try:
+            os.link(tmp, target)
+            created = True
+        except FileExistsError:
+            created = False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return StoredContent(digest, target, created)
+
+
+def _temporary_in(directory: Path, suffix: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    descriptor, name = tempfile.mkstemp(dir=directory, prefix=".incoming-", suffix=suffix)
+    os.close(descriptor)
+    return Path(name)
+
+
+def write_table_content_addressed(frame: pd.DataFrame, directory: Path) -> StoredContent:
+    """Store ``frame`` as parquet at ``<directory>/<sha256 of the file's bytes>.parquet``, once.
+
+    The digest is that of the bytes written, so ``sha256sum`` of a stored file gives its name back. The
+    same frame written again (same values, columns and dtypes, same pandas/pyarrow) gives the same bytes,
+    finds its file and writes nothing; a stored file is never overwritten.
+    """
+    directory = Path(directory)
+    tmp = _temporary_in(directory, TABLE_SUFFIX)
+    try:
+        frame.to_parquet(tmp, index=False)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return _publish(tmp, directory, TABLE_SUFFIX)
+
+
+def store_file_content_addressed(source: Path, directory: Path, suffix: str = TABLE_SUFFIX) -> StoredContent:
+    """Store a copy of the file ``source`` at ``<directory>/<sha256 of its bytes><suffix>``, once."""
+    directory = Path(directory)
+    tmp = _temporary_in(directory, suffix)
+    try:
+        shutil.copyfile(source, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return _publish(tmp, directory, suffix)
 
 
 def read_record(path: Path) -> object:

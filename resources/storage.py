@@ -16,6 +16,7 @@ from ml_platform.storage import (
     write_record,
     write_table,
 )
+from ml_platform.training.datasets import training_sets_dir
 
 
 class StateIOManager(dg.ConfigurableIOManager):
@@ -131,13 +132,17 @@ class StateIOManager(dg.ConfigurableIOManager):
 
 
 class StateStorage(dg.ConfigurableResource):
-    """Paths of stored assets, for code that hands a file to another process (the training job), and
-    where rejected batches are kept for inspection."""
+    """Paths of stored assets, for code that hands a file to another process (the training job), where
+    every training set is kept (content-addressed), and where rejected batches are kept for inspection."""
 
     base_dir: str
 
     def table_path(self, asset: str, partition: str | None = None) -> Path:
         return table_path(self.base_dir, asset, partition)
+
+    def training_sets_dir(self) -> Path:
+        """``<base>/training_sets``: each training set once, as ``<sha256>.parquet``, never overwritten."""
+        return training_sets_dir(self.base_dir)
 
     def rejected_path(self, asset: str, label: str, run_id: str) -> Path:
         """``<asset dir>/rejected/<label>-<UTC time>-<run>.parquet``: beside the asset's partitions, never

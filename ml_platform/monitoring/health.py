@@ -33,8 +33,10 @@ from ml_platform.monitoring.serving_metrics import ServingMetrics, scrape_metric
 from ml_platform.monitoring.window import Window, read_predictions
 from ml_platform.serving.client import ModelServerClient, ModelServerError
 from ml_platform.settings import Settings
-from ml_platform.storage import write_text_atomic
+from ml_platform.storage import file_digest, write_text_atomic
 from ml_platform.training.dataset import SPLIT_COLUMN
+from ml_platform.training.datasets import stored_training_set_path
+from ml_platform.training.datasets import training_sets_dir as default_training_sets_dir
 
 # The split whose rows are the drift reference (the split is by time, so this is the newest slice).
 REFERENCE_SPLIT = "test"  # drift's reference: the newest slice the champion was judged on
@@ -111,12 +113,74 @@ class ScrapeState:
         write_text_atomic(self.path, json.dumps({"baseline": self.latest(), "latest": scrape}))
 
 
+@dataclass(frozen=True)
+class TrainingReference:
+    """The training set a model version is judged against: drift's reference is its test split.
+
+    ``digest`` is the sha256 of the file at ``path``. ``fallback_reason`` is None when it is the version's
+    own training set (the stored file its ``training_set_digest`` tag names); otherwise it says why the
+    current training set stands in.
+    """
+
+    model_version: int | None
+    digest: str
+    path: Path
+    fallback_reason: str | None = None
+
+    @property
+    def note(self) -> str | None:
+        """What a report says about its reference when it is not the version's own training set."""
+        if self.fallback_reason is None:
+            return None
+        return f"{self.fallback_reason}: judged against the current training set"
+
+
+def training_reference(
+    registry,
+    version: int | None,
+    training_set_path: Path,
+    training_sets_dir: Path | None = None,
+) -> TrainingReference:
+    """Which training set judges ``version`` (of ``registry``, a :class:`ml_platform.registry.Registry`).
+
+    Its own: the stored file under ``training_sets_dir`` (default: ``training_sets`` beside
+    ``training_set_path``) named by its digest tag. A version without the tag (registered before training
+    sets were kept, or pinned from elsewhere), one whose file is not kept here, or no version at all is
+    judged against the current training set at ``training_set_path``, with a note saying so; when that
+    does not exist either, FileNotFoundError says what is missing.
+    """
+    from ml_platform.registry import TRAINING_SET_DIGEST_TAG
+
+    current = Path(training_set_path)
+    store = Path(training_sets_dir) if training_sets_dir is not None else default_training_sets_dir(current.parent)
+    if version is None:
+        why = "no champion to judge"
+    else:
+        digest = registry.training_set_digest(version)
+        if digest:
+            try:
+                return TrainingReference(version, digest, stored_training_set_path(store, digest))
+            except (FileNotFoundError, ValueError) as error:
+                why = f"v{version}'s own training set cannot be read: {error}"
+        else:
+            why = (
+                f"v{version} has no {TRAINING_SET_DIGEST_TAG} tag (registered before training sets were kept, "
+                "or pinned from elsewhere)"
+            )
+    if not current.exists():
+        raise FileNotFoundError(
+            f"{current} does not exist; materialize training_set first (the drift reference); {why}"
+        )
+    return TrainingReference(version, file_digest(current), current, fallback_reason=why)
+
+
 def reference_features(training_set_path: Path, columns: Sequence[str] = DRIFT_FEATURES) -> pd.DataFrame:
     """The training set's test split, only ``columns``: drift's reference.
 
-    The test split is the newest slice of the data the champion was built and judged on (the split is by
+    The test split is the newest slice of the data the model was built and judged on (the split is by
     time), so drift measures how traffic moved since then, not how the world looked at the start of the
-    history. Reads only those columns and the rows of the test split (the file can be large).
+    history. Reads only those columns and the rows of the test split (the file can be large). Which
+    training set judges a version: :func:`training_reference`.
     """
     import pyarrow.parquet as pq
 
@@ -133,11 +197,15 @@ def rule_values(
     performance: LivePerformance | None = None,
     serving: ServingMetrics | None = None,
 ) -> dict[str, float]:
-    """The metrics the alert rules compare (``AlertRule.metric`` names); unknown ones are NaN (never fire)."""
+    """The metrics the alert rules compare (``AlertRule.metric`` names); unknown ones are NaN (never fire).
+
+    ``accuracy_drop`` is the drop of recall, precision or PR AUC that the window shows with confidence
+    (:meth:`LivePerformance.confident_drop`): the rule fires exactly when the ``accuracy_drop`` check fails
+    at the default minimum of labelled positives."""
     nan = float("nan")
     values = {
         "drift_score": drift.drift_score if drift is not None else nan,
-        "accuracy_drop": performance.drop("accuracy") if performance is not None else nan,
+        "accuracy_drop": performance.confident_drop() if performance is not None else nan,
         "latency_p99_ms": serving.latency_p99_ms if serving is not None and serving.rows else nan,
         "error_rate": serving.error_rate if serving is not None and serving.requests else nan,
     }
@@ -181,12 +249,16 @@ def collect_model_health(
     training_set_path: Path | None = None,
     drift_config: DriftConfig = DriftConfig(),  # noqa: B008 - frozen dataclass
     rules: Mapping[str, AlertRule] = DEFAULT_RULES,
+    training_sets_dir: Path | None = None,
+    reference: TrainingReference | None = None,
 ) -> ModelHealth:
     """The champion's health over ``window``: the one builder behind ``model_health`` and ``status``.
 
     ``registry`` is a :class:`ml_platform.registry.Registry`. Reads the prediction log and the labels
     known at the end of the window, scrapes ``/metrics`` (counters compared with the baseline the last
-    ``serving_metrics`` run used), and scores drift against the train split of ``training_set_path``.
+    ``serving_metrics`` run used), and scores drift against the test split of ``reference``, by default
+    the champion's own training set (:func:`training_reference` of ``training_set_path`` and
+    ``training_sets_dir``). Without either, drift is left out.
     """
     from ml_platform.registry import CHAMPION, PROMOTED_AT_TAG
 
@@ -195,9 +267,13 @@ def collect_model_health(
     predictions = read_predictions(paths.log_dir, window)
 
     drift = None
-    if training_set_path is not None and Path(training_set_path).exists() and len(predictions):
+    if len(predictions) and (reference is not None or training_set_path is not None):
         try:
-            drift = compute_drift(reference_features(training_set_path), predictions, DRIFT_FEATURES, drift_config)
+            if reference is None:
+                reference = training_reference(registry, version, training_set_path, training_sets_dir)
+            drift = compute_drift(reference_features(reference.path), predictions, DRIFT_FEATURES, drift_config)
+        except FileNotFoundError:  # no training set yet: shown as n/a
+            drift = None
         except ValueError:  # nothing scoreable (e.g. a feature with no finite value): shown as n/a
             drift = None
 

@@ -8,15 +8,26 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml_platform.data.schema import LABEL_COLUMN
+from ml_platform.data.schema import LABEL_COLUMN, TIMESTAMP_COLUMN
 from ml_platform.features.engineering import MODEL_FEATURES
-from ml_platform.registry import CHALLENGER, DEVICE_TAG, Registry
+from ml_platform.registry import (
+    CHALLENGER,
+    DEVICE_TAG,
+    TRAINING_DATA_END_TAG,
+    TRAINING_SET_DIGEST_TAG,
+    Registry,
+)
 from ml_platform.training.dataset import SPLIT_COLUMN, split_xy
+from ml_platform.training.datasets import mlflow_training_dataset, newest_transaction_time, verified_digest
 from ml_platform.training.train import TrainingParams, fit, model_signature, params_dict
 
 
 @dataclass(frozen=True)
 class TrainingJob:
+    """What to train and where to register it. ``training_set_path`` is a stored (content-addressed)
+    training set; ``training_set_digest``, when given, is the sha256 it was stored as, and the job refuses
+    a file whose bytes no longer hash to it."""
+
     training_set_path: str
     tracking_uri: str
     model_name: str
@@ -25,10 +36,15 @@ class TrainingJob:
     run_key: str  # one registered version per key: the orchestrator's (root) run id
     params: dict[str, object] = field(default_factory=dict)
     run_tags: dict[str, str] = field(default_factory=dict)
+    training_set_digest: str = ""
 
 
 def run_training_job(job: TrainingJob, log=print) -> dict[str, object]:
-    """Train and register unless this run already registered a version; returns what happened."""
+    """Train and register unless this run already registered a version; returns what happened.
+
+    The version records what it was trained on: the training set's sha256 and the time of its newest
+    transaction as version tags, and the training set as the MLflow run's dataset input.
+    """
     params = TrainingParams(**job.params)
     registry = Registry(job.tracking_uri, job.model_name, job.experiment_name, job.artifact_root)
     existing = registry.version_for_run_key(job.run_key)
@@ -41,13 +57,18 @@ def run_training_job(job: TrainingJob, log=print) -> dict[str, object]:
             "mlflow_run_id": existing.run_id,
             "reused_existing_version": True,
             "device": existing.tags.get(DEVICE_TAG, "unknown"),
+            "training_set_digest": existing.tags.get(TRAINING_SET_DIGEST_TAG),
+            "training_data_end": existing.tags.get(TRAINING_DATA_END_TAG),
         }
 
     path = Path(job.training_set_path)
     if not path.exists():
         raise FileNotFoundError(f"training set {path} does not exist; materialize training_set first")
-    # Only what training reads: ids and timestamps (strings, the slow part of the file) stay on disk.
-    training_set = pd.read_parquet(path, columns=[*MODEL_FEATURES, LABEL_COLUMN, SPLIT_COLUMN])
+    digest = verified_digest(path, job.training_set_digest or None)
+    # Only what training reads, and the event times (for the newest one): ids (strings, the slow part of
+    # the file) stay on disk. These rows are also the MLflow dataset; the file is read once.
+    training_set = pd.read_parquet(path, columns=[*MODEL_FEATURES, LABEL_COLUMN, SPLIT_COLUMN, TIMESTAMP_COLUMN])
+    data_end = newest_transaction_time(training_set)
     x_train, y_train = split_xy(training_set, "train")
     x_valid, y_valid = split_xy(training_set, "validation")
     log(f"training on {len(x_train):,} rows, early stopping on {len(x_valid):,}; device {params.device}")
@@ -77,6 +98,11 @@ def run_training_job(job: TrainingJob, log=print) -> dict[str, object]:
             example=example,
             run_tags=job.run_tags,
             figures=figures,
+            version_tags={
+                TRAINING_SET_DIGEST_TAG: digest,
+                **({TRAINING_DATA_END_TAG: data_end} if data_end is not None else {}),
+            },
+            training_data=mlflow_training_dataset(training_set, path, digest),
         )
     finally:
         for figure in figures.values():
@@ -95,6 +121,8 @@ def run_training_job(job: TrainingJob, log=print) -> dict[str, object]:
         "train_seconds": trained.train_seconds,
         "train_rows": len(x_train),
         "validation_rows": len(x_valid),
+        "training_set_digest": digest,
+        "training_data_end": data_end,
         **{f"validation_{k}": metrics[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")},
         "feature_importance": trained.feature_importance,
     }

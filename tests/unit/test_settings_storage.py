@@ -10,7 +10,17 @@ import pandas as pd
 import pytest
 
 from ml_platform.settings import Settings, SettingsError
-from ml_platform.storage import asset_path, file_lock, read_record, write_record, write_table, write_text_atomic
+from ml_platform.storage import (
+    asset_path,
+    content_path,
+    file_lock,
+    read_record,
+    store_file_content_addressed,
+    write_record,
+    write_table,
+    write_table_content_addressed,
+    write_text_atomic,
+)
 
 
 def test_relative_home_is_resolved_to_an_absolute_path(tmp_path, monkeypatch):
@@ -288,3 +298,58 @@ def test_file_lock_is_shared_or_exclusive_and_released_after_the_block(tmp_path)
     with pytest.raises(RuntimeError), file_lock(path):
         raise RuntimeError("boom")
     assert _can_lock(path, fcntl.LOCK_EX)  # released on error too
+
+
+# ---- content-addressed tables ------------------------------------------------------------------------
+def small_table(amount: float = 1.5) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "amount": [amount, 2.0, float("nan")],
+            "t": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-03"], utc=True),
+        }
+    )
+
+
+def test_a_table_is_stored_once_under_the_sha256_of_its_bytes(tmp_path):
+    import hashlib
+
+    first = write_table_content_addressed(small_table(), tmp_path / "sets")
+    assert first.created is True
+    assert first.path == tmp_path / "sets" / f"{first.digest}.parquet"
+    assert hashlib.sha256(first.path.read_bytes()).hexdigest() == first.digest
+    pd.testing.assert_frame_equal(pd.read_parquet(first.path), small_table())
+    inode, modified = first.path.stat().st_ino, first.path.stat().st_mtime_ns
+
+    again = write_table_content_addressed(small_table(), tmp_path / "sets")  # equal content, a new frame
+    assert (again.digest, again.path, again.created) == (first.digest, first.path, False)
+    assert (first.path.stat().st_ino, first.path.stat().st_mtime_ns) == (inode, modified)  # not rewritten
+
+    other = write_table_content_addressed(small_table(amount=1.25), tmp_path / "sets")
+    assert other.created is True and other.digest != first.digest
+    assert sorted(p.name for p in (tmp_path / "sets").iterdir()) == sorted(
+        [f"{first.digest}.parquet", f"{other.digest}.parquet"]
+    )  # no temporary file left
+    assert first.path.stat().st_mode & 0o777 == 0o444  # stored content is read-only
+
+
+def test_a_copied_file_gets_the_digest_of_its_bytes_and_is_stored_once(tmp_path):
+    table = tmp_path / "table.parquet"
+    write_table(small_table(), table)
+    written = write_table_content_addressed(small_table(), tmp_path / "sets")
+    copied = store_file_content_addressed(table, tmp_path / "sets")
+    assert (copied.digest, copied.path, copied.created) == (written.digest, written.path, False)
+    assert table.exists()  # the source stays where it was
+
+
+def test_a_failed_content_addressed_write_leaves_nothing(tmp_path):
+    with pytest.raises(ValueError, match="Conversion failed for column a"):
+        write_table_content_addressed(pd.DataFrame({"a": [object(), 1]}), tmp_path / "sets")
+    assert list((tmp_path / "sets").iterdir()) == []
+
+
+@pytest.mark.parametrize("digest", ["../x", "ABCDEF" + "0" * 58, "0" * 63, "0" * 64 + "/", 7])
+def test_content_path_accepts_only_a_sha256(tmp_path, digest):
+    with pytest.raises(ValueError, match="is not a sha256 digest"):
+        content_path(tmp_path, digest)
+    assert content_path(tmp_path, "0a" * 32) == tmp_path / f"{'0a' * 32}.parquet"

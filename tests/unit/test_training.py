@@ -1,4 +1,4 @@
-"""The time split, the training set, and XGBoost training on CPU."""
+"""The time split, the training set, its stored (content-addressed) copy, and XGBoost training on CPU."""
 
 import os
 
@@ -14,6 +14,15 @@ from ml_platform.training.dataset import (
     split_summary,
     split_xy,
     time_split,
+)
+from ml_platform.training.datasets import (
+    MLFLOW_DIGEST_CHARS,
+    mlflow_training_dataset,
+    store_training_set,
+    store_training_set_file,
+    stored_training_set_path,
+    training_sets_dir,
+    verified_digest,
 )
 from ml_platform.training.train import TrainingParams, booster_device, fit, predict_probability
 
@@ -159,3 +168,58 @@ def test_fit_rejects_wrong_columns_and_a_single_class(training_set):
 def test_training_params_validate_their_fields(overrides, field):
     with pytest.raises(ValueError, match=field):
         TrainingParams(**overrides)
+
+
+# ---- the stored training set ---------------------------------------------------------------------------
+def test_a_training_set_is_kept_once_with_its_newest_transaction_time(training_set, generated_transactions, tmp_path):
+    directory = training_sets_dir(tmp_path)
+    assert directory == tmp_path / "training_sets"
+    stored = store_training_set(training_set, directory)
+    newest = generated_transactions["event_timestamp"].max()
+    assert stored.data_end == newest.isoformat() and stored.data_end.endswith("+00:00")
+    assert (stored.rows, stored.created) == (len(training_set), True)
+    assert stored_training_set_path(directory, stored.digest) == stored.path
+    pd.testing.assert_frame_equal(pd.read_parquet(stored.path), training_set)
+
+    again = store_training_set(training_set.copy(), directory)
+    assert (again.digest, again.created) == (stored.digest, False)
+    shorter = store_training_set(training_set.iloc[:-1], directory)
+    assert shorter.digest != stored.digest and shorter.data_end <= stored.data_end
+    assert len(list(directory.iterdir())) == 2
+
+    # a file written elsewhere with the same content is the same training set
+    elsewhere = tmp_path / "training_set.parquet"
+    training_set.to_parquet(elsewhere, index=False)
+    adopted = store_training_set_file(elsewhere, directory)
+    assert (adopted.digest, adopted.rows, adopted.data_end, adopted.created) == (
+        stored.digest,
+        len(training_set),
+        stored.data_end,
+        False,
+    )
+
+
+def test_a_stored_training_set_is_found_by_digest_and_refused_when_changed(training_set, tmp_path):
+    directory = training_sets_dir(tmp_path)
+    stored = store_training_set(training_set.head(50), directory)
+    assert verified_digest(stored.path, stored.digest) == stored.digest
+    missing = "ab" * 32
+    with pytest.raises(FileNotFoundError, match=f"training set {missing} is not stored under"):
+        stored_training_set_path(directory, missing)
+    with pytest.raises(ValueError, match="is not a sha256 digest"):
+        stored_training_set_path(directory, "../training_set")
+
+    changed = tmp_path / "changed.parquet"
+    training_set.head(49).to_parquet(changed, index=False)
+    with pytest.raises(ValueError, match=f"not the {stored.digest} it was stored as; refusing to use it"):
+        verified_digest(changed, stored.digest)
+
+
+def test_the_mlflow_dataset_names_the_stored_file_and_its_digest(training_set, tmp_path):
+    stored = store_training_set(training_set, training_sets_dir(tmp_path))
+    dataset = mlflow_training_dataset(training_set, stored.path, stored.digest)
+    assert dataset.digest == stored.digest[:MLFLOW_DIGEST_CHARS] and len(dataset.digest) == 32
+    assert dataset.name == "training_set"
+    assert dataset.source.uri == str(stored.path)
+    assert dataset.profile["num_rows"] == len(training_set)
+    assert dataset.targets == "is_fraud"
