@@ -3,7 +3,11 @@
 Registry aliases (MLflow 3), not the deprecated stages:
 - ``challenger``: the newest trained model, waiting for evaluation;
 - ``champion``: the model that serves;
-- ``previous``: the champion before the current one (what a rollback returns to).
+- ``previous``: the rollback target, the last different known-good champion (see ``rollback_target``);
+  absent when there is none.
+
+Every promotion and rollback is recorded in the version's tags (when it was promoted, when and why it
+was rolled back), so the champion history is read back from the versions themselves.
 
 A model version is registered at most once per pipeline run: the version carries the run's key as a
 tag, and a retried run finds and reuses it instead of registering a second one.
@@ -12,9 +16,10 @@ tag, and a retried run finds and reuses it instead of registering a second one.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -35,6 +40,12 @@ DEVICE_TAG = "ml_platform.device"
 PROMOTED_AT_TAG = "ml_platform.promoted_at"
 ROLLED_BACK_AT_TAG = "ml_platform.rolled_back_at"
 ROLLBACK_REASON_TAG = "ml_platform.rollback_reason"
+# What a version was trained on, set when it is registered: the content digest (sha256) of its
+# immutable training set, and the event time of the newest transaction in it (ISO 8601, UTC).
+TRAINING_SET_DIGEST_TAG = "ml_platform.training_set_digest"
+TRAINING_DATA_END_TAG = "ml_platform.training_data_end"
+# The sha256 of the version's model file: two versions with the same digest are the same model.
+MODEL_DIGEST_TAG = "ml_platform.model_digest"
 
 
 class RegistryError(RuntimeError):
@@ -61,8 +72,19 @@ class RegisteredVersion:
 @dataclass(frozen=True)
 class Promotion:
     champion: int
-    previous: int | None
+    previous: int | None  # the rollback target from the new champion (the ``previous`` alias), if any
     changed: bool
+
+
+@dataclass(frozen=True)
+class ChampionHistoryEntry:
+    """One version that was promoted, as its tags record it (the times are ISO 8601 as written)."""
+
+    version: int
+    promoted_at: str
+    rolled_back_at: str | None
+    rollback_reason: str | None
+    model_digest: str | None  # None on versions registered before model digests were recorded
 
 
 class Registry:
@@ -137,12 +159,18 @@ class Registry:
         example: pd.DataFrame,
         run_tags: dict[str, str],
         figures: dict[str, object],
+        version_tags: dict[str, str] | None = None,
+        training_data: object | None = None,
     ) -> RegisteredVersion:
         """Log a trained model with its params, metrics and figures, register it, alias it challenger.
 
         ``signature`` is MLflow's description of the model's inputs and output, made by the training code
         (the registry knows how to store a model, not how it predicts); ``example`` rows are logged with it.
-        Idempotent per ``run_key``: if a version with that key exists, it is reused (and re-aliased).
+        ``version_tags`` are set on the new version when it is registered (with the sha256 of its model
+        file as :data:`MODEL_DIGEST_TAG`), and ``training_data``, an MLflow dataset, is logged as the run's
+        input with context ``training``.
+        Idempotent per ``run_key``: if a version with that key exists, it is reused (and re-aliased) as it
+        is, tags included.
         """
         existing = self.version_for_run_key(run_key)
         if existing is not None:
@@ -170,6 +198,8 @@ class Registry:
             )
             for file_name, figure in figures.items():
                 mlflow.log_figure(figure, file_name)
+            if training_data is not None:
+                mlflow.log_input(training_data, context="training")
             info = mlflow.xgboost.log_model(
                 trained.booster,
                 name="model",
@@ -178,13 +208,16 @@ class Registry:
                 pip_requirements=[f"xgboost=={xgb.__version__}"],  # skips ~4 s of requirement inference
                 model_format="ubj",
             )
+            model_digest = _logged_model_digest(info, f"{self.model_name} run {run.info.run_id}")
             version = mlflow.register_model(
                 info.model_uri,
                 self.model_name,
                 tags={
+                    **(version_tags or {}),
                     RUN_KEY_TAG: run_key,
                     THRESHOLD_TAG: repr(trained.threshold),
                     DEVICE_TAG: trained.device,
+                    MODEL_DIGEST_TAG: model_digest,
                 },
             )
         self.set_alias(CHALLENGER, int(version.version))
@@ -218,11 +251,31 @@ class Registry:
     def model_version(self, version: int):
         return self.client.get_model_version(self.model_name, str(version))
 
+    def version_tags(self, version: int) -> dict[str, str]:
+        """The tags of one version (MLflow's message naming the version when it does not exist)."""
+        return dict(self.model_version(version).tags)
+
+    def tags_by_version(self) -> dict[int, dict[str, str]]:
+        """Every registered version's tags, by version (empty when the model is not registered yet)."""
+        if not self._model_exists():
+            return {}
+        found = self.client.search_model_versions(f"name='{self.model_name}'")
+        return {int(v.version): dict(v.tags) for v in found}
+
     def threshold(self, version: int) -> float:
         tags = self.model_version(version).tags
         if THRESHOLD_TAG not in tags:
             raise RegistryError(f"{self.model_name} version {version} has no {THRESHOLD_TAG} tag")
         return float(tags[THRESHOLD_TAG])
+
+    def training_set_digest(self, version: int) -> str | None:
+        """The content digest (sha256) of the training set ``version`` was trained on, from its tag; None
+        for a version registered without it (before training sets were kept, or pinned from elsewhere)."""
+        return self.model_version(version).tags.get(TRAINING_SET_DIGEST_TAG) or None
+
+    def training_data_end(self, version: int) -> str | None:
+        """The event time (ISO 8601, UTC) of the newest transaction ``version`` was trained on, or None."""
+        return self.model_version(version).tags.get(TRAINING_DATA_END_TAG) or None
 
     def test_metrics(self, version: int) -> dict[str, float]:
         """What ``version`` scored on its test split when model_evaluation judged it (the run metrics
@@ -270,44 +323,142 @@ class Registry:
         return mlflow.artifacts.download_artifacts(artifact_uri=uri)
 
     # ---- promotion -----------------------------------------------------------------------------
-    def promote(self, version: int, *, promoted_at: str) -> Promotion:
-        """Make ``version`` the champion; the champion it replaces becomes ``previous``.
+    def champion_history(self) -> list[ChampionHistoryEntry]:
+        """Every version that was ever promoted, newest promotion first, with when and why it was rolled
+        back and its model digest where those are recorded."""
+        if not self._model_exists():
+            return []
+        entries = [
+            ChampionHistoryEntry(
+                version=int(found.version),
+                promoted_at=found.tags[PROMOTED_AT_TAG],
+                rolled_back_at=found.tags.get(ROLLED_BACK_AT_TAG) or None,
+                rollback_reason=found.tags.get(ROLLBACK_REASON_TAG) or None,
+                model_digest=found.tags.get(MODEL_DIGEST_TAG) or None,
+            )
+            for found in self._all_versions()
+            if found.tags.get(PROMOTED_AT_TAG)
+        ]
+        return sorted(entries, key=_recency, reverse=True)
 
-        Call only after every gate passed. Promoting the current champion again changes nothing.
+    def _all_versions(self) -> Iterator:
+        page_token = None
+        while True:
+            page = self.client.search_model_versions(f"name='{self.model_name}'", page_token=page_token)
+            yield from page
+            page_token = page.token
+            if not page_token:
+                return
+
+    def rollback_target(self) -> int | None:
+        """Where a rollback would put the champion now: see :func:`rollback_target`."""
+        return self._target_from(self.version_for_alias(CHAMPION), self.champion_history())
+
+    def _target_from(self, champion: int | None, history: Sequence[ChampionHistoryEntry]) -> int | None:
+        if champion is None:
+            return rollback_target(history, None, None)
+        recorded = next((entry for entry in history if entry.version == champion), None)
+        digest = recorded.model_digest if recorded else self.version_tags(champion).get(MODEL_DIGEST_TAG) or None
+        return rollback_target(history, champion, digest)
+
+    def _point_previous_at_target(self, champion: int) -> int | None:
+        """Set ``previous`` to the rollback target from ``champion``, or remove it when there is none."""
+        target = self._target_from(champion, self.champion_history())
+        if target is not None:
+            self.set_alias(PREVIOUS, target)
+        elif self.version_for_alias(PREVIOUS) is not None:
+            self.client.delete_registered_model_alias(self.model_name, PREVIOUS)
+        return target
+
+    def promote(self, version: int, *, promoted_at: str) -> Promotion:
+        """Make ``version`` the champion and record when on it; ``previous`` moves to the rollback target
+        from the new champion (or is removed when there is none).
+
+        Call only after every gate passed. Promoting the current champion again changes nothing. A
+        champion whose promotion was never recorded (its alias was moved by hand) is recorded as promoted
+        at ``promoted_at``, the last moment it is known to have served, so it can be returned to.
         """
         current = self.version_for_alias(CHAMPION)
         if current == version:
             return Promotion(champion=version, previous=self.version_for_alias(PREVIOUS), changed=False)
-        if current is not None:
-            self.set_alias(PREVIOUS, current)
+        if current is not None and not self.version_tags(current).get(PROMOTED_AT_TAG):
+            self.client.set_model_version_tag(self.model_name, str(current), PROMOTED_AT_TAG, promoted_at)
         self.client.set_model_version_tag(self.model_name, str(version), PROMOTED_AT_TAG, promoted_at)
+        previous = self._point_previous_at_target(version)
         self.set_alias(CHAMPION, version)
-        return Promotion(champion=version, previous=current, changed=True)
+        return Promotion(champion=version, previous=previous, changed=True)
 
     def rollback(self, *, rolled_back_at: str, reason: str) -> Promotion:
-        """Put the previous champion back: ``champion`` -> the ``previous`` version.
+        """Put the last different known-good version back as champion (:func:`rollback_target`).
 
-        The version taken out of service is tagged with when and why, and ``previous`` is cleared (a
-        second rollback in a row has nothing to return to and says so, rather than flip-flopping).
+        The version taken out of service is tagged with when and why, so neither it nor another version of
+        the same model is a target again, and ``previous`` moves to the next target: each call goes back
+        one known-good version. When none is left, :class:`RegistryError` says so and nothing changes.
         """
-        aliases = self.aliases()
-        current, previous = aliases.get(CHAMPION), aliases.get(PREVIOUS)
-        if previous is None:
+        champion = self.version_for_alias(CHAMPION)
+        target = self._target_from(champion, self.champion_history())
+        if target is None:
             raise RegistryError(
-                f"cannot roll back {self.model_name}: no '{PREVIOUS}' version "
-                f"(champion is {'v' + str(current) if current is not None else 'not set'})"
+                f"cannot roll back {self.model_name}: the champion is "
+                f"{'v' + str(champion) if champion is not None else 'not set'} and no known-good version "
+                "remains to return to (every other version ever promoted was rolled back or is the same model)"
             )
-        if current is not None:
-            self.client.set_model_version_tag(self.model_name, str(current), ROLLED_BACK_AT_TAG, rolled_back_at)
-            self.client.set_model_version_tag(self.model_name, str(current), ROLLBACK_REASON_TAG, reason)
-        self.set_alias(CHAMPION, previous)
-        self.client.delete_registered_model_alias(self.model_name, PREVIOUS)
-        return Promotion(champion=previous, previous=None, changed=True)
+        if champion is not None:
+            self.client.set_model_version_tag(self.model_name, str(champion), ROLLED_BACK_AT_TAG, rolled_back_at)
+            self.client.set_model_version_tag(self.model_name, str(champion), ROLLBACK_REASON_TAG, reason)
+        previous = self._point_previous_at_target(target)
+        self.set_alias(CHAMPION, target)
+        return Promotion(champion=target, previous=previous, changed=True)
 
     def pin(self, version: int, *, promoted_at: str) -> Promotion:
-        """Make an explicit, existing version the champion (a manual deploy of ``--version N``)."""
-        self.model_version(version)  # raises with MLflow's message naming the version if it does not exist
+        """Make an explicit, existing version the champion (a manual deploy of ``--version N``).
+
+        A person's choice overrides an earlier rollback of that version: its rolled-back tags are cleared
+        before it is promoted, so it counts as known-good again.
+        """
+        tags = self.version_tags(version)  # raises with MLflow's message naming the version if it does not exist
+        for tag in (ROLLED_BACK_AT_TAG, ROLLBACK_REASON_TAG):
+            if tag in tags:
+                self.client.delete_model_version_tag(self.model_name, str(version), tag)
         return self.promote(version, promoted_at=promoted_at)
+
+
+def rollback_target(
+    history: Sequence[ChampionHistoryEntry], champion: int | None, champion_digest: str | None
+) -> int | None:
+    """The last different known-good version: the most recently promoted version of ``history`` that is not
+    ``champion``, is not the same model (when both model digests are known, they differ), and is known-good:
+    neither it nor another version of the same model was rolled back since it was promoted. None if none is.
+
+    A time that cannot be read counts against a version: a promotion as the oldest, a rollback as the newest.
+    """
+    for entry in sorted(history, key=_recency, reverse=True):
+        if entry.version == champion or entry.rolled_back_at is not None:
+            continue
+        if champion_digest is not None and entry.model_digest == champion_digest:
+            continue
+        promoted = _moment(entry.promoted_at, unreadable=datetime.min)
+        if entry.model_digest is not None and any(
+            other.model_digest == entry.model_digest
+            and other.rolled_back_at is not None
+            and _moment(other.rolled_back_at, unreadable=datetime.max) >= promoted
+            for other in history
+        ):
+            continue
+        return entry.version
+    return None
+
+
+def _moment(text: str, *, unreadable: datetime) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = unreadable
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _recency(entry: ChampionHistoryEntry) -> tuple[datetime, int]:
+    return _moment(entry.promoted_at, unreadable=datetime.min), entry.version
 
 
 NATIVE_FORMATS = ("ubj", "json")
@@ -389,3 +540,20 @@ def _local_path(uri: str) -> str:
 
         return unquote(urlparse(uri).path)
     return uri
+
+
+def _logged_model_digest(info, label: str) -> str:
+    """The sha256 of the native XGBoost model file of a model just logged (``info``: MLflow's ModelInfo),
+    read where it was stored: in place for a local artifact store, else from a temporary download."""
+    import tempfile
+
+    from ml_platform.storage import file_digest
+
+    location = info.artifact_path or ""
+    if location.startswith("file://") or (location and "://" not in location):
+        return file_digest(native_model_file(_local_path(location), label))
+    import mlflow.artifacts
+
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=scratch)
+        return file_digest(native_model_file(directory, label))

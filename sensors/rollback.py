@@ -1,4 +1,4 @@
-"""The rollback job: put the previous champion back and prove it is what serves.
+"""The rollback job: put the last different known-good champion back and prove it is what serves.
 
 A job of ops rather than assets: it changes the registry and the deployment, then reports the new state
 of ``model_deployment`` (an AssetMaterialization with the smoke check's verdict in its metadata), so the
@@ -11,7 +11,7 @@ import dagster as dg
 
 from assets.deployment import smoke_check, smoke_rows
 from ml_platform.deploy.local import DeploymentError
-from ml_platform.registry import RegistryError
+from ml_platform.registry import CHAMPION, RegistryError
 from resources.deployment import DeploymentTarget
 from resources.mlflow import MLflowResource
 from resources.storage import StateStorage
@@ -21,16 +21,28 @@ class RollbackConfig(dg.Config):
     reason: str = "manual rollback"
 
 
-@dg.op(description="Alias 'champion' back to 'previous'; the version taken out is tagged with why.")
+@dg.op(
+    description="Alias 'champion' to the rollback target ('previous': the most recently promoted version that "
+    "was not rolled back and is not the same model); the version taken out is tagged with when and why."
+)
 def roll_back_champion(context: dg.OpExecutionContext, config: RollbackConfig, mlflow: MLflowResource) -> dict:
     registry = mlflow.registry()
-    bad = registry.version_for_alias("champion")
+    bad = registry.version_for_alias(CHAMPION)
     try:
         promotion = registry.rollback(rolled_back_at=datetime.now(UTC).isoformat(), reason=config.reason)
     except RegistryError as error:
         raise dg.Failure(str(error)) from error
-    context.log.info(f"{registry.model_name}: champion v{bad} -> v{promotion.champion} ({config.reason})")
-    return {"model_name": registry.model_name, "from_version": bad, "to_version": promotion.champion}
+    further = f"v{promotion.previous}" if promotion.previous is not None else "no known-good version left"
+    context.log.info(
+        f"{registry.model_name}: champion v{bad} -> v{promotion.champion} ({config.reason}); "
+        f"a further rollback would go to: {further}"
+    )
+    return {
+        "model_name": registry.model_name,
+        "from_version": bad,
+        "to_version": promotion.champion,
+        "next_version": promotion.previous,
+    }
 
 
 @dg.op(description="Serve the restored champion and verify what answers.")
@@ -66,6 +78,6 @@ def redeploy_and_verify(
     return {**rollback, "endpoint": report.url, "seconds": report.seconds}
 
 
-@dg.job(description="Alias 'champion' back to 'previous', redeploy, verify what is serving.")
+@dg.job(description="Alias 'champion' back to the last known-good version, redeploy, verify what is serving.")
 def rollback():
     redeploy_and_verify(roll_back_champion())

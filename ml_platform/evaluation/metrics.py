@@ -9,6 +9,12 @@ from __future__ import annotations
 import numpy as np
 
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
+# The confusion counts at the decision threshold: with them a metric's uncertainty can be judged later.
+COUNT_NAMES = ("true_positives", "false_positives", "false_negatives", "true_negatives")
+# The bootstrap standard error of PR AUC, which no count gives.
+PR_AUC_SE = "pr_auc_se"
+PR_AUC_SE_RESAMPLES = 500
+PR_AUC_SE_SEED = 0
 
 
 def classification_metrics(y_true: np.ndarray, probability: np.ndarray, threshold: float) -> dict[str, float]:
@@ -39,6 +45,44 @@ def classification_metrics(y_true: np.ndarray, probability: np.ndarray, threshol
         "rows": int(len(y_true)),
         "positive_rate": float(y_true.mean()),
     }
+
+
+def pr_auc_standard_error(
+    y_true: np.ndarray,
+    probability: np.ndarray,
+    *,
+    resamples: int = PR_AUC_SE_RESAMPLES,
+    seed: int = PR_AUC_SE_SEED,
+) -> float:
+    """The standard error of PR AUC (average precision) over ``resamples`` seeded bootstrap resamples of
+    the rows (the same rows always give the same figure); NaN unless both classes are present."""
+    import warnings
+
+    from scipy import stats
+    from sklearn import metrics as skm
+
+    y_true = np.asarray(y_true).astype(int)
+    probability = np.asarray(probability, dtype="float64")
+    if len(y_true) != len(probability):
+        raise ValueError(f"{len(y_true)} labels but {len(probability)} predictions")
+    if len(np.unique(y_true)) != 2:
+        return float("nan")
+
+    def average_precision(truth: np.ndarray, score: np.ndarray) -> float:
+        with warnings.catch_warnings():  # a resample without positives scores 0, without a warning each
+            warnings.simplefilter("ignore")
+            return float(skm.average_precision_score(truth, score))
+
+    result = stats.bootstrap(
+        (y_true, probability),
+        average_precision,
+        n_resamples=resamples,
+        vectorized=False,
+        paired=True,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.standard_error)
 
 
 def best_f1_threshold(y_true: np.ndarray, probability: np.ndarray) -> float:

@@ -1,5 +1,5 @@
 """Deployment through the graph: the champion served by a real local server process, the smoke check,
-a rollback that puts the previous champion back, and batch predictions for a day."""
+rollbacks that go back one known-good champion at a time, and batch predictions for a day."""
 
 from datetime import date
 
@@ -77,31 +77,49 @@ def test_deploy_serves_the_champion_and_passes_the_smoke_check(
     local_target.stop()  # the next tests talk to a server without tokens
 
 
-def test_rollback_puts_the_previous_champion_back_and_serves_it(bootstrap_result, defs, registry, local_target):
-    # A second champion to roll back from: retrain, promoted whatever the gate would say, and deploy it.
-    retrained = launch("retrain", PAST_THE_GATE, defs=defs)
-    assert retrained.success
-    new, old = registry.version_for_alias(CHAMPION), registry.version_for_alias(PREVIOUS)
-    assert new != old and old is not None
+def test_each_rollback_goes_back_one_known_good_version_and_serves_it(bootstrap_result, defs, registry, local_target):
+    # Two champions to roll back from, different models (different trees), promoted whatever the gate says.
+    promoted = []
+    for depth in (5, 4):
+        retrained = launch("retrain", {**PAST_THE_GATE, "trained_model": {"max_depth": depth}}, defs=defs)
+        assert retrained.success
+        promoted.append(registry.version_for_alias(CHAMPION))
+    older, newer = promoted
+    assert older != newer and registry.version_for_alias(PREVIOUS) == older
     assert launch("deploy", defs=defs).success
-    assert serving_version(local_target) == new
+    assert serving_version(local_target) == newer
 
     outcome = runner.invoke(app, ["rollback", "--reason", "accuracy dropped"], catch_exceptions=False)
     assert outcome.exit_code == 0, outcome.output
-    assert f"serving v{old} (was v{new})" in outcome.output
-    assert registry.version_for_alias(CHAMPION) == old
-    assert registry.version_for_alias(PREVIOUS) is None
-    tags = registry.model_version(new).tags
+    assert f"serving v{older} (was v{newer})" in outcome.output
+    assert registry.version_for_alias(CHAMPION) == older
+    tags = registry.model_version(newer).tags
     assert ROLLED_BACK_AT_TAG in tags and tags["ml_platform.rollback_reason"] == "accuracy dropped"
-    assert serving_version(local_target) == old
+    history = registry.champion_history()
+    assert [(e.version, e.rollback_reason) for e in history[:2]] == [(newer, "accuracy dropped"), (older, None)]
+    assert serving_version(local_target) == older
     with ModelServerClient(f"http://127.0.0.1:{local_target.port}") as client:
         answer = client.predict([50.0] * 9)
-    assert answer["model_version"] == old
+    assert answer["model_version"] == older
 
-    # Nothing left to return to: a second rollback says so instead of flip-flopping.
+    # Each further rollback goes to 'previous', one known-good version further back, until none is left.
+    for step in range(len(history)):
+        target, current = registry.version_for_alias(PREVIOUS), registry.version_for_alias(CHAMPION)
+        if target is None:
+            break
+        assert target not in (newer, older)
+        back = runner.invoke(app, ["rollback", "--reason", f"step {step}"], catch_exceptions=False)
+        assert back.exit_code == 0, back.output
+        assert f"serving v{target} (was v{current})" in back.output
+        assert registry.version_for_alias(CHAMPION) == serving_version(local_target) == target
+        further = registry.version_for_alias(PREVIOUS)
+        assert (f"would go to v{further}" if further else "no known-good version is left") in back.output
+    last = registry.version_for_alias(CHAMPION)
+    assert registry.version_for_alias(PREVIOUS) is None
     again = runner.invoke(app, ["rollback"])
     assert again.exit_code == 1
-    assert "no 'previous' version" in again.output
+    assert f"the champion is v{last} and no known-good version remains" in again.output
+    assert registry.version_for_alias(CHAMPION) == last
 
 
 def test_batch_predictions_score_every_transaction_of_the_day(bootstrap_result, defs, registry, settings):

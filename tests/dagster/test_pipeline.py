@@ -10,7 +10,7 @@ import pytest
 
 from ml_platform.data.synthetic import SyntheticConfig, generate_transactions
 from ml_platform.features.store import FEATURE_SERVICE, FeatureRepo, open_store
-from ml_platform.registry import CHALLENGER, CHAMPION, RUN_KEY_TAG
+from ml_platform.registry import CHALLENGER, CHAMPION, PREVIOUS, RUN_KEY_TAG
 from ml_platform.storage import write_table
 from runs.launch import launch
 from tests.support.runs import FIRST_DAY, LAST_DAY, PAST_THE_GATE, SMALL_DATA, check_results, materializations
@@ -76,14 +76,32 @@ def test_a_worse_model_is_stopped_by_the_gate_and_the_champion_stays(bootstrap_r
     result = launch("retrain", weak, defs=defs)
     assert not result.success
     checks = check_results(result)
-    assert checks[("model_evaluation", "no_regression")] is False
+    assert checks[("model_evaluation", "beats_champion")] is False
     evaluation = result.output_for_node("model_evaluation")
     assert evaluation["champion_version"] == champion_before
-    assert evaluation["metrics"]["challenger"]["pr_auc"] < evaluation["metrics"]["champion"]["pr_auc"] - 0.01
+    assert evaluation["metrics"]["challenger"]["pr_auc"] < evaluation["metrics"]["champion"]["pr_auc"] + 0.005
+    assert evaluation["gates"]["beats_champion"]["description"].endswith("below the margin: the champion stays")
     skipped_or_absent = not materializations(result, "champion_model")
     assert skipped_or_absent
     assert registry.version_for_alias(CHAMPION) == champion_before
     assert registry.version_for_alias(CHALLENGER) == evaluation["challenger_version"] != champion_before
+
+
+def test_a_retrain_that_makes_the_champions_model_again_keeps_the_champion(bootstrap_result, registry, defs):
+    # A champion of a known config, then that config retrained on the same days: the same model, a tie.
+    config = {"trained_model": {"n_estimators": 60, "max_depth": 5}}
+    assert launch("retrain", {**config, **PAST_THE_GATE}, defs=defs).success
+    aliases_before = registry.aliases()
+    result = launch("retrain", config, defs=defs)
+    assert not result.success
+    assert check_results(result)[("model_evaluation", "beats_champion")] is False
+    evaluation = result.output_for_node("model_evaluation")
+    assert evaluation["champion_version"] == aliases_before[CHAMPION] != evaluation["challenger_version"]
+    scores = evaluation["metrics"]
+    assert scores["challenger"]["pr_auc"] == scores["champion"]["pr_auc"]
+    assert evaluation["gates"]["beats_champion"]["description"].endswith("below the margin: the champion stays")
+    after = registry.aliases()
+    assert (after[CHAMPION], after.get(PREVIOUS)) == (aliases_before[CHAMPION], aliases_before.get(PREVIOUS))
 
 
 def test_quality_floor_blocks_promotion(bootstrap_result, registry, defs):

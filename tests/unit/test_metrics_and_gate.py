@@ -5,8 +5,13 @@ import math
 import numpy as np
 import pytest
 
-from ml_platform.evaluation.gate import GateConfig, no_regression, quality_floor
-from ml_platform.evaluation.metrics import best_f1_threshold, classification_metrics
+from ml_platform.evaluation.gate import GateConfig, beats_champion, quality_floor
+from ml_platform.evaluation.metrics import (
+    COUNT_NAMES,
+    best_f1_threshold,
+    classification_metrics,
+    pr_auc_standard_error,
+)
 
 # 10 rows, 4 positives; ties at 0.7 (one positive, one negative) and at 0.2 (two negatives).
 Y = np.array([1, 0, 1, 1, 0, 0, 1, 0, 0, 0])
@@ -111,7 +116,7 @@ def test_best_f1_threshold_without_positives_is_one_half():
 
 # ---- the gate ----------------------------------------------------------------------------------
 
-CONFIG = GateConfig(min_accuracy=0.85, min_pr_auc=0.30, regression_metric="pr_auc", max_regression=0.01)
+CONFIG = GateConfig(min_accuracy=0.85, min_pr_auc=0.30, comparison_metric="pr_auc", min_improvement=0.005)
 
 
 def test_quality_floor_passes_a_good_model():
@@ -148,33 +153,104 @@ def test_quality_floor_fails_on_nan_pr_auc():
     assert "PR AUC nan" in result.description
 
 
-def test_no_regression_passes_without_a_champion():
-    result = no_regression({"pr_auc": 0.4}, None, CONFIG)
-    assert result.passed and "no champion" in result.description
+def test_beats_champion_passes_without_a_champion():
+    result = beats_champion({"pr_auc": 0.4}, None, CONFIG)
+    assert result.passed and result.name == "beats_champion"
+    assert result.description == "no champion yet: the first model that clears the floor becomes champion"
     assert result.metadata == {"metric": "pr_auc", "challenger": 0.4}
 
 
-@pytest.mark.parametrize("challenger", [0.60, 0.595, 0.70])
-def test_no_regression_passes_within_tolerance(challenger):
-    result = no_regression({"pr_auc": challenger}, {"pr_auc": 0.60}, CONFIG)
+def test_defaults_ask_for_a_pr_auc_gain_of_half_a_point():
+    assert (GateConfig().comparison_metric, GateConfig().min_improvement) == ("pr_auc", 0.005)
+
+
+@pytest.mark.parametrize("challenger", [0.605, 0.61, 0.70])
+def test_beats_champion_passes_at_or_above_the_margin(challenger):
+    result = beats_champion({"pr_auc": challenger}, {"pr_auc": 0.60}, CONFIG)
     assert result.passed
-    assert "within" in result.description
-    assert result.metadata["change"] == pytest.approx(challenger - 0.60)
+    assert result.description.endswith("at least the margin: the challenger replaces the champion")
+    assert result.metadata == {
+        "metric": "pr_auc",
+        "challenger": challenger,
+        "champion": 0.60,
+        "change": pytest.approx(challenger - 0.60),
+        "min_improvement": 0.005,
+    }
 
 
-def test_no_regression_fails_beyond_tolerance():
-    result = no_regression({"pr_auc": 0.55}, {"pr_auc": 0.60}, CONFIG)
+def test_a_tie_keeps_the_champion():
+    result = beats_champion({"pr_auc": 0.4884}, {"pr_auc": 0.4884}, CONFIG)
     assert not result.passed
-    assert "0.5500" in result.description and "0.6000" in result.description
-    assert "beyond" in result.description and "-0.0500" in result.description
+    assert result.description == (
+        "pr_auc: challenger 0.4884 vs champion 0.4884, change +0.0000, margin +0.0050, "
+        "below the margin: the champion stays"
+    )
 
 
-def test_no_regression_fails_on_nan():
-    assert not no_regression({"pr_auc": float("nan")}, {"pr_auc": 0.6}, CONFIG).passed
+@pytest.mark.parametrize("challenger", [0.604, 0.60, 0.55])
+def test_beats_champion_fails_below_the_margin(challenger):
+    result = beats_champion({"pr_auc": challenger}, {"pr_auc": 0.60}, CONFIG)
+    assert not result.passed
+    assert result.description.endswith("below the margin: the champion stays")
+    assert f"change {challenger - 0.60:+.4f}" in result.description
 
 
-def test_no_regression_uses_the_configured_metric():
-    config = GateConfig(regression_metric="roc_auc", max_regression=0.0)
+@pytest.mark.parametrize(("challenger", "champion"), [(float("nan"), 0.6), (0.7, float("nan"))])
+def test_beats_champion_fails_on_nan(challenger, champion):
+    result = beats_champion({"pr_auc": challenger}, {"pr_auc": champion}, CONFIG)
+    assert not result.passed and "the champion stays" in result.description
+
+
+def test_a_negative_margin_lets_a_worse_challenger_through():
+    config = GateConfig(min_improvement=-1.0)
+    assert beats_champion({"pr_auc": 0.2}, {"pr_auc": 0.9}, config).passed
+
+
+def test_beats_champion_uses_the_configured_metric():
+    config = GateConfig(comparison_metric="roc_auc", min_improvement=0.0)
     challenger, champion = {"roc_auc": 0.90, "pr_auc": 0.9}, {"roc_auc": 0.91, "pr_auc": 0.1}
-    result = no_regression(challenger, champion, config)
-    assert not result.passed and result.description.startswith("roc_auc:")
+    result = beats_champion(challenger, champion, config)
+    assert not result.passed and result.description.startswith("roc_auc: challenger 0.9000 vs champion 0.9100")
+
+
+# ---- what live monitoring needs to allow for the uncertainty of the test metrics ---------------------------
+def test_the_logged_confusion_counts_are_among_the_metrics():
+    metrics = classification_metrics(Y, P, threshold=0.5)
+    assert {name: metrics[name] for name in COUNT_NAMES} == {
+        "true_positives": 3,
+        "false_positives": 2,
+        "false_negatives": 1,
+        "true_negatives": 4,
+    }
+
+
+def _scored_sample(rng: np.random.Generator, rows: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` rows with 5% positives, scored higher on average than the negatives, with overlap."""
+    y = (rng.random(rows) < 0.05).astype(int)
+    return y, rng.normal(0.3 + 0.25 * y, 0.15)
+
+
+def test_pr_auc_standard_error_matches_the_spread_over_independent_samples():
+    rng = np.random.default_rng(0)
+    spread = np.std([classification_metrics(*_scored_sample(rng), 0.5)["pr_auc"] for _ in range(300)], ddof=1)
+    y, p = _scored_sample(np.random.default_rng(1))
+    error = pr_auc_standard_error(y, p)
+    assert 0.05 < spread < 0.1  # about 50 positives: PR AUC is known to several points
+    assert 0.8 < error / spread < 1.25  # one sample's bootstrap sees the spread of many samples
+
+
+def test_pr_auc_standard_error_is_seeded():
+    y, p = _scored_sample(np.random.default_rng(1))
+    assert pr_auc_standard_error(y, p) == pr_auc_standard_error(y, p)  # the same rows give the same figure
+    other = pr_auc_standard_error(y, p, seed=7)
+    assert other != pr_auc_standard_error(y, p) and other == pytest.approx(pr_auc_standard_error(y, p), rel=0.2)
+
+
+@pytest.mark.parametrize("label", [0, 1])
+def test_pr_auc_standard_error_is_nan_with_one_class(label):
+    assert math.isnan(pr_auc_standard_error(np.full(5, label), np.linspace(0.1, 0.9, 5)))
+
+
+def test_pr_auc_standard_error_names_a_length_mismatch():
+    with pytest.raises(ValueError, match="10 labels but 9 predictions"):
+        pr_auc_standard_error(Y, P[:-1])
