@@ -38,6 +38,7 @@ class RawTransactionsConfig(dg.Config):
     transactions_per_day: int = 2_000
     fraud_rate: float = 0.02
     drift: float = 0.0
+    novel_fraud: float = 0.0  # share of fraud with a look absent from history (see ml_platform.data.synthetic)
 
 
 def _window(context: dg.AssetExecutionContext) -> tuple[date, date]:
@@ -80,6 +81,7 @@ def raw_transactions(context: dg.AssetExecutionContext, config: RawTransactionsC
                 transactions_per_day=config.transactions_per_day,
                 fraud_rate=config.fraud_rate,
                 drift=config.drift,
+                novel_fraud=config.novel_fraud,
             )
         transactions = load_transactions(config.source, start, end, synthetic=synthetic, path=config.path)
         outcomes = validate_transactions(transactions)

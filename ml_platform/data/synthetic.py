@@ -10,6 +10,13 @@ risky categories, card-not-present, odd hours. So the signal is in the features 
 ``1 + drift``, spending moves towards online retail and electronics, and fraud starts to look
 more like normal spending (smaller amounts, daytime, everyday categories), so an old model decays.
 
+``novel_fraud`` (0 = none, at most 1) is the share of fraud that follows a pattern absent from any
+history generated without it: the card is present (in store), the category is one of the customer's
+own everyday ones, the hour is daytime and the amount is close to the customer's usual spend (a
+little above it). The fraud rate does not change, only how that share of fraud looks, so a model
+trained before it misses those cases. Which fraud is novel, and its new look, come from a random
+stream of their own: with ``novel_fraud=0`` every day is exactly what it was without the knob.
+
 Every day is generated from ``(seed, day)`` alone: a day's data never depends on which other days
 were generated with it, so daily partitions are reproducible one by one or as a range.
 """
@@ -37,6 +44,7 @@ class SyntheticConfig:
     transactions_per_day: int = 2_000
     fraud_rate: float = 0.02
     drift: float = 0.0
+    novel_fraud: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -50,6 +58,8 @@ class SyntheticConfig:
             problems.append(f"fraud_rate must be in [0, 0.5), got {self.fraud_rate}")
         if self.drift < 0.0:
             problems.append(f"drift must be >= 0, got {self.drift}")
+        if not 0.0 <= self.novel_fraud <= 1.0:
+            problems.append(f"novel_fraud must be in [0, 1], got {self.novel_fraud}")
         if problems:
             raise ValueError("invalid synthetic source config: " + "; ".join(problems))
 
@@ -103,6 +113,7 @@ def generate_day(config: SyntheticConfig, day: date, population: CustomerPopulat
     amount = np.exp(population.log_amount_mean[customer] + rng.normal(0.0, 0.45, n)) * (1.0 + drift)
     online = rng.random(n) < np.clip(population.online_propensity[customer] + 0.3 * shift, 0.0, 1.0)
     hour = np.clip(rng.normal(14.5, 3.5, n), 6.0, 23.99)
+    habitual_category, habitual_hour = category.copy(), hour.copy()
 
     # Fraud breaks the habits; drift makes it blend in.
     n_fraud = int(is_fraud.sum())
@@ -119,6 +130,20 @@ def generate_day(config: SyntheticConfig, day: date, population: CustomerPopulat
         online[is_fraud] = rng.random(n_fraud) < 0.75 - 0.35 * shift
         night = rng.random(n_fraud) < 0.35 * (1.0 - shift)
         hour[is_fraud] = np.where(night, rng.uniform(0.0, 6.0, n_fraud), rng.uniform(6.0, 23.99, n_fraud))
+    if n_fraud and config.novel_fraud > 0.0:
+        _disguise_novel_fraud(
+            config,
+            day,
+            population,
+            customer,
+            is_fraud,
+            habitual_category,
+            habitual_hour,
+            category,
+            amount,
+            online,
+            hour,
+        )
 
     merchants_per_category = config.n_merchants // len(CATEGORIES)
     merchant = category * merchants_per_category + rng.integers(0, merchants_per_category, n)
@@ -142,6 +167,37 @@ def generate_day(config: SyntheticConfig, day: date, population: CustomerPopulat
     )
     frame["transaction_id"] = frame["transaction_id"].astype(str)
     return frame[list(TRANSACTION_COLUMNS)]
+
+
+def _disguise_novel_fraud(
+    config: SyntheticConfig,
+    day: date,
+    population: CustomerPopulation,
+    customer: np.ndarray,
+    is_fraud: np.ndarray,
+    habitual_category: np.ndarray,
+    habitual_hour: np.ndarray,
+    category: np.ndarray,
+    amount: np.ndarray,
+    online: np.ndarray,
+    hour: np.ndarray,
+) -> None:
+    """Give ``config.novel_fraud`` of the fraud (in place) the look of its card holder's own habits:
+    in store, an everyday category of theirs, a daytime hour, an amount a little above their usual
+    spend. Draws from a stream of its own, so the day's other draws are the same with or without it."""
+    rng = np.random.default_rng([config.seed, 2, day.toordinal()])
+    fraud_rows = np.flatnonzero(is_fraud)
+    novel = fraud_rows[rng.random(len(fraud_rows)) < config.novel_fraud]
+    if not len(novel):
+        return
+    everyday = habitual_category[novel]
+    risky = np.isin(everyday, _RISKY_INDEX)
+    category[novel] = np.where(risky, rng.choice(_EVERYDAY_INDEX, size=len(novel)), everyday)
+    amount[novel] = np.exp(population.log_amount_mean[customer[novel]] + rng.normal(0.2, 0.3, len(novel))) * (
+        1.0 + config.drift
+    )
+    online[novel] = False
+    hour[novel] = np.clip(habitual_hour[novel], 8.0, 20.0)
 
 
 def generate_transactions(config: SyntheticConfig, start: date, end: date) -> pd.DataFrame:

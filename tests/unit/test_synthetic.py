@@ -1,12 +1,14 @@
 """The seeded transaction generator: reproducible, shaped like the schema, and with fraud signal."""
 
+import hashlib
+from dataclasses import replace
 from datetime import date
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from ml_platform.data.schema import CATEGORIES, TRANSACTION_COLUMNS, TRANSACTION_SCHEMA
+from ml_platform.data.schema import CATEGORIES, RISKY_CATEGORIES, TRANSACTION_COLUMNS, TRANSACTION_SCHEMA
 from ml_platform.data.synthetic import SyntheticConfig, generate_day, generate_transactions
 
 SMALL = SyntheticConfig(seed=3, n_customers=300, transactions_per_day=400)
@@ -143,3 +145,78 @@ def test_amounts_are_rounded_to_cents_and_inside_the_schema_range(big_batch):
     amounts = big_batch["amount"].to_numpy()
     np.testing.assert_allclose(amounts, np.round(amounts, 2))
     assert amounts.min() >= 0.01 and amounts.max() <= 100_000.0
+
+
+# ---- novel fraud -----------------------------------------------------------------------------------------
+def fingerprint(frame: pd.DataFrame) -> str:
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("config", "day", "rows", "fraud", "digest"),
+    [
+        (
+            SyntheticConfig(),
+            date(2024, 1, 3),
+            1949,
+            38,
+            "8c8b6386be6a0b0978d80f20016136d9bcbcbc7cfb5dc50173ac22c00ab86d43",
+        ),
+        (SMALL, DAY, 430, 12, "16bb557997e2bf25a7f23b87f6d88b32c59ea02377c7c69dff8c816b3053c111"),
+        (
+            SyntheticConfig(seed=5, transactions_per_day=1_500, drift=0.5),
+            date(2024, 2, 2),
+            1501,
+            28,
+            "3f7b6f81cef744d139fa7faaa89780c711d84516bdc19dc505f763d7bd2ae3cf",
+        ),
+    ],
+)
+def test_without_novel_fraud_a_day_is_what_the_generator_made_before_the_knob(config, day, rows, fraud, digest):
+    """The digests were taken from the generator before ``novel_fraud`` existed: every stored day stays."""
+    for same in (config, replace(config, novel_fraud=0.0)):
+        frame = generate_day(same, day)
+        assert (len(frame), int(frame["is_fraud"].sum())) == (rows, fraud)
+        assert fingerprint(frame) == digest
+
+
+def without_ids(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows in a canonical order without the positional id (a fraud moved in time shifts the ids after it)."""
+    columns = ["event_timestamp", "customer_id", "amount", "merchant_id"]
+    return frame.drop(columns="transaction_id").sort_values(columns, kind="stable").reset_index(drop=True)
+
+
+def test_novel_fraud_looks_like_the_card_holders_own_habits():
+    config = SyntheticConfig(seed=5, transactions_per_day=3_000)
+    days = (date(2024, 2, 1), date(2024, 2, 4))
+    usual = generate_transactions(config, *days)
+    novel = generate_transactions(replace(config, novel_fraud=1.0), *days)
+    # the same transactions, the same fraud (by customer): only how the fraud looks changed
+    assert len(novel) == len(usual) and usual["is_fraud"].sum() > 100
+    by_customer = usual.groupby("customer_id")["is_fraud"].sum()
+    pd.testing.assert_series_equal(novel.groupby("customer_id")["is_fraud"].sum(), by_customer)
+    pd.testing.assert_frame_equal(
+        without_ids(novel[novel["is_fraud"] == 0]), without_ids(usual[usual["is_fraud"] == 0])
+    )
+    fraud, was = novel[novel["is_fraud"] == 1], usual[usual["is_fraud"] == 1]
+    assert (fraud["channel"] == "in_store").all() and (was["channel"] == "online").mean() > 0.6
+    assert not fraud["category"].isin(RISKY_CATEGORIES).any() and was["category"].isin(RISKY_CATEGORIES).all()
+    assert fraud["event_timestamp"].dt.hour.between(8, 20).all() and (was["event_timestamp"].dt.hour < 6).mean() > 0.2
+    # amounts near the customer's usual spend: about legit spending, far below the usual fraud's
+    typical = usual[usual["is_fraud"] == 0].groupby("customer_id")["amount"].median()
+    ratio = (fraud["amount"] / fraud["customer_id"].map(typical)).dropna()
+    old_ratio = (was["amount"] / was["customer_id"].map(typical)).dropna()
+    assert 0.9 < ratio.median() < 1.6 and old_ratio.median() > 2.2
+
+
+def test_a_share_of_novel_fraud():
+    config = SyntheticConfig(seed=5, transactions_per_day=3_000, novel_fraud=0.5)
+    fraud = generate_transactions(config, date(2024, 2, 1), date(2024, 2, 4)).query("is_fraud == 1")
+    # without drift, only novel fraud shops in an everyday category
+    assert 0.4 < (~fraud["category"].isin(RISKY_CATEGORIES)).mean() < 0.6
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_novel_fraud_must_be_a_share(share):
+    with pytest.raises(ValueError, match=r"novel_fraud must be in \[0, 1\]"):
+        SyntheticConfig(novel_fraud=share)
