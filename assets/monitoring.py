@@ -22,8 +22,14 @@ from ml_platform.features.engineering import CUMULATIVE_FEATURES, DRIFT_FEATURES
 from ml_platform.monitoring.alerts import AlertRule
 from ml_platform.monitoring.dashboard import render_markdown, render_png
 from ml_platform.monitoring.drift import METHOD_TITLES, compute_drift, render_drift_html
-from ml_platform.monitoring.health import collect_model_health, finite_or_none, reference_features
-from ml_platform.monitoring.performance import LIVE_METRICS
+from ml_platform.monitoring.health import (
+    TrainingReference,
+    collect_model_health,
+    finite_or_none,
+    reference_features,
+    training_reference,
+)
+from ml_platform.monitoring.performance import JUDGED_METRICS, LIVE_METRICS, check_confidence, judge_accuracy_drop
 from ml_platform.monitoring.performance import live_performance as compute_live_performance
 from ml_platform.monitoring.serving_metrics import scrape_metrics
 from ml_platform.monitoring.serving_metrics import serving_metrics as compute_serving_metrics
@@ -165,8 +171,9 @@ def prediction_log(context: dg.AssetExecutionContext, monitoring: MonitoringReso
             description="share of features whose distribution drifted from the training data (WARN)",
         )
     ],
-    description="The window's traffic against the training set's train split, per feature and for the "
-    "dataset: scores on every row (scipy, equal to Evidently's DataDriftPreset), Evidently's HTML report "
+    description="The window's traffic against the test split of the champion's own training set (the stored "
+    "file its digest tag names; the current training set for a version without one), per feature and for "
+    "the dataset: scores on every row (scipy, equal to Evidently's DataDriftPreset), Evidently's HTML report "
     "from a sample.",
 )
 def drift_report(
@@ -174,6 +181,7 @@ def drift_report(
     config: DriftReportConfig,
     monitoring: MonitoringResource,
     state: StateStorage,
+    mlflow: MLflowResource,
 ):
     window = _window(config)
     rule = _rule(monitoring, "drift_score")
@@ -184,13 +192,19 @@ def drift_report(
     paths = monitoring.paths()
     current = read_predictions(paths.log_dir, window)
     method = METHOD_TITLES.get(drift_config.method, drift_config.method)
+    registry = mlflow.registry()
+    champion = registry.version_for_alias(CHAMPION)
+    judged = champion if champion is not None else "none"
     if current.empty:
         note = f"no predictions logged over {window.label}"
-        yield dg.MaterializeResult(metadata={"rows": 0, "window": window.label, "method": method, "note": note})
-        yield rule_check(rule, None, window, no_data=note)
+        yield dg.MaterializeResult(
+            metadata={"rows": 0, "window": window.label, "method": method, "note": note, "model_version": judged}
+        )
+        yield rule_check(rule, None, window, no_data=note, metadata={"model_version": judged})
         return
     try:
-        reference = reference_features(state.table_path("training_set"))
+        source = training_reference(registry, champion, state.table_path("training_set"), state.training_sets_dir())
+        reference = reference_features(source.path)
     except FileNotFoundError as error:
         raise dg.Failure(str(error)) from error
     try:
@@ -222,6 +236,8 @@ def drift_report(
             "report": dg.MetadataValue.path(str(html)),
             "report_url": dg.MetadataValue.url(html.resolve().as_uri()),
             "compute_seconds": report.seconds,
+            "model_version": judged,
+            **reference_metadata(source),
         }
     )
     yield rule_check(
@@ -229,24 +245,42 @@ def drift_report(
         report.drift_score,
         window,
         describe=f"drifted: {', '.join(report.drifted_features) or 'none'}",
-        metadata={"drifted_features": ", ".join(report.drifted_features), "rows": report.current_rows},
+        metadata={
+            "drifted_features": ", ".join(report.drifted_features),
+            "rows": report.current_rows,
+            "model_version": judged,
+            **reference_metadata(source),
+        },
     )
+
+
+def reference_metadata(reference: TrainingReference | None) -> dict[str, object]:
+    """The training set a version was judged against (and why, when it is not the version's own)."""
+    metadata: dict[str, object] = {
+        "training_set_digest": reference.digest if reference is not None else "none",
+        "reference_file": dg.MetadataValue.path(str(reference.path)) if reference is not None else "none",
+    }
+    if reference is not None and reference.note:
+        metadata["reference_note"] = reference.note
+    return metadata
 
 
 # ---- live performance ------------------------------------------------------------------------------
 @dg.asset(
     group_name="monitoring",
     deps=[prediction_log, "champion_model"],
-    kinds={"scikitlearn"},
+    kinds={"scikitlearn", "scipy"},
     check_specs=[
         dg.AssetCheckSpec(
             "accuracy_drop",
             asset="live_performance",
-            description="the champion's accuracy on labeled traffic fell below its test accuracy (ERROR)",
+            description="the champion's recall, precision or PR AUC on labeled traffic fell significantly more "
+            "than the threshold below its test metrics (ERROR); judged only with enough labelled positives",
         )
     ],
     description="The champion's answers in the window judged by the labels that have arrived (ground truth "
-    "comes late): accuracy, precision, recall and F1 against what the version scored on its test split.",
+    "comes late): accuracy, precision, recall, F1 and PR AUC, each with its upper confidence bound, against "
+    "what the version scored on its test split.",
 )
 def live_performance(config: WindowConfig, monitoring: MonitoringResource, mlflow: MLflowResource):
     window = _window(config)
@@ -261,49 +295,67 @@ def live_performance(config: WindowConfig, monitoring: MonitoringResource, mlflo
     paths = monitoring.paths()
     predictions = read_predictions(paths.log_dir, window)
     labels = paths.labels().read(as_of=window.end)
-    performance = compute_live_performance(predictions, labels, registry.test_metrics(version), model_version=version)
+    try:
+        confidence = check_confidence(monitoring.accuracy_drop_confidence)
+    except ValueError as error:
+        raise dg.Failure(f"monitoring resource: accuracy_drop_{error}") from error
+    performance = compute_live_performance(
+        predictions, labels, registry.test_metrics(version), model_version=version, confidence=confidence
+    )
+    try:
+        verdict = judge_accuracy_drop(
+            performance, rule.threshold, min_labelled_positives=monitoring.min_labelled_positives, window=window.label
+        )
+    except ValueError as error:
+        raise dg.Failure(f"monitoring resource: {error}") from error
     table = pd.DataFrame(
         {
             "metric": list(LIVE_METRICS),
             "live": [performance.metrics.get(name) for name in LIVE_METRICS],
             "baseline": [performance.baseline.get(name) for name in LIVE_METRICS],
             "drop": [performance.drop(name) for name in LIVE_METRICS],
+            "upper_bound": [performance.upper_bounds.get(name) for name in LIVE_METRICS],
+            "judged": ["yes" if name in JUDGED_METRICS else "" for name in LIVE_METRICS],
         }
     )
     metadata: dict[str, object] = {
         "model_version": version,
         "labeled_rows": performance.labeled_rows,
         "unlabeled_rows": performance.unlabeled_rows,
+        "labelled_positives": performance.labelled_positives,
+        "confidence": performance.confidence,
+        "bound_level": performance.bound_level,
         "window": window.label,
         "metrics": md_table(table, index=False),
     }
     for name in LIVE_METRICS:
-        for key, value in ((name, performance.metrics.get(name)), (f"baseline_{name}", performance.baseline.get(name))):
+        for key, value in (
+            (name, performance.metrics.get(name)),
+            (f"baseline_{name}", performance.baseline.get(name)),
+            (f"{name}_drop", performance.drop(name)),
+            (f"{name}_upper_bound", performance.upper_bounds.get(name)),
+        ):
             if finite_or_none(value) is not None:
                 metadata[key] = float(value)
-    drop = finite_or_none(performance.drop("accuracy"))
-    if drop is not None:
-        metadata["accuracy_drop"] = drop
     if finite_or_none(performance.label_coverage) is not None:
         metadata["label_coverage"] = float(performance.label_coverage)
     yield dg.MaterializeResult(metadata=metadata)
 
-    no_data = None
-    if performance.labeled_rows == 0:
-        no_data = (
-            f"no labeled predictions of v{version} over {window.label} ({performance.unlabeled_rows} awaiting labels)"
-        )
-    elif "accuracy" not in performance.baseline:
-        no_data = f"v{version} has no test metrics to compare with (it was never evaluated)"
-    yield rule_check(
-        rule,
-        drop,
-        window,
-        no_data=no_data,
-        describe=f"v{version} live accuracy {_shown(finite_or_none(performance.metrics.get('accuracy')))} "
-        f"vs test {_shown(finite_or_none(performance.baseline.get('accuracy')))} on "
-        f"{performance.labeled_rows} labeled predictions",
-        metadata={"model_version": version, "labeled_rows": performance.labeled_rows},
+    yield dg.AssetCheckResult(
+        check_name=rule.name,
+        passed=not verdict.fires,
+        severity=dg.AssetCheckSeverity(rule.severity),
+        description=verdict.description,
+        metadata={
+            "value": finite_or_none(verdict.value),
+            "threshold": rule.threshold,
+            "window": window.label,
+            "model_version": version,
+            "labeled_rows": performance.labeled_rows,
+            "labelled_positives": performance.labelled_positives,
+            "dropped": ", ".join(verdict.dropped),
+            **{f"baseline_{name}_lower_bound": bound for name, bound in verdict.baseline_bounds.items()},
+        },
     )
 
 
@@ -401,8 +453,14 @@ def model_health(
         rules, drift_config = monitoring.rules(), monitoring.drift_config()
     except ValueError as error:
         raise dg.Failure(f"monitoring resource: {error}") from error
+    registry = mlflow.registry()
+    champion = registry.version_for_alias(CHAMPION)
+    try:
+        reference = training_reference(registry, champion, state.table_path("training_set"), state.training_sets_dir())
+    except FileNotFoundError:  # no training set at all yet: the dashboard shows drift as n/a
+        reference = None
     health = collect_model_health(
-        mlflow.registry(),
+        registry,
         paths,
         window,
         endpoint=deployment.endpoint(),
@@ -410,6 +468,8 @@ def model_health(
         training_set_path=state.table_path("training_set"),
         drift_config=drift_config,
         rules=rules,
+        training_sets_dir=state.training_sets_dir(),
+        reference=reference,
     )
     png = render_png(health, paths.reports_dir / f"health-{_stamp(context)}.png")
     _prune(paths.reports_dir, "health-*.png", 48)
@@ -421,6 +481,7 @@ def model_health(
         "dashboard_png": dg.MetadataValue.path(str(png)),
         "window": window.label,
         "predictions": len(health.prediction_scores),
+        **reference_metadata(reference),
     }
     if health.alerts:
         metadata["alerts"] = ", ".join(f"{a.name} ({a.severity})" for a in health.alerts)
@@ -428,4 +489,4 @@ def model_health(
 
 
 MONITORING_ASSETS = [prediction_log, drift_report, live_performance, serving_metrics, model_health]
-WINDOW_ASSETS = ["drift_report", "live_performance", "serving_metrics", "model_health"]
+WINDOW_ASSETS = ["drift_report", "live_performance", "serving_metrics", "feature_skew", "model_health"]

@@ -44,6 +44,11 @@ class AlertResource(dg.ConfigurableResource):
         except ValueError as error:  # a malformed URL: the alert still reaches the file, with why
             return _MisconfiguredWebhook(history, str(error))
 
+    def alerted(self) -> set[tuple[str, int]]:
+        """(check, evaluation id) of every alert in the history file: an evaluation is alerted once, whoever
+        (the daemon, the demo's loop, a second process) evaluates the sensor."""
+        return JsonlAlertSink(self.jsonl_path).evaluations()
+
     def send(self, alert: Alert) -> Delivery:
         """Deliver ``alert``; a Delivery saying what happened, whatever happened."""
         sink = self.sink()

@@ -8,6 +8,7 @@ import dagster as dg
 from ml_platform.monitoring.alerts import DEFAULT_RULES, AlertRule
 from ml_platform.monitoring.drift import DriftConfig
 from ml_platform.monitoring.health import MonitoringPaths, rules_with_thresholds
+from ml_platform.monitoring.performance import DEFAULT_CONFIDENCE, DEFAULT_MIN_LABELLED_POSITIVES
 
 
 class MonitoringResource(dg.ConfigurableResource):
@@ -21,7 +22,15 @@ class MonitoringResource(dg.ConfigurableResource):
       at <= 0.05); ``drift_feature_threshold`` overrides the method's per-feature default;
     - ``remediation_cooldown_seconds``: after a sensor requested a retrain (or a rollback), further failing
       evaluations of its checks within this many seconds are recorded and skipped, so one bad hour does
-      not queue a run per monitoring tick.
+      not queue a run per monitoring tick. Read from the newest run the sensor requested (the instance's
+      runs), so no restart resets it; two hours by default, longer than the hourly monitoring schedule.
+    - ``min_labelled_positives``: the accuracy drop check judges a window only when its labelled rows hold
+      at least this many fraud cases (below that it passes, saying "not enough labels");
+    - ``accuracy_drop_confidence``: the accuracy drop check fires only when recall, precision or PR AUC
+      fell more than its threshold below the test baseline with this confidence, for the three together
+      (each live metric's one-sided upper bound is at ``1 - (1 - confidence) / 3``).
+    - ``feature_skew_threshold``: the ``feature_skew`` check (WARN) fails when more than this share of the
+      served rows differ from the features the training set gives the same transactions.
     """
 
     log_dir: str
@@ -32,7 +41,10 @@ class MonitoringResource(dg.ConfigurableResource):
     drift_score_threshold: float = DEFAULT_RULES["drift_score"].threshold
     drift_method: str = "wasserstein"
     drift_feature_threshold: float | None = None
-    remediation_cooldown_seconds: float = 600.0
+    remediation_cooldown_seconds: float = 7200.0
+    min_labelled_positives: int = DEFAULT_MIN_LABELLED_POSITIVES
+    accuracy_drop_confidence: float = DEFAULT_CONFIDENCE
+    feature_skew_threshold: float = 0.01
 
     def paths(self) -> MonitoringPaths:
         return MonitoringPaths(log_dir=Path(self.log_dir), root=Path(self.monitoring_dir))

@@ -101,6 +101,18 @@ def demo(
     settings = prepared_settings()
     if loop and drift_days >= days:
         fail(f"--drift-days {drift_days} must be fewer than --days {days} (the rest is the clean history)")
+    if loop:
+        import dagster as dg
+
+        from runs.closed_loop import earlier_remediation  # imports the sensors and so the assets
+
+        earlier = earlier_remediation(dg.DagsterInstance.get())
+        if earlier is not None:
+            fail(
+                f"the loop already closed in {settings.home}: {earlier}. The sensors remember it (their cursors, "
+                "cooldowns and the versions rolled back), so they would rightly decline the same scenario again. "
+                "`make clean-state` and then `make demo` shows it afresh; `--no-loop` materializes the graph only"
+            )
     start, end = _last_complete_days(days)
     history_end = end - timedelta(days=drift_days) if loop else end
     data = {"transactions_per_day": transactions_per_day, "n_customers": customers}
@@ -164,7 +176,7 @@ def _only_the_gates_failed(result, settings: Settings) -> bool:
     return (
         failed_steps == {"model_evaluation"}
         and bool(failed_checks)
-        and failed_checks <= {"quality_floor", "no_regression"}
+        and failed_checks <= {"quality_floor", "beats_champion"}
         and registry.version_for_alias(CHAMPION) is not None
     )
 
@@ -230,8 +242,9 @@ def materialize_features(
 def status(
     window: Annotated[str, typer.Option(help='Trailing window of traffic to judge: "24h", "7d", "90m".')] = "24h",
 ) -> None:
-    """Where the registry stands (champion, challenger, previous) and the champion's health: status,
-    uptime, latency, errors, live accuracy against its baseline, drift and the alerts firing."""
+    """Where the registry stands (champion, challenger, previous: the rollback target), the champion
+    history, and the champion's health: status, uptime, latency, errors, live accuracy against its
+    baseline, drift and the alerts firing."""
     settings = prepared_settings()
     quiet_warnings()
     from ml_platform.monitoring.dashboard import render_terminal
@@ -252,6 +265,7 @@ def status(
     for alias in (CHAMPION, CHALLENGER, PREVIOUS):
         version = aliases.get(alias)
         typer.echo(f"  {alias:<10} {'v' + str(version) if version is not None else '-'}")
+    _echo_champion_history(registry.champion_history())
     defs = load_definitions()
     monitoring, deployment = defs.resources["monitoring"], defs.resources["deployment"]
     try:
@@ -270,6 +284,42 @@ def status(
     )
     typer.echo("")
     typer.echo(render_terminal(health), nl=False)
+
+
+HISTORY_ROWS = 10
+
+
+def _echo_champion_history(history) -> None:
+    """The newest promotions as a short table: version, when promoted, when and why rolled back."""
+    if not history:
+        return
+    typer.echo("")
+    typer.echo("champion history (newest promotion first)")
+    typer.echo(f"  {'version':<8} {'promoted at':<20} {'rolled back at':<20} reason")
+    for entry in history[:HISTORY_ROWS]:
+        rolled_back = _when(entry.rolled_back_at) if entry.rolled_back_at else "-"
+        reason = _shortened(entry.rollback_reason or "", 60)
+        typer.echo(
+            f"  {'v' + str(entry.version):<8} {_when(entry.promoted_at):<20} {rolled_back:<20} {reason}".rstrip()
+        )
+    if len(history) > HISTORY_ROWS:
+        typer.echo(f"  ... and {len(history) - HISTORY_ROWS} earlier")
+
+
+def _when(text: str) -> str:
+    """An ISO 8601 time as 'YYYY-MM-DD HH:MM:SS' in UTC; anything else as it was written."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return _shortened(text, 20)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _shortened(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 @app.command()
@@ -329,12 +379,19 @@ def _deploy_kubernetes(settings: Settings, registry, env: str) -> None:
 def rollback(
     reason: Annotated[str, typer.Option(help="Recorded on the version taken out of service.")] = "manual rollback",
 ) -> None:
-    """Put the previous champion back, redeploy it and verify what is serving."""
+    """Put the last different known-good champion back (the 'previous' alias), redeploy it and verify what
+    is serving. Run again, it goes back one more known-good version; exit 1 when none is left."""
     prepared_settings()
     result = _run_cli(launch, "rollback", ops_config={"roll_back_champion": {"reason": reason}})
     _print_result(result, "rollback")
     outcome = result.output_for_node("redeploy_and_verify")
     typer.echo(f"  serving v{outcome['to_version']} (was v{outcome['from_version']}) at {outcome['endpoint']}")
+    further = outcome.get("next_version")
+    typer.echo(
+        f"  a further rollback would go to v{further}"
+        if further is not None
+        else "  no known-good version is left to roll back to"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,9 +1,11 @@
 """The closed loop with nobody in it (``ml-platform demo``, tests/e2e): serve the champion, send drifted
-traffic, let the sensors retrain and deploy, turn the labels bad, let them roll back.
+traffic, let the sensors retrain and deploy, let fraud change its pattern, let them roll back.
 
-What the Dagster daemon does under ``make dev``, done step by step in this process so it can be shown
-and timed: the sensors are evaluated tick by tick (each keeps its cursor), and what they request is
-launched with the request's own config and tags, so the runs look in the UI exactly as the daemon's would.
+What the Dagster daemon does under ``make dev``, done step by step in this process so it can be shown and
+timed, by the daemon's own code (:mod:`runs.sensor_daemon`): each step ticks the sensors, which keep their
+cursors and ticks in the instance, and the runs they request are created and launched as the daemon
+launches them. A ``make dev`` started afterwards continues where the loop stopped: it neither alerts again
+nor repeats a remediation the loop already made or declined.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from ml_platform.monitoring.traffic import send_traffic
 from ml_platform.monitoring.window import Window, read_predictions
 from ml_platform.serving.client import ModelServerClient, ModelServerError, WaitTimedOut
 from ml_platform.settings import Settings
-from runs.launch import failure_report, launch, launch_run_request
-from sensors.monitoring import REASON_TAG, REMEDIATION_CHECKS, TRIGGER_TAG, alerted_checks, cursor_after_latest
+from runs.launch import failure_report, launch
+from runs.sensor_daemon import SensorDaemon, SensorDaemonError, Tick
+from sensors.monitoring import REASON_TAG, REMEDIATION_CHECKS, SENSOR_TAG, TRIGGER_TAG, cursor_after_latest
 
 
 class LoopError(RuntimeError):
@@ -37,11 +40,15 @@ class LoopPlan:
     """What the loop sends.
 
     Leg 1: ``drift_days`` new days of the synthetic source (``data``: its seed, customers, ...) with the
-    drift knob at ``drift``, ``drift_rows_per_day`` transactions each, sent as live traffic; their labels
-    arrive ``late_label_delay`` later (after the monitoring run: fraud is known late). The days are then
-    ingested as the nightly batch would, so the retraining the drift check triggers learns from them.
-    Leg 2: one more drifted day (``bad_day``) answered by the retrained model, whose labels come back
-    after ``bad_label_delay`` with ``flip_fraction`` of them inverted: the accuracy drop.
+    drift knob at ``drift``, ``drift_rows_per_day`` transactions each. Each day is sent as live traffic and
+    then ingested as the nightly batch would (features refreshed), so the next day is served with the
+    stats the training set gives it: the drift the check sees comes from the knob, not from stale
+    features. Their labels arrive ``late_label_delay`` later (after the monitoring run: fraud is known
+    late). The retraining the drift check triggers learns from these days.
+    Leg 2: one more drifted day (``bad_day``) answered by the retrained model, in which fraud takes a
+    pattern no model has seen (``novel_fraud`` of it: card present, everyday category, daytime, the
+    customer's usual amount); its labels come back after ``bad_label_delay``: recall collapses and the
+    class-aware accuracy_drop fails.
     """
 
     data: dict[str, Any]
@@ -49,7 +56,7 @@ class LoopPlan:
     drift_days: int
     drift: float
     drift_rows_per_day: int
-    flip_fraction: float = 0.3
+    novel_fraud: float = 1.0
     late_label_delay: timedelta = timedelta(hours=1)
     bad_label_delay: timedelta = timedelta(seconds=1)
 
@@ -84,12 +91,19 @@ class LoopPlan:
         """raw_transactions config of the drifted days."""
         return {**self.data, "drift": self.drift, "transactions_per_day": self.drift_rows_per_day}
 
-    def transactions(self, first: date, last: date, rows_per_day: int):
+    def transactions(self, first: date, last: date, rows_per_day: int, *, novel_fraud: float = 0.0):
         """The synthetic source's drifted transactions of ``first`` .. ``last`` (the same rows ingestion makes)."""
         known = {f.name for f in fields(SyntheticConfig)}
         values = {k: v for k, v in self.data.items() if k in known}
-        config = SyntheticConfig(**{**values, "drift": self.drift, "transactions_per_day": rows_per_day})
+        config = SyntheticConfig(
+            **{**values, "drift": self.drift, "transactions_per_day": rows_per_day, "novel_fraud": novel_fraud}
+        )
         return generate_transactions(config, first, last + timedelta(days=1))
+
+    def bad_transactions(self):
+        """Leg 2's traffic: the bad day at the drifted days' volume, fraud in its new pattern (enough labelled
+        fraud in one day for the accuracy check to judge: ~2% of ``drift_rows_per_day``)."""
+        return self.transactions(self.bad_day, self.bad_day, self.drift_rows_per_day, novel_fraud=self.novel_fraud)
 
 
 @dataclass(frozen=True)
@@ -129,9 +143,10 @@ class LoopReport:
     checks: list[dict[str, bool]] = field(default_factory=list)  # each monitoring run's check results
     traffic: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # sensor -> why it did not request a run
-    alerts: list[str] = field(default_factory=list)  # checks alerted, as asset:check
-    alert_summary: str = ""  # what the alert sensor's tick said (alerts delivered / recorded undelivered)
+    alerts: list[str] = field(default_factory=list)  # checks alerted during the loop, as asset:check
+    alert_summary: str = ""  # what the alert sensor's ticks said (alerts delivered / recorded undelivered)
     alerts_path: str = ""
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of the loop
 
     def summary(self) -> str:
         lines = [f"closed loop at {self.endpoint} (champion v{self.champion} at the start):"]
@@ -141,6 +156,8 @@ class LoopReport:
         for sensor, message in self.skipped.items():
             lines.append(f"  {sensor} declined: {message}")
         lines.append(f"  alerts: {self.alert_summary} for {', '.join(self.alerts)} -> {self.alerts_path}")
+        if self.phases:
+            lines.append("  seconds: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in self.phases.items()))
         return "\n".join(lines)
 
 
@@ -159,8 +176,6 @@ class ClosedLoop:
         self.endpoint, self.token = deployment.endpoint(), deployment.token()
         self.paths = defs.resources["monitoring"].paths()
         self.alerts_path = str(defs.resources["alerts"].jsonl_path)
-        # Sensors start from now: evaluations older than this loop were someone else's to act on.
-        self.cursors: dict[str, str] = {name: cursor_after_latest(self.instance, name, defs) for name in self.SENSORS}
 
     # ---- the steps ---------------------------------------------------------------------------------------
     def run(self, job_name: str, params: dict | None = None, **options: Any):
@@ -189,16 +204,14 @@ class ClosedLoop:
         except WaitTimedOut as error:
             raise LoopError(str(error)) from error
 
-    def send(self, transactions, *, label_delay: timedelta, flip_fraction: float = 0.0, seed: int = 0):
+    def send(self, transactions, *, label_delay: timedelta, seed: int = 0):
         """The transactions as live traffic, then their labels (due ``label_delay`` after sending); returns
         once the server has logged every answer (its log is written in batches)."""
         sent_at = datetime.now(UTC)
         traffic = send_traffic(self.endpoint, transactions, token=self.token)
         if traffic.failed:
             raise LoopError(f"{traffic.failed} of {traffic.rows} transactions got no answer: {traffic.errors}")
-        labels = delayed_labels(
-            transactions, sent_at=sent_at, delay=label_delay, flip_fraction=flip_fraction, seed=seed
-        )
+        labels = delayed_labels(transactions, sent_at=sent_at, delay=label_delay, seed=seed)
         self.paths.labels().write(labels)
         self._wait_for_log(set(transactions["transaction_id"].astype(str)), since=sent_at)
         due = sent_at + label_delay
@@ -212,39 +225,50 @@ class ClosedLoop:
         evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
         return evaluations
 
-    def tick(self, sensor_name: str):
-        """One evaluation of a sensor, as the daemon's tick (its cursor carried to the next)."""
-        sensor = self.defs.resolve_sensor_def(sensor_name)
-        context = dg.build_sensor_context(
-            instance=self.instance,
-            definitions=self.defs,
-            resources=self.defs.resources,
-            cursor=self.cursors.get(sensor_name),
-            sensor_name=sensor_name,
-        )
-        result = sensor.evaluate_tick(context)
-        if result.cursor is not None:
-            self.cursors[sensor_name] = result.cursor
-        return result
+    def start_sensors(self, daemon: SensorDaemon) -> list[str]:
+        """Sensors the instance has never ticked start from now: evaluations older than this loop were
+        someone else's to act on. Sensors a daemon (or an earlier loop) ticked go on from their cursor.
+        Returns the sensors started here."""
+        return [
+            name
+            for name in self.SENSORS
+            if daemon.start_from(name, cursor_after_latest(self.instance, name, self.defs))
+        ]
 
-    def react(self, sensor_name: str) -> LoopLeg:
-        """Tick ``sensor_name``, which must request one run; launch it; wait for the new version to answer."""
+    def tick(self, daemon: SensorDaemon) -> dict[str, Tick]:
+        """One tick of every sensor, by the daemon's code (after waiting until each is due)."""
+        try:
+            return daemon.tick(self.SENSORS)
+        except SensorDaemonError as error:
+            raise LoopError(str(error)) from error
+
+    def react(self, daemon: SensorDaemon, sensor_name: str, report: LoopReport) -> LoopLeg:
+        """Tick the sensors; ``sensor_name`` must request one run; wait for it and for the new version to answer."""
         before = self.served_version()
-        result = self.tick(sensor_name)
-        if len(result.run_requests) != 1:
-            raise LoopError(f"{sensor_name} requested {len(result.run_requests)} runs: {result.skip_message}")
-        requested_at = time.time()
-        request = result.run_requests[0]
-        record = self._trigger_record(sensor_name, request)
-        run = launch_run_request(request, self.defs)
-        finished_at = time.time()
-        if not run.success:
-            raise LoopError(f"the {request.job_name} run {run.run_id} failed:\n{failure_report(run)}")
+        ticks = self.tick(daemon)
+        self._note_alerts(ticks, report)
+        tick = ticks[sensor_name]
+        if len(tick.run_ids) != 1:
+            raise LoopError(f"{sensor_name} requested {len(tick.run_ids)} runs: {tick.skip_reason or tick.status}")
+        for name, other in ticks.items():
+            if name != sensor_name and other.run_ids:
+                raise LoopError(f"{name} requested runs {', '.join(other.run_ids)} as well")
+            if name not in (sensor_name, "alert_on_failed_checks") and other.skip_reason:
+                report.skipped[name] = other.skip_reason
+        try:
+            [run] = daemon.wait_for_runs(tick.run_ids)
+        except SensorDaemonError as error:
+            raise LoopError(str(error)) from error
+        if run.status != dg.DagsterRunStatus.SUCCESS:
+            raise LoopError(f"the {run.job_name} run {run.run_id} the daemon launched ended {run.status.value}")
+        run_record = self.instance.get_run_record_by_id(run.run_id)
+        finished_at = run_record.end_time if run_record and run_record.end_time else time.time()
         expected = self.registry.version_for_alias("champion")
         served = self.wait_for_version(expected)
         serving_at = time.time()
         if served == before:
-            raise LoopError(f"{request.job_name} finished but v{before} still answers")
+            raise LoopError(f"{run.job_name} finished but v{before} still answers")
+        record = self._trigger_record(sensor_name, run.tags)
         failed_at = record.event.timestamp
         metadata = {k: getattr(v, "value", v) for k, v in record.evaluation.metadata.items()}
         return LoopLeg(
@@ -253,14 +277,14 @@ class ClosedLoop:
             value=metadata.get("value"),
             threshold=metadata.get("threshold"),
             sensor=sensor_name,
-            job=request.job_name,
+            job=run.job_name,
             run_id=run.run_id,
-            run_key=request.run_key,
-            tags={k: v for k, v in request.tags.items() if k.startswith("ml_platform/")},
+            run_key=tick.run_keys[0] if tick.run_keys else "",
+            tags={k: v for k, v in run.tags.items() if k.startswith("ml_platform/")},
             from_version=before,
             to_version=served,
-            sensor_seconds=requested_at - failed_at,
-            run_seconds=finished_at - requested_at,
+            sensor_seconds=tick.timestamp - failed_at,
+            run_seconds=finished_at - tick.timestamp,
             total_seconds=serving_at - failed_at,
         )
 
@@ -272,50 +296,66 @@ class ClosedLoop:
 
     # ---- the scenario ------------------------------------------------------------------------------------
     def run_scenario(self, plan: LoopPlan) -> LoopReport:
-        """Drift -> retrain -> serve the new model; labels turn bad -> roll back -> serve the old one."""
+        """Drift -> retrain -> serve the new model; fraud changes pattern -> roll back -> serve the old one."""
+        started = time.time()
         champion = self.serve()
         report = LoopReport(champion=champion, endpoint=self.endpoint, alerts_path=self.alerts_path)
         self.echo(f"\nclosing the loop: v{champion} serving at {self.endpoint}")
+        with SensorDaemon(self.instance) as daemon:
+            started_here = self.start_sensors(daemon)
+            if started_here:
+                self.echo(f"  sensors started in the instance: {', '.join(started_here)}")
+            report.phases["serve"] = time.time() - started
 
-        drifted = plan.transactions(plan.drift_start, plan.drift_end, plan.drift_rows_per_day)
-        traffic = self.send(drifted, label_delay=plan.late_label_delay)
-        report.traffic.append({"leg": 1, **traffic.to_dict()})
-        self.echo(
-            f"  {traffic.rows:,} transactions of {plan.drift_start} .. {plan.drift_end} with drift {plan.drift} "
-            f"answered by {_versions(traffic.model_versions)} in {traffic.seconds:.1f} s; labels due in "
-            f"{plan.late_label_delay}"
-        )
-        self.run("ingest", {"raw_transactions": plan.drifted_data()}, start=plan.drift_start, end=plan.drift_end)
-        self.run("refresh_features")
-        self.echo(f"  the nightly batch: {plan.drift_start} .. {plan.drift_end} ingested, features refreshed")
-        checks = self._monitor_expecting("drift_score", report)
-        self.echo(f"  monitor: drift_score FAILED: {checks['drift_score'].description}")
-        leg = self.react("retrain_on_drift")
-        report.legs.append(leg)
-        self.echo(f"  {leg.line()}")
+            clock = time.time()
+            days = [plan.drift_start + timedelta(days=n) for n in range(plan.drift_days)]
+            for number, day in enumerate(days):
+                traffic = self.send(
+                    plan.transactions(day, day, plan.drift_rows_per_day),
+                    label_delay=plan.late_label_delay,
+                    seed=number,
+                )
+                report.traffic.append({"leg": 1, "day": day.isoformat(), **traffic.to_dict()})
+                self.run("ingest", {"raw_transactions": plan.drifted_data()}, start=day, end=day)
+                self.run("refresh_features")
+                self.echo(
+                    f"  {day}: {traffic.rows:,} transactions with drift {plan.drift} answered by "
+                    f"{_versions(traffic.model_versions)} in {traffic.seconds:.1f} s; then the nightly batch "
+                    "(ingested, features refreshed)"
+                )
+            report.phases["drifted days"] = time.time() - clock
+            self.echo(f"  labels of those days are due in {plan.late_label_delay}")
+            clock = time.time()
+            checks = self._monitor_expecting("drift_score", report)
+            self.echo(f"  monitor: drift_score FAILED: {checks['drift_score'].description}")
+            if "feature_skew" in checks:
+                self.echo(f"  monitor: feature_skew {_verdict(checks['feature_skew'])}")
+            leg = self.react(daemon, "retrain_on_drift", report)
+            report.legs.append(leg)
+            report.phases["leg 1 (monitor, retrain, deploy)"] = time.time() - clock
+            self.echo(f"  {leg.line()}")
 
-        bad = plan.transactions(plan.bad_day, plan.bad_day, int(plan.data.get("transactions_per_day", 2_000)))
-        traffic = self.send(bad, label_delay=plan.bad_label_delay, flip_fraction=plan.flip_fraction, seed=1)
-        report.traffic.append({"leg": 2, **traffic.to_dict()})
-        self.echo(
-            f"  {traffic.rows:,} transactions of {plan.bad_day} answered by {_versions(traffic.model_versions)}; "
-            f"their labels arrived with {plan.flip_fraction:.0%} inverted"
-        )
-        checks = self._monitor_expecting("accuracy_drop", report)
-        self.echo(f"  monitor: accuracy_drop FAILED: {checks['accuracy_drop'].description}")
-        retrain_again = self.tick("retrain_on_drift")
-        if retrain_again.run_requests:
-            raise LoopError("retrain_on_drift requested another retrain during its cooldown")
-        report.skipped["retrain_on_drift"] = retrain_again.skip_message or ""
-        leg = self.react("rollback_on_failure")
-        report.legs.append(leg)
-        self.echo(f"  {leg.line()}")
+            clock = time.time()
+            bad = plan.bad_transactions()
+            traffic = self.send(bad, label_delay=plan.bad_label_delay, seed=len(days))
+            report.traffic.append({"leg": 2, "day": plan.bad_day.isoformat(), **traffic.to_dict()})
+            frauds = int(bad["is_fraud"].sum())
+            self.echo(
+                f"  {plan.bad_day}: {traffic.rows:,} transactions answered by {_versions(traffic.model_versions)}; "
+                f"{frauds} of them fraud in a new pattern ({plan.novel_fraud:.0%} of it); labels arrived"
+            )
+            checks = self._monitor_expecting("accuracy_drop", report)
+            self.echo(f"  monitor: accuracy_drop FAILED: {checks['accuracy_drop'].description}")
+            leg = self.react(daemon, "rollback_on_failure", report)
+            report.legs.append(leg)
+            report.phases["leg 2 (traffic, monitor, rollback, deploy)"] = time.time() - clock
+            self.echo(f"  {leg.line()}")
+            for sensor, message in report.skipped.items():
+                self.echo(f"  {sensor}: {message}")
 
-        before = self.cursors["alert_on_failed_checks"]
-        alerted = self.tick("alert_on_failed_checks")
-        report.alerts = alerted_checks(before, self.cursors["alert_on_failed_checks"])
-        report.alert_summary = alerted.skip_message or ""
+        report.alerts = self._alerted_since(started)
         self.echo(f"  alerts: {report.alert_summary} -> {self.alerts_path}")
+        report.phases["total"] = time.time() - started
         return report
 
     # ---- internals ---------------------------------------------------------------------------------------
@@ -327,8 +367,28 @@ class ClosedLoop:
             raise LoopError(f"the monitoring run did not fail {check}: {seen}")
         return checks
 
-    def _trigger_record(self, sensor_name: str, request):
-        trigger = request.tags[TRIGGER_TAG]
+    def _note_alerts(self, ticks: dict[str, Tick], report: LoopReport) -> None:
+        tick = ticks.get("alert_on_failed_checks")
+        if tick is not None and tick.skip_reason:
+            report.alert_summary = "; ".join(filter(None, [report.alert_summary, tick.skip_reason]))
+
+    def _alerted_since(self, started: float) -> list[str]:
+        """The checks alerted since the loop started, from the alert history."""
+        from ml_platform.monitoring.alerts import JsonlAlertSink
+
+        since = datetime.fromtimestamp(started, UTC)
+        alerted = set()
+        for line in JsonlAlertSink(self.alerts_path).read():
+            try:
+                at = datetime.fromisoformat(str(line.get("time")))
+            except ValueError:
+                continue
+            if at >= since and line.get("check"):
+                alerted.add(str(line["check"]))
+        return sorted(alerted)
+
+    def _trigger_record(self, sensor_name: str, tags: dict[str, str]):
+        trigger = tags[TRIGGER_TAG]
         key = next(k for k in REMEDIATION_CHECKS[sensor_name] if k.name == trigger)
         return self.instance.get_latest_asset_check_evaluation_record(key)
 
@@ -342,6 +402,31 @@ class ClosedLoop:
                 return
             time.sleep(0.5)
         raise LoopError(f"the server logged {logged} of {len(request_ids)} answers within {timeout:.0f} s")
+
+
+def earlier_remediation(instance: dg.DagsterInstance) -> str | None:
+    """The newest run a remediation sensor requested in this instance, described; None when there is none.
+
+    The sensors remember what they did (cursors, cooldowns, rolled-back versions): in an instance where
+    they already retrained or rolled back, the demo's scenario would rightly be declined, so it is shown
+    once per state directory.
+    """
+    records = [
+        record
+        for name in REMEDIATION_CHECKS
+        for record in instance.get_run_records(filters=dg.RunsFilter(tags={SENSOR_TAG: name}), limit=1)
+    ]
+    if not records:
+        return None
+    newest = max(records, key=lambda record: record.create_timestamp)
+    run = newest.dagster_run
+    when = f"{newest.create_timestamp:%Y-%m-%d %H:%M} UTC"
+    return f"{run.tags.get(SENSOR_TAG)} requested {run.job_name} run {run.run_id} at {when}"
+
+
+def _verdict(evaluation) -> str:
+    verdict = "passed" if evaluation.passed else "FAILED"
+    return f"{verdict}: {evaluation.description}" if evaluation.description else verdict
 
 
 def _versions(counts: dict[int, int]) -> str:

@@ -12,14 +12,24 @@ Why plain ``@sensor``s reading check evaluation records, not ``AutomationConditi
 failing evaluation (``run_key`` = check + evaluation record id), must not fire again within a cooldown
 (a bad hour would otherwise queue a retrain per monitoring tick), must carry why it fired into the
 run's tags and config (the rollback's reason is recorded on the version taken out), and must be able
-to decline (no previous version to roll back to; the failing evaluation judged a version that is no
-longer champion). Automation conditions give none of these. Asset sensors do not see check results at
-all (they fire on materializations only), so these sensors read the check evaluation records
+to decline (no known-good version to roll back to; the failing evaluation judged a version that is no
+longer champion; a retrain that would learn from the very data the champion was trained on). Automation
+conditions give none of these. Asset sensors do not see check results at all (they fire on
+materializations only), so these sensors read the check evaluation records
 (``instance.get_latest_asset_check_evaluation_record``).
 
-Cursors are JSON: the last evaluation record handled per check, and when the sensor last fired. This
-module alone writes and reads them; code that drives the sensors tick by tick (the closed loop, the
-tests) uses :func:`cursor_after_latest` and :func:`alerted_checks`.
+Everything a sensor remembers lives in the Dagster instance, so the daemon of ``make dev``, the demo's
+loop (which ticks the sensors through the daemon's own code, ``runs/sensor_daemon.py``) and any second
+process agree and continue each other's work:
+
+- the cursor (the last evaluation record handled per check) is the sensor's cursor, stored with its ticks;
+- the cooldown is read from the newest run the sensor requested (runs carry ``ml_platform/sensor``), not
+  from memory, so no restart resets it;
+- an alert is sent once per check evaluation: the alert history (the sink's JSON lines) records the
+  evaluation id, and an evaluation already there is not sent again, whatever the cursor says.
+
+This module alone writes and reads the cursors; code that drives the sensors tick by tick (tests) uses
+:func:`cursor_after_latest` and :func:`alerted_checks`.
 
 A check evaluation record (``AssetCheckExecutionRecord``, not exported by dagster) has ``key``, ``id``
 (increasing), ``run_id``, ``event`` and ``evaluation``; the functions here take it unannotated.
@@ -28,14 +38,21 @@ A check evaluation record (``AssetCheckExecutionRecord``, not exported by dagste
 import json
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import dagster as dg
 
 from assets.monitoring import WINDOW_ASSETS
 from ml_platform.monitoring.alerts import Alert
-from ml_platform.registry import CHAMPION, PREVIOUS
+from ml_platform.registry import (
+    CHAMPION,
+    PREVIOUS,
+    ROLLBACK_REASON_TAG,
+    ROLLED_BACK_AT_TAG,
+    TRAINING_DATA_END_TAG,
+    TRAINING_SET_DIGEST_TAG,
+)
 from resources.alerts import AlertResource
 from resources.mlflow import MLflowResource
 from resources.monitoring import MonitoringResource
@@ -43,9 +60,13 @@ from resources.monitoring import MonitoringResource
 TRIGGER_TAG = "ml_platform/trigger"
 REASON_TAG = "ml_platform/reason"
 CHECK_RUN_TAG = "ml_platform/check_run"
+SENSOR_TAG = "ml_platform/sensor"  # the sensor that requested the run: its cooldown is read from these runs
 REASON_MAX_CHARS = 1_000
 ALERTS_PER_CHECK_PER_TICK = 20
 HISTORY_PAGE = 100  # evaluation records read per query when looking for failed ones
+# The requested runs log to the console of the process that launched them (`dagster dev`'s terminal, the
+# demo's) at INFO: what the steps say, not every engine event (the UI's event log keeps everything).
+RUN_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 DRIFT_CHECKS = (dg.AssetCheckKey(dg.AssetKey("drift_report"), "drift_score"),)
 ROLLBACK_CHECKS = (
@@ -145,9 +166,9 @@ def _read_cursor(raw: str | None) -> dict:
     return cursor if isinstance(cursor, dict) else {}
 
 
-def _remediation_cursor(seen: dict[str, int], fired_at: float | None) -> str:
-    """A remediation sensor's cursor: the last evaluation record handled per check, when it last fired."""
-    return json.dumps({"seen": seen, "fired_at": fired_at}, sort_keys=True)
+def _remediation_cursor(seen: dict[str, int]) -> str:
+    """A remediation sensor's cursor: the last evaluation record handled per check."""
+    return json.dumps({"seen": seen}, sort_keys=True)
 
 
 def _alert_cursor(alerted: dict[str, int]) -> str:
@@ -183,6 +204,15 @@ def failed_after(instance: dg.DagsterInstance, key: dg.AssetCheckKey, last_id: i
 
 
 # ---- remediation -----------------------------------------------------------------------------------------
+def last_request(instance: dg.DagsterInstance, sensor_name: str) -> float | None:
+    """When the newest run requested by ``sensor_name`` was created (a UNIX time), from the instance's runs."""
+    records = instance.get_run_records(filters=dg.RunsFilter(tags={SENSOR_TAG: sensor_name}), limit=1)
+    if not records:
+        return None
+    created = records[0].create_timestamp
+    return created.timestamp() if isinstance(created, datetime) else float(created)
+
+
 def remediate(
     context: dg.SensorEvaluationContext,
     *,
@@ -193,66 +223,158 @@ def remediate(
     run_config: Callable[[Any, str], dict] | None = None,
 ) -> dg.SensorResult:
     """One run of ``job_name`` for a new failing evaluation of one of ``checks`` (the first in order),
-    unless within the cooldown or declined; every new evaluation is marked handled either way."""
+    unless declined (``decline`` says why) or within the cooldown since the sensor's newest requested run;
+    every new evaluation is marked handled either way."""
     cursor = _read_cursor(context.cursor)
     seen: dict[str, int] = cursor.get("seen", {})
-    fired_at: float | None = cursor.get("fired_at")
     evaluations = new_evaluations(context.instance, checks, seen)
     for record in evaluations:
         seen[check_name(record.key)] = record.id
     failures = [r for r in evaluations if failed(r)]
 
     def result(skip: str | None = None, requests: Sequence[dg.RunRequest] = ()) -> dg.SensorResult:
-        state = _remediation_cursor(seen, fired_at)
-        return dg.SensorResult(run_requests=list(requests), skip_reason=skip, cursor=state)
+        return dg.SensorResult(run_requests=list(requests), skip_reason=skip, cursor=_remediation_cursor(seen))
 
     if not failures:
         passed = ", ".join(check_name(r.key) for r in evaluations)
         return result(f"no new failed evaluation ({'passed: ' + passed if passed else 'nothing new'})")
     record = failures[0]
     name = check_name(record.key)
+    sensor_name = context.sensor_name or job_name
+    declined = decline(record) if decline is not None else None
+    if declined:
+        return result(f"not requesting {job_name} for the failed {name}: {declined}")
     now = time.time()
+    fired_at = last_request(context.instance, sensor_name)
     if fired_at is not None and now - fired_at < cooldown_seconds:
         return result(
             f"cooldown: {job_name} was requested {now - fired_at:.0f} s ago (cooldown {cooldown_seconds:.0f} s); "
             f"skipping the failed {', '.join(check_name(r.key) for r in failures)} (evaluation {record.id})"
         )
-    declined = decline(record) if decline is not None else None
-    if declined:
-        return result(f"not requesting {job_name} for the failed {name}: {declined}")
     reason = failure_reason(record)[:REASON_MAX_CHARS]
-    fired_at = now
     context.log.info(f"{name} failed (evaluation {record.id}, run {record.run_id}): requesting {job_name}")
     request = dg.RunRequest(
         run_key=f"{record.key.name}-{record.id}",
         job_name=job_name,
-        run_config=run_config(record, reason) if run_config is not None else {},
-        tags={TRIGGER_TAG: record.key.name, REASON_TAG: reason, CHECK_RUN_TAG: record.run_id or "none"},
+        run_config={**(run_config(record, reason) if run_config is not None else {}), **RUN_CONSOLE},
+        tags={
+            TRIGGER_TAG: record.key.name,
+            REASON_TAG: reason,
+            CHECK_RUN_TAG: record.run_id or "none",
+            SENSOR_TAG: sensor_name,
+        },
     )
     return result(requests=[request])
+
+
+def judged_version(record) -> int | None:
+    """The model version a failed evaluation judged (its ``model_version`` metadata), when it says."""
+    metadata = evaluation_metadata(record)
+    judged = metadata.get("model_version", metadata.get("expected_version"))
+    return int(judged) if isinstance(judged, int | float) and not isinstance(judged, bool) else None
+
+
+def newest_ingested_day(instance: dg.DagsterInstance) -> date | None:
+    """The newest day of ``validated_transactions`` in storage (what a retrain's training set would end with)."""
+    days = instance.get_materialized_partitions(dg.AssetKey("validated_transactions"))
+    parsed = []
+    for key in days:
+        try:
+            parsed.append(date.fromisoformat(key))
+        except ValueError:
+            continue
+    return max(parsed) if parsed else None
+
+
+def _trained_through(tags: dict[str, str]) -> datetime | None:
+    text = tags.get(TRAINING_DATA_END_TAG)
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def retrain_cannot_help(
+    champion: int | None,
+    tags_by_version: dict[int, dict[str, str]],
+    newest_day: date | None,
+) -> str | None:
+    """Why a retrain now would learn nothing new, or None when it could help (or when it cannot be told).
+
+    A retrain reads every ingested day, so it cannot help when a version already trained on data through
+    the newest ingested day is the champion (it would be trained on the same data again), or was rolled
+    back (it would be made again, and its rollback says how that ends). ``tags_by_version`` holds the
+    registered versions' tags.
+    """
+    if newest_day is None:
+        return None
+    covering = {
+        version: moment
+        for version, tags in tags_by_version.items()
+        if (moment := _trained_through(tags)) is not None and moment.date() >= newest_day
+    }
+    if champion in covering:
+        digest = tags_by_version[champion].get(TRAINING_SET_DIGEST_TAG, "")
+        return (
+            f"champion v{champion} was trained on data through {covering[champion]:%Y-%m-%d %H:%M} UTC"
+            + (f" (training set {digest[:12]})" if digest else "")
+            + f" and no newer day has been ingested (newest: {newest_day}): a retrain now would learn from the "
+            "same data; the drifted traffic is judged again once its day is ingested"
+        )
+    rolled_back = sorted(v for v in covering if tags_by_version[v].get(ROLLED_BACK_AT_TAG))
+    if rolled_back:
+        version = rolled_back[-1]
+        reason = tags_by_version[version].get(ROLLBACK_REASON_TAG, "")
+        return (
+            f"v{version} was trained on data through {newest_day} (the newest ingested day) and rolled back"
+            + (f" ({reason[:200]})" if reason else "")
+            + ": a retrain now would make the same model again; it waits for newer data"
+        )
+    return None
 
 
 @dg.sensor(
     name="retrain_on_drift",
     job_name="retrain",
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="A failed drift_score check requests the retrain job (once per failing evaluation, with a "
-    "cooldown); the run's tags say which evaluation and why.",
+    "cooldown), unless the champion was already trained on the newest ingested data; the run's tags say which "
+    "evaluation and why, the tick why not.",
 )
-def retrain_on_drift(context: dg.SensorEvaluationContext, monitoring: MonitoringResource) -> dg.SensorResult:
+def retrain_on_drift(
+    context: dg.SensorEvaluationContext, monitoring: MonitoringResource, mlflow: MLflowResource
+) -> dg.SensorResult:
+    def decline(record) -> str | None:
+        registry = mlflow.registry()
+        champion = registry.version_for_alias(CHAMPION)
+        judged = judged_version(record)
+        if judged is not None and champion is not None and judged != champion:
+            return f"it judged v{judged}, and the champion is now v{champion}"
+        newest = newest_ingested_day(context.instance)
+        if newest is None:
+            return None
+        return retrain_cannot_help(champion, registry.tags_by_version(), newest)
+
     return remediate(
-        context, checks=DRIFT_CHECKS, job_name="retrain", cooldown_seconds=monitoring.remediation_cooldown_seconds
+        context,
+        checks=DRIFT_CHECKS,
+        job_name="retrain",
+        cooldown_seconds=monitoring.remediation_cooldown_seconds,
+        decline=decline,
     )
 
 
 @dg.sensor(
     name="rollback_on_failure",
     job_name="rollback",
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="A failed accuracy_drop, error_rate or deployment smoke check requests the rollback job "
-    "(previous champion back, redeployed, verified), with the failure as the recorded reason.",
+    "(the last different known-good version back, redeployed, verified), with the failure as the recorded reason.",
 )
 def rollback_on_failure(
     context: dg.SensorEvaluationContext, monitoring: MonitoringResource, mlflow: MLflowResource
@@ -260,12 +382,11 @@ def rollback_on_failure(
     def decline(record) -> str | None:
         aliases = mlflow.registry().aliases()
         champion, previous = aliases.get(CHAMPION), aliases.get(PREVIOUS)
-        metadata = evaluation_metadata(record)
-        judged = metadata.get("model_version", metadata.get("expected_version"))
-        if isinstance(judged, int | float) and champion is not None and int(judged) != champion:
-            return f"it judged v{int(judged)}, and the champion is already v{champion}"
+        judged = judged_version(record)
+        if judged is not None and champion is not None and judged != champion:
+            return f"it judged v{judged}, and the champion is already v{champion}"
         if previous is None:
-            return f"{mlflow.model_name} has no previous champion to roll back to (champion v{champion})"
+            return f"{mlflow.model_name} has no known-good version to roll back to (champion v{champion})"
         return None
 
     def reason_config(record, reason: str) -> dict:
@@ -299,6 +420,7 @@ def alert_for(record, model_name: str) -> Alert:
         window=str(metadata.get("window") or ""),
         check=check_name(record.key),
         run_id=record.run_id or "",
+        evaluation_id=record.id,
     )
 
 
@@ -314,12 +436,18 @@ def alert_on_failed_checks(
 ) -> dg.SensorResult:
     cursor = _read_cursor(context.cursor)
     keys = sorted(context.repository_def.asset_graph.asset_check_keys, key=check_name)
-    sent, undelivered = [], []
+    sent, undelivered, again = [], [], 0
+    alerted: set[tuple[str, int]] | None = None  # read from the history once, when there is something to send
     for key in keys:
         for record in failed_after(context.instance, key, int(cursor.get(check_name(key), 0))):
+            cursor[check_name(key)] = record.id
+            if alerted is None:
+                alerted = alerts.alerted()
+            if (check_name(key), record.id) in alerted:
+                again += 1  # sent before (by the daemon, the demo's loop or another process): once is enough
+                continue
             alert = alert_for(record, mlflow.model_name)
             delivery = alerts.send(alert)
-            cursor[check_name(key)] = record.id
             (sent if delivery.delivered else undelivered).append(f"{alert.check}#{record.id}")
             if not delivery.delivered:
                 context.log.warning(
@@ -329,8 +457,10 @@ def alert_on_failed_checks(
     summary = f"{len(sent)} alert(s) delivered, {len(undelivered)} recorded undelivered"
     if sent or undelivered:
         context.log.info(f"{summary}: {', '.join(sent + undelivered)}")
+    if again:
+        summary += f", {again} already alerted before"
     return dg.SensorResult(
-        skip_reason=summary if sent or undelivered else "no new failed check evaluation",
+        skip_reason=summary if sent or undelivered or again else "no new failed check evaluation",
         cursor=_alert_cursor(cursor),
     )
 
@@ -360,7 +490,7 @@ def cursor_after_latest(instance: dg.DagsterInstance, sensor_name: str, defs: dg
             latest[check_name(key)] = record.id
     if sensor_name == alert_on_failed_checks.name:
         return _alert_cursor(latest)
-    return _remediation_cursor(latest, fired_at=None)
+    return _remediation_cursor(latest)
 
 
 def alerted_checks(cursor_before: str | None, cursor_after: str) -> list[str]:

@@ -125,6 +125,7 @@ class Alert:
     check: str = ""
     run_id: str = ""
     time: str = field(default_factory=utc_now_iso)
+    evaluation_id: int | None = None  # the check evaluation it reports: one alert per evaluation, ever
 
     def to_dict(self) -> dict:
         record = asdict(self)
@@ -226,6 +227,14 @@ class JsonlAlertSink:
             return []
         with open(self.path, encoding="utf-8") as handle:
             return [json.loads(line) for line in handle if line.strip()]
+
+    def evaluations(self) -> set[tuple[str, int]]:
+        """(check, evaluation id) of every alert recorded, delivered or not: the evaluations already alerted."""
+        return {
+            (str(line.get("check", "")), int(line["evaluation_id"]))
+            for line in self.read()
+            if isinstance(line.get("evaluation_id"), int)
+        }
 
 
 class WebhookAlertSink:

@@ -14,6 +14,8 @@ from ml_platform.data.synthetic import SyntheticConfig
 from ml_platform.evaluation.gate import GateConfig
 from ml_platform.monitoring.alerts import DEFAULT_RULES
 from ml_platform.monitoring.drift import DriftConfig
+from ml_platform.monitoring.performance import DEFAULT_CONFIDENCE, DEFAULT_MIN_LABELLED_POSITIVES
+from ml_platform.monitoring.skew import DEFAULT_SKEW_THRESHOLD, skew_rule
 from ml_platform.training.dataset import SplitFractions
 from ml_platform.training.train import TrainingParams
 from resources.monitoring import MonitoringResource
@@ -34,6 +36,7 @@ EXPECTED_GROUPS = {
     "drift_report": "monitoring",
     "live_performance": "monitoring",
     "serving_metrics": "monitoring",
+    "feature_skew": "monitoring",
     "model_health": "monitoring",
 }
 EXPECTED_DEPS = {
@@ -52,6 +55,7 @@ EXPECTED_DEPS = {
     "drift_report": {"prediction_log", "training_set"},
     "live_performance": {"prediction_log", "champion_model"},
     "serving_metrics": {"prediction_log", "model_deployment"},
+    "feature_skew": {"prediction_log", "validated_transactions", "feature_store"},
     "model_health": {"drift_report", "live_performance", "serving_metrics"},
 }
 EXPECTED_CHECKS = {
@@ -61,7 +65,7 @@ EXPECTED_CHECKS = {
     ("validated_transactions", "value_ranges"),
     ("validated_transactions", "unique_ids"),
     ("model_evaluation", "quality_floor"),
-    ("model_evaluation", "no_regression"),
+    ("model_evaluation", "beats_champion"),
     ("model_deployment", "smoke"),
 }
 # The alert rules as checks: signals for the sensors, never blocking (model_health must still be written).
@@ -71,6 +75,8 @@ MONITORING_CHECKS = {
     ("serving_metrics", "latency_p99"): dg.AssetCheckSeverity.WARN,
     ("serving_metrics", "error_rate"): dg.AssetCheckSeverity.ERROR,
 }
+# Served features against the training set's for the same transactions: a signal too, not an alert rule.
+SKEW_CHECKS = {("feature_skew", "feature_skew"): dg.AssetCheckSeverity.WARN}
 
 
 def test_asset_keys_groups_and_deps(defs):
@@ -86,7 +92,7 @@ def test_asset_keys_groups_and_deps(defs):
 def test_gates_block_and_monitoring_checks_do_not(defs):
     graph = defs.resolve_asset_graph()
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
-    assert checks == EXPECTED_CHECKS | set(MONITORING_CHECKS)
+    assert checks == EXPECTED_CHECKS | set(MONITORING_CHECKS) | set(SKEW_CHECKS)
     for key in graph.asset_check_keys:
         name = (key.asset_key.to_user_string(), key.name)
         assert graph.get_check_spec(key).blocking is (name in EXPECTED_CHECKS), name
@@ -129,6 +135,7 @@ def test_jobs_and_schedules(defs):
         "drift_report",
         "live_performance",
         "serving_metrics",
+        "feature_skew",
         "model_health",
     }
     collect = defs.resolve_job_def("collect_predictions")
@@ -175,6 +182,8 @@ def test_monitoring_thresholds_and_drift_method_mirror_the_core_defaults():
     assert fields["latency_p99_threshold_ms"] == DEFAULT_RULES["latency_p99"].threshold == 200.0
     assert fields["error_rate_threshold"] == DEFAULT_RULES["error_rate"].threshold == 0.01
     assert fields["accuracy_drop_threshold"] == DEFAULT_RULES["accuracy_drop"].threshold == 0.05
+    assert fields["min_labelled_positives"] == DEFAULT_MIN_LABELLED_POSITIVES == 20
+    assert fields["accuracy_drop_confidence"] == DEFAULT_CONFIDENCE == 0.95
     assert fields["drift_score_threshold"] == DEFAULT_RULES["drift_score"].threshold == 0.15
     assert (fields["drift_method"], fields["drift_feature_threshold"]) == (
         DriftConfig().method,
@@ -185,6 +194,14 @@ def test_monitoring_thresholds_and_drift_method_mirror_the_core_defaults():
     assert {name: rule.severity for name, rule in rules.items()} == {
         name[1]: severity.value for name, severity in MONITORING_CHECKS.items()
     }
+
+
+def test_feature_skew_check_judges_by_the_resource_threshold():
+    fields = {name: field.default for name, field in MonitoringResource.model_fields.items()}
+    assert fields["feature_skew_threshold"] == DEFAULT_SKEW_THRESHOLD == 0.01
+    resource = MonitoringResource(log_dir="/x", monitoring_dir="/y", feature_skew_threshold=0.2)
+    rule = skew_rule(resource.feature_skew_threshold)
+    assert (rule.threshold, rule.severity) == (0.2, SKEW_CHECKS[("feature_skew", "feature_skew")].value)
 
 
 @pytest.mark.parametrize(

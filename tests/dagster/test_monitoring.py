@@ -11,6 +11,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
+from sklearn.metrics import average_precision_score
 from typer.testing import CliRunner
 
 from assets import ALL_ASSETS
@@ -22,6 +24,7 @@ from ml_platform.monitoring.window import Window, read_predictions
 from ml_platform.predictions import PredictionBatch, PredictionLogger, compact_day, read_prediction_log
 from ml_platform.registry import CHAMPION
 from ml_platform.serving.client import ModelServerClient
+from ml_platform.training.datasets import stored_training_set_path
 from resources.monitoring import MonitoringResource
 from runs.cli import app
 from runs.launch import launch
@@ -205,14 +208,17 @@ def test_a_reader_never_sees_half_a_compaction(tmp_path):
 
 
 # ---- the monitor job on drifted traffic with bad labels ---------------------------------------------------
-def test_drift_check_fails_with_the_score_evidently_gives(monitor_run, judged, drifted_traffic, settings, defs):
+def test_drift_check_fails_with_the_score_evidently_gives(monitor_run, judged, drifted_traffic, registry, defs):
     checks = evaluations(monitor_run)
     drift = checks["drift_score"]
     assert drift.passed is False and drift.severity == dg.AssetCheckSeverity.WARN
     values = metadata_values(drift)
     paths = defs.resources["monitoring"].paths()
     current = read_predictions(paths.log_dir, judged)
-    reference = reference_features(settings.data_dir / "training_set.parquet")
+    # The reference is the judged version's own training set, stored under its digest.
+    digest = registry.training_set_digest(values["model_version"])
+    reference = reference_features(stored_training_set_path(defs.resources["state"].training_sets_dir(), digest))
+    assert values["training_set_digest"] == digest
     independent = evidently_drift(reference, current, DRIFT_FEATURES, DriftConfig())
     assert values["value"] == pytest.approx(independent.drift_score, abs=1e-12)
     assert values["value"] > 0.15 and values["threshold"] == 0.15
@@ -229,6 +235,9 @@ def test_drift_check_fails_with_the_score_evidently_gives(monitor_run, judged, d
 def test_accuracy_drop_equals_the_logged_answers_against_the_labels(
     monitor_run, judged, drifted_traffic, defs, registry
 ):
+    """30% of the labels flipped: recall collapses (most flipped labels call legit answers fraud), and the
+    check names it, with the figures computed here from the log and the label store (scikit-learn, and
+    scipy's beta quantile for the one-sided Clopper-Pearson bound)."""
     checks = evaluations(monitor_run)
     drop = checks["accuracy_drop"]
     assert drop.passed is False and drop.severity == dg.AssetCheckSeverity.ERROR
@@ -242,15 +251,34 @@ def test_accuracy_drop_equals_the_logged_answers_against_the_labels(
     assert answered["request_id"].isin(drifted_traffic["transactions"]["transaction_id"]).sum() == len(
         drifted_traffic["transactions"]
     )
-    live_accuracy = float((answered["is_fraud"] == answered["label"]).mean())
-    run = registry.client.get_run(registry.model_version(champion).run_id)
-    expected = run.data.metrics["test_accuracy"] - live_accuracy
+    truth, flagged = answered["label"].astype(bool), answered["is_fraud"].astype(bool)
+    tp, fp, fn = int((truth & flagged).sum()), int((~truth & flagged).sum()), int((truth & ~flagged).sum())
+    live = {
+        "accuracy": float((truth == flagged).mean()),
+        "recall": tp / (tp + fn),
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "pr_auc": float(average_precision_score(truth, answered["probability"])),
+    }
+    level = 1 - (1 - 0.95) / 3  # the default confidence, shared by recall, precision and PR AUC
+    recall_bound = float(stats.beta.ppf(level, tp + 1, fn))
+    evaluated = registry.client.get_run(registry.model_version(champion).run_id).data.metrics
+    test = {name: evaluated[f"test_{name}"] for name in live}
     values = metadata_values(drop)
-    assert values["value"] == pytest.approx(expected, abs=1e-12)
+    dropped = values["dropped"].split(", ")
+    assert "recall" in dropped and test["recall"] - recall_bound > 0.05
+    assert values["value"] == pytest.approx(max(test[name] - live[name] for name in dropped), abs=1e-12)
     assert values["value"] > 0.05 and values["threshold"] == 0.05
     assert values["model_version"] == champion and values["labeled_rows"] == len(answered)
+    assert values["labelled_positives"] == tp + fn > 20
+    assert drop.description.startswith(values["dropped"].replace("pr_auc", "PR AUC") + " dropped by more than 0.05")
+    assert f"on {len(answered)} labelled rows ({tp + fn} positives) of v{champion}" in drop.description
     performance = materializations(monitor_run, "live_performance")[0]
-    assert performance["accuracy"] == pytest.approx(live_accuracy, abs=1e-12)
+    for name in live:
+        assert performance[name] == pytest.approx(live[name], abs=1e-12), name
+        assert performance[f"baseline_{name}"] == pytest.approx(test[name], abs=1e-12), name
+        assert performance[f"{name}_drop"] == pytest.approx(test[name] - live[name], abs=1e-12), name
+    assert performance["recall_upper_bound"] == pytest.approx(recall_bound, abs=1e-9)
+    assert performance["labelled_positives"] == tp + fn and performance["confidence"] == 0.95
 
 
 def test_serving_checks_read_the_log_and_the_metrics_endpoint(monitor_run, judged, defs):
@@ -293,8 +321,8 @@ def test_checks_with_nothing_to_judge_pass_and_say_why(served, defs, instance, t
     quiet = run_monitor(defs, instance, log_dir=str(tmp_path / "empty-log"))
     assert quiet.success
     checks = evaluations(quiet)
-    assert set(checks) == {"drift_score", "accuracy_drop", "latency_p99", "error_rate"}
-    for name in ("drift_score", "accuracy_drop", "latency_p99"):
+    assert set(checks) == {"drift_score", "accuracy_drop", "latency_p99", "error_rate", "feature_skew"}
+    for name in ("drift_score", "accuracy_drop", "latency_p99", "feature_skew"):
         assert checks[name].passed is True, name
         assert checks[name].description.startswith("nothing to judge"), checks[name].description
         assert metadata_values(checks[name])["value"] is None
@@ -362,7 +390,7 @@ def test_a_worse_retrain_is_stopped_by_the_gates_and_nothing_is_deployed(served,
     result = launch("retrain", weak, defs=defs)
     assert not result.success
     checks = check_results(result)
-    assert checks[("model_evaluation", "no_regression")] is False
+    assert checks[("model_evaluation", "beats_champion")] is False
     assert ("model_deployment", "smoke") not in checks  # the deployment step never ran
     assert not materializations(result, "champion_model") and not materializations(result, "model_deployment")
     assert registry.version_for_alias(CHAMPION) == champion

@@ -1,22 +1,31 @@
-"""The sensors that close the loop, evaluated tick by tick as the daemon would (build_sensor_context +
-evaluate_tick on the session's instance) against check evaluations from real runs: one run per failing
-evaluation, the cooldown, the reason in the tags, declining a rollback with nowhere to go, and every
-failed check turned into an alert, through a webhook that fails, retries and is recorded."""
+"""The sensors that close the loop, evaluated tick by tick (build_sensor_context + evaluate_tick on the
+session's instance) against check evaluations from real runs: one run per failing evaluation, the cooldown
+read from the runs the sensor requested, the reason in the tags, declining a retrain that cannot help and a
+rollback with nowhere to go, and every failed check turned into one alert, through a webhook that fails,
+retries and is recorded. (tests/e2e drives the same sensors through the daemon's own code.)"""
 
 import json
 import socket
 import threading
-from datetime import date
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import dagster as dg
 import pytest
 
-from ml_platform.registry import CHAMPION, PREVIOUS
+from ml_platform.registry import CHAMPION, PREVIOUS, ROLLED_BACK_AT_TAG, TRAINING_DATA_END_TAG
 from ml_platform.serving.client import ModelServerClient
 from resources.alerts import WEBHOOK_ENV_VAR, AlertResource
 from runs.launch import launch, launch_run_request
-from sensors.monitoring import CHECK_RUN_TAG, REASON_TAG, TRIGGER_TAG, cursor_after_latest
+from sensors.monitoring import (
+    CHECK_RUN_TAG,
+    REASON_TAG,
+    SENSOR_TAG,
+    TRIGGER_TAG,
+    cursor_after_latest,
+    newest_ingested_day,
+)
 from tests.support.runs import (
     drifted_transactions,
     endpoint,
@@ -44,15 +53,13 @@ def traffic(bootstrap_result, defs, settings):
 
 @pytest.fixture(scope="module")
 def another_version(bootstrap_result, defs, registry):
-    """A registered version other than the champion (a weak retrain that the gates stop, if none exists);
-    the champion and previous aliases are put back as they were after the module."""
+    """A registered version that is a different model from the champion (a weak retrain that the gates
+    stop); the champion and previous aliases are put back as they were after the module."""
     aliases = registry.aliases()
     champion = aliases[CHAMPION]
+    weak = {"trained_model": {"n_estimators": 1, "max_depth": 1, "early_stopping_rounds": 0}}
+    launch("retrain", weak, defs=defs)  # registers the challenger; the gates stop it there
     versions = {int(v.version) for v in registry.client.search_model_versions(f"name='{registry.model_name}'")}
-    if versions == {champion}:
-        weak = {"trained_model": {"n_estimators": 1, "max_depth": 1, "early_stopping_rounds": 0}}
-        launch("retrain", weak, defs=defs)
-        versions = {int(v.version) for v in registry.client.search_model_versions(f"name='{registry.model_name}'")}
     yield max(versions - {champion})
     registry.set_alias(CHAMPION, champion)
     if aliases.get(PREVIOUS) is not None:
@@ -76,8 +83,57 @@ def latest(instance, key):
     return instance.get_latest_asset_check_evaluation_record(key)
 
 
+@contextmanager
+def version_tag(registry, version: int, name: str, value: str | None):
+    """Version ``version`` carries tag ``name`` = ``value`` (None: no such tag) inside the block; as before after."""
+    before = registry.version_tags(version).get(name)
+
+    def put(text: str | None) -> None:
+        if text is None:
+            if name in registry.version_tags(version):
+                registry.client.delete_model_version_tag(registry.model_name, str(version), name)
+        else:
+            registry.client.set_model_version_tag(registry.model_name, str(version), name, text)
+
+    put(value)
+    try:
+        yield
+    finally:
+        put(before)
+
+
+@contextmanager
+def trained_long_ago(registry):
+    """Every version's training data ends in 2000 inside the block (as before after): no version covers the
+    newest ingested day, so a retrain could help whatever versions other tests left."""
+    before = {version: tags.get(TRAINING_DATA_END_TAG) for version, tags in registry.tags_by_version().items()}
+    for version in before:
+        registry.client.set_model_version_tag(
+            registry.model_name, str(version), TRAINING_DATA_END_TAG, "2000-01-01T00:00:00+00:00"
+        )
+    try:
+        yield
+    finally:
+        for version, value in before.items():
+            if value is None:
+                registry.client.delete_model_version_tag(registry.model_name, str(version), TRAINING_DATA_END_TAG)
+            else:
+                registry.client.set_model_version_tag(registry.model_name, str(version), TRAINING_DATA_END_TAG, value)
+
+
+@contextmanager
+def requested_run(instance, defs, sensor: str, job: str):
+    """A run of ``job`` in the instance as ``sensor`` would have requested it (created, not executed), removed
+    afterwards: what the cooldown reads."""
+    run = instance.create_run_for_job(defs.resolve_job_def(job), tags={SENSOR_TAG: sensor})
+    try:
+        yield run
+    finally:
+        instance.delete_run(run.run_id)
+
+
 # ---- drift -> retrain ----------------------------------------------------------------------------------
-def test_a_failed_drift_check_requests_one_retrain_then_cools_down(traffic, defs, instance):
+def test_a_failed_drift_check_requests_one_retrain_then_cools_down(traffic, defs, instance, registry):
     cursor = cursor_after_latest(instance, "retrain_on_drift", defs)
     assert tick(defs, instance, "retrain_on_drift", cursor).run_requests == []  # nothing new yet
 
@@ -85,11 +141,16 @@ def test_a_failed_drift_check_requests_one_retrain_then_cools_down(traffic, defs
     assert failing.success
     record = latest(instance, DRIFT)
     assert record.run_id == failing.run_id and record.evaluation.passed is False
-    first = tick(defs, instance, "retrain_on_drift", cursor)
+    # Every version's data ends long before the newest ingested day: a retrain can help. (No cooldown here:
+    # another module's loop may have requested a retrain minutes ago; the cooldown is checked below.)
+    no_cooldown = monitoring_resources(defs, remediation_cooldown_seconds=0)["monitoring"]
+    with trained_long_ago(registry):
+        first = tick(defs, instance, "retrain_on_drift", cursor, monitoring=no_cooldown)
     [request] = first.run_requests
     assert request.job_name == "retrain"
     assert request.run_key == f"drift_score-{record.id}"
     assert request.tags[TRIGGER_TAG] == "drift_score"
+    assert request.tags[SENSOR_TAG] == "retrain_on_drift"
     assert request.tags[CHECK_RUN_TAG] == failing.run_id
     assert request.tags[REASON_TAG].startswith("drift_report:drift_score failed: drift_score ")
     assert "threshold=0.15]" in request.tags[REASON_TAG]
@@ -97,21 +158,54 @@ def test_a_failed_drift_check_requests_one_retrain_then_cools_down(traffic, defs
     again = tick(defs, instance, "retrain_on_drift", first.cursor)  # the same evaluation: handled
     assert again.run_requests == [] and "no new failed evaluation" in again.skip_message
 
-    assert run_monitor(defs, instance).success  # fails again, within the cooldown
-    cooling = tick(defs, instance, "retrain_on_drift", again.cursor)
-    assert cooling.run_requests == []
-    assert cooling.skip_message.startswith("cooldown: retrain was requested")
-    assert f"evaluation {latest(instance, DRIFT).id}" in cooling.skip_message
+    # The cooldown is read from the runs the sensor requested, not from the cursor: any process sees it.
+    with trained_long_ago(registry), requested_run(instance, defs, "retrain_on_drift", "retrain"):
+        assert run_monitor(defs, instance).success  # fails again, within the cooldown
+        cooling = tick(defs, instance, "retrain_on_drift", again.cursor)
+        assert cooling.run_requests == []
+        assert cooling.skip_message.startswith("cooldown: retrain was requested")
+        assert f"evaluation {latest(instance, DRIFT).id}" in cooling.skip_message
+        fresh = tick(defs, instance, "retrain_on_drift", None)  # a process with no cursor of its own
+        assert fresh.run_requests == [] and fresh.skip_message.startswith("cooldown: retrain was requested")
 
-    assert run_monitor(defs, instance).success
-    no_cooldown = monitoring_resources(defs, remediation_cooldown_seconds=0)["monitoring"]
-    fired = tick(defs, instance, "retrain_on_drift", cooling.cursor, monitoring=no_cooldown)
-    assert [r.run_key for r in fired.run_requests] == [f"drift_score-{latest(instance, DRIFT).id}"]
+        assert run_monitor(defs, instance).success
+        fired = tick(defs, instance, "retrain_on_drift", cooling.cursor, monitoring=no_cooldown)
+        assert [r.run_key for r in fired.run_requests] == [f"drift_score-{latest(instance, DRIFT).id}"]
 
     assert run_monitor(defs, instance, drift_score_threshold=1.0).success  # now it passes
     calm = tick(defs, instance, "retrain_on_drift", fired.cursor, monitoring=no_cooldown)
     assert calm.run_requests == []
     assert calm.skip_message == "no new failed evaluation (passed: drift_report:drift_score)"
+
+
+def test_a_retrain_that_would_learn_nothing_new_is_declined(traffic, defs, instance, registry, another_version):
+    champion, newest = registry.version_for_alias(CHAMPION), newest_ingested_day(instance)
+    assert newest is not None and newest >= date(2026, 3, 14)  # the session's history at least
+    cursor = cursor_after_latest(instance, "retrain_on_drift", defs)
+    assert run_monitor(defs, instance).success
+    # The champion was trained on data through the newest ingested day: retraining reads the same days.
+    with version_tag(registry, champion, TRAINING_DATA_END_TAG, f"{newest}T23:59:00+00:00"):
+        covered = tick(defs, instance, "retrain_on_drift", cursor)
+    assert covered.run_requests == []
+    assert covered.skip_message.startswith(
+        f"not requesting retrain for the failed drift_report:drift_score: champion v{champion} was trained on data "
+        f"through {newest} 23:59 UTC"
+    )
+    assert f"no newer day has been ingested (newest: {newest})" in covered.skip_message
+
+    # A version trained on the same data was rolled back: a retrain would make it again.
+    assert run_monitor(defs, instance).success
+    with (
+        trained_long_ago(registry),
+        version_tag(registry, another_version, TRAINING_DATA_END_TAG, f"{newest}T12:00:00+00:00"),
+        version_tag(registry, another_version, ROLLED_BACK_AT_TAG, "2026-11-01T00:00:00+00:00"),
+        version_tag(registry, another_version, "ml_platform.rollback_reason", "accuracy_drop failed"),
+    ):
+        again = tick(defs, instance, "retrain_on_drift", covered.cursor)
+    assert again.run_requests == []
+    # (the newest such version is named: another test's rollback may have left one newer than ours)
+    assert f"was trained on data through {newest} (the newest ingested day) and rolled back" in again.skip_message
+    assert again.skip_message.endswith("a retrain now would make the same model again; it waits for newer data")
 
 
 # ---- accuracy / smoke -> rollback ----------------------------------------------------------------------
@@ -124,7 +218,7 @@ def test_rollback_needs_a_previous_champion_and_a_current_verdict(traffic, defs,
     assert latest(instance, ACCURACY).evaluation.passed is False
     declined = tick(defs, instance, "rollback_on_failure", cursor)
     assert declined.run_requests == []
-    assert f"has no previous champion to roll back to (champion v{champion})" in declined.skip_message
+    assert f"has no known-good version to roll back to (champion v{champion})" in declined.skip_message
 
     # A previous champion exists, but the failing verdict was about a version no longer serving.
     other = another_version
@@ -139,7 +233,8 @@ def test_rollback_needs_a_previous_champion_and_a_current_verdict(traffic, defs,
     assert f"it judged v{champion}, and the champion is already v{other}" in stale.skip_message
 
     assert run_monitor(defs, instance).success
-    wanted = tick(defs, instance, "rollback_on_failure", stale.cursor)
+    no_cooldown = monitoring_resources(defs, remediation_cooldown_seconds=0)["monitoring"]
+    wanted = tick(defs, instance, "rollback_on_failure", stale.cursor, monitoring=no_cooldown)
     [request] = wanted.run_requests
     record = latest(instance, ACCURACY)
     assert (request.job_name, request.run_key) == ("rollback", f"accuracy_drop-{record.id}")
@@ -152,7 +247,10 @@ def test_a_failed_smoke_check_rolls_back_and_the_old_version_answers(
     traffic, defs, instance, registry, settings, another_version
 ):
     champion, previous = registry.version_for_alias(CHAMPION), another_version
-    registry.set_alias(PREVIOUS, previous)
+    # The known-good history a rollback follows: the other version served, then the champion again.
+    registry.pin(previous, promoted_at=datetime.now(UTC).isoformat())
+    registry.pin(champion, promoted_at=datetime.now(UTC).isoformat())
+    assert registry.version_for_alias(PREVIOUS) == previous
     cursor = cursor_after_latest(instance, "rollback_on_failure", defs)
     # The smoke check as a probe outside Dagster runs would report it (a runless evaluation).
     instance.report_runless_asset_event(
@@ -165,7 +263,8 @@ def test_a_failed_smoke_check_rolls_back_and_the_old_version_answers(
             metadata={"expected_version": champion},
         )
     )
-    result = tick(defs, instance, "rollback_on_failure", cursor)
+    no_cooldown = monitoring_resources(defs, remediation_cooldown_seconds=0)["monitoring"]
+    result = tick(defs, instance, "rollback_on_failure", cursor, monitoring=no_cooldown)
     [request] = result.run_requests
     assert request.tags[TRIGGER_TAG] == "smoke"
     assert "/predict answered 503" in request.tags[REASON_TAG]
@@ -173,13 +272,14 @@ def test_a_failed_smoke_check_rolls_back_and_the_old_version_answers(
     run = launch_run_request(request, defs)
     assert run.success
     assert run.dagster_run.tags[TRIGGER_TAG] == "smoke"
+    instance.delete_run(run.run_id)  # a sensor's request, launched by hand: no cooldown for the loop's sensors
     assert registry.version_for_alias(CHAMPION) == previous
     tags = registry.model_version(champion).tags
     assert tags["ml_platform.rollback_reason"] == request.tags[REASON_TAG]
     with ModelServerClient(endpoint(settings)) as client:
         answer = client.predict([50.0] * 9)
     assert answer["model_version"] == previous
-    registry.set_alias(CHAMPION, champion)  # the session's champion back for the tests after this one
+    registry.pin(champion, promoted_at=datetime.now(UTC).isoformat())  # the session's champion back, known-good
 
 
 # ---- alerts --------------------------------------------------------------------------------------------
@@ -241,6 +341,12 @@ def test_every_failed_check_becomes_one_alert(traffic, defs, instance, registry,
 
     again = tick(defs, instance, "alert_on_failed_checks", first.cursor, alerts=alerts)
     assert len(alert_lines(path)) == 2 and again.skip_message == "no new failed check evaluation"
+    # Another process with no cursor (a daemon started afterwards): the history says they were alerted.
+    ids = {line["check"]: line["evaluation_id"] for line in alert_lines(path)}
+    assert ids["live_performance:accuracy_drop"] == latest(instance, ACCURACY).id
+    elsewhere = tick(defs, instance, "alert_on_failed_checks", cursor, alerts=alerts)
+    assert len(alert_lines(path)) == 2
+    assert elsewhere.skip_message == "0 alert(s) delivered, 0 recorded undelivered, 2 already alerted before"
 
     # A gate's failure is alerted too (here the smoke check, reported without a value or threshold).
     instance.report_runless_asset_event(
