@@ -253,8 +253,9 @@ class ClosedLoop:
         for name, other in ticks.items():
             if name != sensor_name and other.run_ids:
                 raise LoopError(f"{name} requested runs {', '.join(other.run_ids)} as well")
-            if name not in (sensor_name, "alert_on_failed_checks") and other.skip_reason:
-                report.skipped[name] = other.skip_reason
+            declined = other.skip_reason and not other.skip_reason.startswith("no new failed evaluation")
+            if name not in (sensor_name, "alert_on_failed_checks") and declined:
+                report.skipped[name] = other.skip_reason  # it had a failure to act on, and said why it did not
         try:
             [run] = daemon.wait_for_runs(tick.run_ids)
         except SensorDaemonError as error:
