@@ -1,7 +1,7 @@
 """The FastAPI app: one predictor, three faces, assembled.
 
 The routes live one protocol per module under :mod:`ml_platform.serving.protocol` (``predict``,
-``mlflow``, ``v2``, ``admin``); auth, the body limit, request metrics and the fast paths are one ASGI
+``mlflow``, ``v2``, ``feedback``, ``admin``); auth, the body limit, request metrics and the fast paths are one ASGI
 layer, :mod:`ml_platform.serving.middleware`; the served OpenAPI document is completed by
 :mod:`ml_platform.serving.openapi`. This module puts them together with the error handlers: every
 refusal is a 4xx with the error body; a 500 is left only for a bug (an exception nothing expected).
@@ -24,7 +24,7 @@ from ml_platform.predictions import PredictionLogUnavailable
 from ml_platform.serving import openapi
 from ml_platform.serving.config import ServerConfig
 from ml_platform.serving.middleware import GuardMiddleware
-from ml_platform.serving.protocol import admin, mlflow, predict, v2
+from ml_platform.serving.protocol import admin, feedback, mlflow, predict, v2
 from ml_platform.serving.schemas import ApiError, validation_error
 from ml_platform.serving.server import ModelServer
 
@@ -69,7 +69,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         fast_routes.update(v2.fast_routes(server))
     app.add_middleware(GuardMiddleware, server=server, fast_routes=fast_routes)
     _add_error_handlers(app)
-    for protocol in (predict, mlflow, v2, admin):
+    for protocol in (predict, mlflow, v2, feedback, admin):
         app.include_router(protocol.router(server))
     openapi.install(app, config)
     return app

@@ -51,6 +51,9 @@ class ServerConfig:
     - ``opentelemetry``: let FastAPI's OpenTelemetry bridge trace requests when an OTel provider is
       configured (off by default: its per-request provider check costs ~6 us, and this server reports
       through ``/metrics`` and the prediction log).
+    - ``labels_dir`` (``ML_PLATFORM_SERVING_LABELS_DIR``): the label store ``POST /feedback`` appends to;
+      from settings, the monitoring directory's (where ``live_performance`` reads labels). None: the
+      server takes no feedback (503).
     """
 
     model_name: str
@@ -71,9 +74,12 @@ class ServerConfig:
     serve_alias: str = "champion"
     fast_path: bool = True
     opentelemetry: bool = False
+    labels_dir: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_dir", Path(self.log_dir))
+        if self.labels_dir is not None:
+            object.__setattr__(self, "labels_dir", Path(self.labels_dir))
         problems = _token_problems(self.auth_token, self.admin_token)
         if not 0.0 <= float(self.challenger_weight) <= 1.0:
             problems.append(f"challenger_weight must be within [0, 1], got {self.challenger_weight}")
@@ -100,9 +106,11 @@ class ServerConfig:
 
         Variables: ``TOKEN``, ``ADMIN_TOKEN``, ``CHALLENGER_WEIGHT``, ``MODE``, ``STICKY``, ``POLL_SECONDS``,
         ``LOG_DIR``, ``MAX_BODY_BYTES``, ``MAX_BATCH_ROWS``, ``LOG_FLUSH_ROWS``, ``LOG_FLUSH_SECONDS``, ``ALIAS``,
-        ``FAST_PATH``, ``OPENTELEMETRY`` and ``FEAST`` (``off`` serves without the feature store), each prefixed with
-        ``ML_PLATFORM_SERVING_``.
+        ``FAST_PATH``, ``OPENTELEMETRY``, ``LABELS_DIR`` and ``FEAST`` (``off`` serves without the feature
+        store), each prefixed with ``ML_PLATFORM_SERVING_``.
         """
+        from ml_platform.monitoring.health import MonitoringPaths
+
         env = os.environ if environ is None else environ
         values: dict[str, object] = {
             "model_name": settings.model_name,
@@ -110,6 +118,7 @@ class ServerConfig:
             "artifact_root": settings.mlflow_artifact_root,
             "feast": FeatureRepo.from_settings(settings),
             "log_dir": settings.logs_dir / "predictions",
+            "labels_dir": MonitoringPaths.from_settings(settings, env).labels_dir,
         }
         converters = {
             "auth_token": ("TOKEN", str),
@@ -126,6 +135,7 @@ class ServerConfig:
             "serve_alias": ("ALIAS", str),
             "fast_path": ("FAST_PATH", _parse_bool),
             "opentelemetry": ("OPENTELEMETRY", _parse_bool),
+            "labels_dir": ("LABELS_DIR", Path),
         }
         for name, (suffix, convert) in converters.items():
             raw = env.get(ENV_PREFIX + suffix)

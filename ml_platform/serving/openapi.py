@@ -138,6 +138,69 @@ def _component_schemas(config: ServerConfig) -> dict[str, Any]:
         "online feature store) or many rows of either.",
         "anyOf": [_ref("FeaturesRequest"), _ref("TransactionRequest"), _ref("PredictInstances")],
     }
+    label_id = {
+        "anyOf": [{"type": "string", "maxLength": 200}, {"type": "integer"}, {"type": "null"}],
+        "description": "printable text (an integer is read as its decimal text); empty or null: not given",
+    }
+    schemas["FeedbackLabel"] = {
+        "title": "FeedbackLabel",
+        "description": "The ground truth of one answered request: request_id or transaction_id (both only when "
+        "equal), the label and when it was given.",
+        "type": "object",
+        "properties": {
+            "request_id": {**label_id, "description": "the request id the answer carried; " + label_id["description"]},
+            "transaction_id": {
+                **label_id,
+                "description": "a transaction's id, when its request sent it as the request id; "
+                + label_id["description"],
+            },
+            "label": {
+                "anyOf": [
+                    {"enum": [0, 1]},
+                    {"type": "boolean"},
+                    {"type": "string", "description": "1/0, true/false or fraud/legit, in any case"},
+                ],
+                "description": "fraud (1, true, fraud) or not (0, false, legit)",
+            },
+            "labelled_at": {
+                "anyOf": [
+                    {"type": "string", "description": "ISO 8601, e.g. 2026-05-10T14:00:00Z (UTC when no offset)"},
+                    {"type": "null"},
+                ],
+                "default": None,
+                "description": "when the label was given (default: now), from 1970 to no later than a few minutes "
+                "from now",
+            },
+        },
+        "required": ["label"],
+        "anyOf": [{"required": ["request_id"]}, {"required": ["transaction_id"]}],
+    }
+    schemas["FeedbackRequest"] = {
+        "title": "FeedbackRequest",
+        "description": "Labels for answered requests, appended to the label store live monitoring reads; the latest "
+        "label of a request (by labelled_at, then arrival) wins. All rows are written or none.",
+        "type": "object",
+        "properties": {
+            "labels": {
+                "type": "array",
+                "items": _ref("FeedbackLabel"),
+                "minItems": 1,
+                "maxItems": config.max_batch_rows,
+            }
+        },
+        "required": ["labels"],
+    }
+    schemas["FeedbackResult"] = {
+        "title": "FeedbackResult",
+        "description": "rows written; of the requests they label: new (no label known before), changed (the label "
+        "known is now the other one), positives (labelled fraud)",
+        "type": "object",
+        "properties": {
+            name: {"type": "integer", "minimum": 0} for name in ("rows", "requests", "new", "changed", "positives")
+        },
+        "required": ["rows", "requests", "new", "changed", "positives"],
+        "additionalProperties": False,
+    }
     schemas["ErrorBody"] = {
         "title": "ErrorBody",
         "description": "Every error of this server: the field at fault (null when none) and what was wrong.",
@@ -394,6 +457,20 @@ def _request_body(method: str, path: str) -> dict[str, Any] | None:
             JSON: {"schema": _ref("InferRequest"), "examples": _examples(one_row={"inputs": [one_row]})},
             "application/octet-stream": _BINARY_FORM,
         }
+    elif path == "/feedback":
+        content = {
+            JSON: {
+                "schema": _ref("FeedbackRequest"),
+                "examples": _examples(
+                    chargebacks={
+                        "labels": [
+                            {"transaction_id": "tx-000123", "label": 1, "labelled_at": "2026-05-10T14:00:00Z"},
+                            {"request_id": "7f3c9a0e", "label": "legit"},
+                        ]
+                    }
+                ),
+            }
+        }
     elif (method, path) == ("PUT", "/admin/routing"):
         content = {
             JSON: {
@@ -459,6 +536,13 @@ def _answers(method: str, path: str) -> dict[str, dict[str, Any]]:
             "404": _error("no such model, or that version is not loaded"),
             "422": _error("a request the model cannot take: the field and what was wrong"),
             "503": not_loaded,
+        }
+    if path == "/feedback":
+        return {
+            "200": _json("every row written: the counts", "FeedbackResult"),
+            "400": _error("not JSON (syntax, encoding, nesting, a huge integer)"),
+            "422": _error("a bad row, none written: each bad row named (labels[3].label: ...) with the reason"),
+            "503": _error("no label store configured, or it cannot be written"),
         }
     if path == "/v2":
         return {"200": _json("the server", "V2ServerMetadata")}

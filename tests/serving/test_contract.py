@@ -25,6 +25,7 @@ OPERATIONS = {
     ("POST", "/predict"),
     ("GET", "/ping"),
     ("POST", "/invocations"),
+    ("POST", "/feedback"),
     ("GET", "/v2"),
     ("GET", "/v2/health/live"),
     ("GET", "/v2/health/ready"),
