@@ -49,6 +49,9 @@ MODEL_FEATURES: tuple[str, ...] = (
 # (daily retraining keeps the model current on them); the rest are what drift monitoring compares.
 CUMULATIVE_FEATURES: tuple[str, ...] = ("total_purchases", "lifetime_value", "days_since_last_order")
 DRIFT_FEATURES: tuple[str, ...] = tuple(name for name in MODEL_FEATURES if name not in CUMULATIVE_FEATURES)
+# The drift features whose values are labels, not quantities (a category's code, a 0/1 flag): drift scores
+# them by category counts, as Evidently does for categorical columns, instead of as numbers on a line.
+CATEGORICAL_FEATURES: tuple[str, ...] = ("category_code", "is_online")
 
 # The request-time fields of a transaction (what a caller sends besides the customer id).
 REQUEST_FIELDS: tuple[str, ...] = ("amount", "category", "channel", TIMESTAMP_COLUMN)
