@@ -19,7 +19,7 @@ import numpy as np
 
 from ml_platform.monitoring.alerts import DEFAULT_RULES, Alert
 from ml_platform.monitoring.drift import METHOD_TITLES, DriftReport
-from ml_platform.monitoring.performance import LIVE_METRICS, LivePerformance
+from ml_platform.monitoring.performance import LIVE_METRICS, VARIANT_METRICS, LivePerformance, VariantComparison
 from ml_platform.monitoring.serving_metrics import ServingMetrics
 
 STATUSES: tuple[str, ...] = ("healthy", "degraded", "down", "no model")
@@ -40,6 +40,7 @@ class ModelHealth:
     drift: DriftReport | None = None
     prediction_scores: np.ndarray = field(default_factory=lambda: np.empty(0))  # probabilities in the window
     alerts: list[Alert] = field(default_factory=list)  # rules failing right now
+    variants: VariantComparison | None = None  # every variant served, shown when there is more than one
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -172,6 +173,11 @@ def render_markdown(health: ModelHealth) -> str:
                 for name in LIVE_METRICS
             ],
         )
+    variants = health.variants
+    if variants is not None and len(variants) > 1:
+        frame = variants.to_frame()
+        lines += ["", f"### Variants ({variants.confidence:.0%} interval of the difference with the champion)", ""]
+        lines += _table(list(frame.columns), [[str(cell) for cell in row] for row in frame.itertuples(index=False)])
     drift = health.drift
     lines += ["", "### Drift", ""]
     if drift is None:
@@ -242,6 +248,18 @@ def render_terminal(health: ModelHealth) -> str:
             )
     else:
         lines.append("  live performance: n/a")
+    variants = health.variants
+    if variants is not None and len(variants) > 1:
+        lines.append(f"  variants ({variants.confidence:.0%} interval of the difference with the champion)")
+        for row in variants.to_frame().to_dict("records"):
+            versus = "   ".join(
+                f"{name} {row[f'{name} vs champion']}" for name in VARIANT_METRICS if row[f"{name} vs champion"]
+            )
+            lines.append(
+                f"    {row['variant']:<18} {row['versions']:<6} rows {row['rows']}   labelled {row['labelled_rows']}"
+                f"   positives {row['positives']}   precision {row['precision']}   recall {row['recall']}"
+                f"   pr_auc {row['pr_auc']}" + (f"\n      vs champion: {versus}" if versus else "")
+            )
     drift = health.drift
     if drift is not None:
         top = ", ".join(f"{f.feature} {f.score:.3g}" for f in drift.top(3))

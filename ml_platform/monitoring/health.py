@@ -28,9 +28,9 @@ from ml_platform.monitoring.alerts import DEFAULT_RULES, AlertRule, evaluate_rul
 from ml_platform.monitoring.dashboard import ModelHealth, health_status
 from ml_platform.monitoring.drift import DriftConfig, DriftReport, compute_drift
 from ml_platform.monitoring.labels import LabelStore
-from ml_platform.monitoring.performance import LivePerformance, live_performance
+from ml_platform.monitoring.performance import LivePerformance, VariantComparison, live_performance, variant_performance
 from ml_platform.monitoring.serving_metrics import ServingMetrics, scrape_metrics, serving_metrics
-from ml_platform.monitoring.window import Window, read_predictions
+from ml_platform.monitoring.window import ANSWERED_VARIANTS, Window, read_predictions
 from ml_platform.serving.client import ModelServerClient, ModelServerError
 from ml_platform.settings import Settings
 from ml_platform.storage import file_digest, write_text_atomic
@@ -264,7 +264,8 @@ def collect_model_health(
 
     version = registry.version_for_alias(CHAMPION)
     health = served_health(endpoint, token)
-    predictions = read_predictions(paths.log_dir, window)
+    served = read_predictions(paths.log_dir, window, variants=None)  # shadow scores too, for the variants
+    predictions = served.loc[served["variant"].isin(list(ANSWERED_VARIANTS))].reset_index(drop=True)
 
     drift = None
     if len(predictions) and (reference is not None or training_set_path is not None):
@@ -279,9 +280,12 @@ def collect_model_health(
 
     performance = None
     deployed_at = None
+    variants: VariantComparison | None = None
     if version is not None:
         labels = paths.labels().read(as_of=window.end)
         performance = live_performance(predictions, labels, registry.test_metrics(version), model_version=version)
+        if served["variant"].nunique() > 1:
+            variants = variant_performance(served, labels, champion_version=version)
         deployed_at = registry.model_version(version).tags.get(PROMOTED_AT_TAG)
 
     scrape = scrape_metrics(endpoint, token=token) if health is not None and endpoint else None
@@ -309,6 +313,7 @@ def collect_model_health(
         drift=drift,
         prediction_scores=predictions["probability"].to_numpy(dtype="float64") if len(predictions) else np.empty(0),
         alerts=alerts,
+        variants=variants,
     )
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -460,3 +460,291 @@ def judge_accuracy_drop(
 
 def _number(value: float | None) -> str:
     return f"{float(value):.3g}" if _known(value) else "unknown"
+
+
+# ---- every variant side by side ----------------------------------------------------------------------
+# The server's variants (the ``variant`` column of the prediction log): the champion's answers, the
+# challenger's under an A/B split, and the challenger's shadow scores (computed for the same requests as
+# the champion's, never returned).
+CHAMPION_VARIANT = "champion"
+KNOWN_VARIANTS: tuple[str, ...] = (CHAMPION_VARIANT, "challenger", "challenger_shadow")
+# What each variant is compared on: the metrics of the rare class.
+VARIANT_METRICS: tuple[str, ...] = ("precision", "recall", "pr_auc")
+UNKNOWN_VARIANT = "unknown"  # a log row without a variant
+
+
+@dataclass(frozen=True)
+class VariantPerformance:
+    """One variant's answers in the window judged by the labels that have arrived.
+
+    ``differences`` (this variant minus the champion) and ``intervals`` (two-sided, at the comparison's
+    ``confidence``) are empty for the champion itself and NaN where either side's metric is undefined.
+    """
+
+    variant: str
+    versions: tuple[int, ...]  # the model versions whose answers are counted
+    rows: int
+    labeled_rows: int
+    positives: int  # labelled rows that are fraud
+    metrics: dict[str, float]  # VARIANT_METRICS (NaN when undefined: PR AUC without both classes)
+    confusion: dict[str, int] = field(default_factory=dict)
+    differences: dict[str, float] = field(default_factory=dict)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    paired: bool = False  # the interval came from resampling the same requests on both sides
+
+    def to_dict(self) -> dict:
+        return {
+            "variant": self.variant,
+            "versions": list(self.versions),
+            "rows": self.rows,
+            "labeled_rows": self.labeled_rows,
+            "positives": self.positives,
+            "metrics": {name: _nan_to_none(value) for name, value in self.metrics.items()},
+            "confusion": dict(self.confusion),
+            "differences": {name: _nan_to_none(value) for name, value in self.differences.items()},
+            "intervals": {name: [_nan_to_none(v) for v in bounds] for name, bounds in self.intervals.items()},
+            "paired": self.paired,
+        }
+
+
+@dataclass(frozen=True)
+class VariantComparison:
+    """Every variant of a window side by side, the champion first; see :func:`variant_performance`."""
+
+    variants: tuple[VariantPerformance, ...]
+    confidence: float = DEFAULT_CONFIDENCE
+    resamples: int = BOOTSTRAP_RESAMPLES
+
+    def __len__(self) -> int:
+        return len(self.variants)
+
+    def get(self, variant: str) -> VariantPerformance | None:
+        return next((v for v in self.variants if v.variant == variant), None)
+
+    @property
+    def names(self) -> list[str]:
+        return [v.variant for v in self.variants]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per variant: counts, metrics, and for the others the difference with the champion and
+        its interval as text (``+0.012 [-0.030, +0.051]``)."""
+        rows = []
+        for item in self.variants:
+            row: dict[str, object] = {
+                "variant": item.variant,
+                "versions": ", ".join(f"v{v}" for v in item.versions) or "none",
+                "rows": item.rows,
+                "labelled_rows": item.labeled_rows,
+                "positives": item.positives,
+            }
+            for name in VARIANT_METRICS:
+                value = item.metrics.get(name)
+                row[name] = f"{value:.4f}" if _known(value) else "n/a"
+            for name in VARIANT_METRICS:
+                row[f"{name} vs champion"] = _difference_text(item, name)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict:
+        return {
+            "confidence": self.confidence,
+            "resamples": self.resamples,
+            "variants": [v.to_dict() for v in self.variants],
+        }
+
+
+def _difference_text(item: VariantPerformance, name: str) -> str:
+    if name not in item.differences:
+        return ""
+    low, high = item.intervals.get(name, (float("nan"), float("nan")))
+    if not _known(item.differences[name]):
+        return "n/a"
+    return f"{item.differences[name]:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def _variant_order(name: str) -> tuple[int, str]:
+    return (KNOWN_VARIANTS.index(name) if name in KNOWN_VARIANTS else len(KNOWN_VARIANTS), name)
+
+
+def _rate(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator``, 0 where the denominator is 0 (scikit-learn's ``zero_division=0``)."""
+    numerator, denominator = np.asarray(numerator, dtype="float64"), np.asarray(denominator, dtype="float64")
+    return np.divide(numerator, denominator, out=np.zeros(np.shape(numerator)), where=denominator > 0)
+
+
+def _rare_class_metric(name: str, truth: np.ndarray, predicted: np.ndarray, probability: np.ndarray) -> np.ndarray:
+    """Metric ``name`` along the last axis (rows resampled along it): precision and recall at the model's
+    own decisions, PR AUC of the scores (one resample at a time; 0 for a resample without positives)."""
+    if name == "precision":
+        return _rate(np.sum(truth * predicted, axis=-1), np.sum(predicted, axis=-1))
+    if name == "recall":
+        return _rate(np.sum(truth * predicted, axis=-1), np.sum(truth, axis=-1))
+    if truth.ndim == 1:
+        return np.asarray(_average_precision(truth, probability))
+    return np.array([_average_precision(t, p) for t, p in zip(truth, probability, strict=True)])
+
+
+@dataclass(frozen=True)
+class _Labelled:
+    """A variant's labelled answers, aligned by row: request ids, truth, decisions and scores."""
+
+    request_ids: np.ndarray
+    truth: np.ndarray
+    predicted: np.ndarray
+    probability: np.ndarray
+
+    def take(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.truth[index], self.predicted[index], self.probability[index]
+
+    def metric(self, name: str) -> float:
+        if name == "pr_auc" and not 0 < int(self.truth.sum()) < len(self.truth):
+            return float("nan")
+        return float(_rare_class_metric(name, self.truth, self.predicted, self.probability))
+
+
+def _difference_interval(
+    champion: _Labelled, other: _Labelled, name: str, confidence: float, resamples: int, seed: int
+) -> tuple[tuple[float, float], bool]:
+    """Two-sided percentile-bootstrap interval of ``metric(other) - metric(champion)`` and whether it
+    was paired. When both hold the same labelled requests (a shadow test), the requests are resampled
+    once for both sides; otherwise (an A/B split's arms are different requests) each side's rows are
+    resampled on their own. Seeded: the same window always gives the same interval."""
+    from scipy import stats
+
+    paired = len(champion.request_ids) == len(other.request_ids) and bool(
+        np.array_equal(np.sort(champion.request_ids), np.sort(other.request_ids))
+    )
+    vectorized = name != "pr_auc"
+    if paired:
+        # Align the other side on the champion's requests so each resampled index is one request.
+        order = pd.Index(other.request_ids).get_indexer(champion.request_ids)
+        aligned = _Labelled(champion.request_ids, *other.take(order))
+
+        def statistic(index, axis=-1):
+            index = np.asarray(index, dtype=np.intp)
+            return _rare_class_metric(name, *aligned.take(index)) - _rare_class_metric(name, *champion.take(index))
+
+        data = (np.arange(len(champion.truth)),)
+    else:
+
+        def statistic(champion_index, other_index, axis=-1):
+            champion_index = np.asarray(champion_index, dtype=np.intp)
+            other_index = np.asarray(other_index, dtype=np.intp)
+            return _rare_class_metric(name, *other.take(other_index)) - _rare_class_metric(
+                name, *champion.take(champion_index)
+            )
+
+        data = (np.arange(len(champion.truth)), np.arange(len(other.truth)))
+    with warnings.catch_warnings():  # a constant difference (identical models) is not an error
+        warnings.simplefilter("ignore")
+        result = stats.bootstrap(
+            data,
+            statistic,
+            n_resamples=resamples,
+            vectorized=vectorized,
+            paired=False,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    interval = result.confidence_interval
+    return (float(interval.low), float(interval.high)), paired
+
+
+def variant_performance(
+    predictions: pd.DataFrame,
+    labels: pd.DataFrame,
+    *,
+    champion_version: int | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> VariantComparison:
+    """Each variant of the prediction log (champion, challenger, challenger_shadow, ...) judged by the
+    arrived labels: rows, labelled rows, labelled positives, precision, recall and PR AUC, and for each
+    variant other than the champion its difference with the champion with a two-sided ``confidence``
+    interval (:func:`_difference_interval`: a seeded percentile bootstrap over labelled rows).
+
+    Labels are joined by ``request_id`` for each variant separately: a shadow row carries the
+    challenger's own decision and score for the same request as the champion's row. With
+    ``champion_version``, only that version's champion rows count (as :func:`live_performance` judges the
+    champion); the other variants keep every version, listed in ``versions``. Without champion rows the
+    differences are NaN. Rows without a variant count as ``unknown``.
+    """
+    confidence = check_confidence(confidence)
+    for side, frame, needed in (
+        ("predictions", predictions, ("request_id", "is_fraud", "probability", "model_version", "variant")),
+        ("labels", labels, ("request_id", "label")),
+    ):
+        missing = [name for name in needed if name not in frame.columns]
+        if missing:
+            raise ValueError(f"{side}: missing column(s) {', '.join(missing)}")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"resamples must be a whole number of at least 1, got {resamples!r}")
+    known = pd.DataFrame({"request_id": labels["request_id"].astype(str), "label": labels["label"].to_numpy()})
+    known = known.drop_duplicates("request_id", keep="last")
+    variants = predictions["variant"].astype("object").where(predictions["variant"].notna(), UNKNOWN_VARIANT)
+    answers = pd.DataFrame(
+        {
+            "request_id": predictions["request_id"].astype(str).to_numpy(),
+            "is_fraud": predictions["is_fraud"].to_numpy(),
+            "probability": predictions["probability"].to_numpy(dtype="float64"),
+            "model_version": predictions["model_version"].to_numpy(),
+            "variant": variants.astype(str).to_numpy(),
+        }
+    )
+    if champion_version is not None:
+        answers = answers.loc[
+            (answers["variant"] != CHAMPION_VARIANT) | (answers["model_version"] == int(champion_version))
+        ]
+    joined = answers.merge(known, on="request_id", how="left", validate="many_to_one")
+    names = sorted(set(joined["variant"]) | {CHAMPION_VARIANT}, key=_variant_order)
+    labelled: dict[str, _Labelled] = {}
+    measured: dict[str, VariantPerformance] = {}
+    for name in names:
+        rows = joined.loc[joined["variant"] == name]
+        done = rows.loc[rows["label"].notna()]
+        item = _Labelled(
+            done["request_id"].to_numpy(dtype=str),
+            done["label"].to_numpy().astype(bool).astype(int),
+            done["is_fraud"].to_numpy().astype(bool).astype(int),
+            done["probability"].to_numpy(dtype="float64"),
+        )
+        labelled[name] = item
+        tp = int(np.sum(item.truth * item.predicted))
+        fp = int(np.sum(item.predicted)) - tp
+        fn = int(np.sum(item.truth)) - tp
+        measured[name] = VariantPerformance(
+            variant=name,
+            versions=tuple(sorted(int(v) for v in pd.unique(rows["model_version"].dropna()))),
+            rows=len(rows),
+            labeled_rows=len(done),
+            positives=int(item.truth.sum()),
+            metrics={metric: item.metric(metric) if len(done) else float("nan") for metric in VARIANT_METRICS},
+            confusion={
+                "true_positives": tp,
+                "false_positives": fp,
+                "false_negatives": fn,
+                "true_negatives": len(done) - tp - fp - fn,
+            },
+        )
+    if measured[CHAMPION_VARIANT].rows == 0 and len(names) > 1:
+        names = [name for name in names if name != CHAMPION_VARIANT] + [CHAMPION_VARIANT]
+    results = []
+    champion = labelled[CHAMPION_VARIANT]
+    for name in names:
+        item = measured[name]
+        if name != CHAMPION_VARIANT:
+            differences, intervals, paired = {}, {}, False
+            for metric in VARIANT_METRICS:
+                base, value = measured[CHAMPION_VARIANT].metrics[metric], item.metrics[metric]
+                differences[metric] = value - base if _known(base) and _known(value) else float("nan")
+                if _known(differences[metric]) and len(champion.truth) > 1 and len(labelled[name].truth) > 1:
+                    intervals[metric], paired = _difference_interval(
+                        champion, labelled[name], metric, confidence, resamples, seed
+                    )
+                else:
+                    intervals[metric] = (float("nan"), float("nan"))
+            item = replace(item, differences=differences, intervals=intervals, paired=paired)
+        results.append(item)
+    return VariantComparison(tuple(results), confidence=confidence, resamples=resamples)
