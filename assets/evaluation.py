@@ -1,11 +1,13 @@
 """Group evaluation: challenger against champion on the same test rows, the gates, and promotion."""
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 import dagster as dg
 import pandas as pd
 
 from assets.common import Stopwatch, md_table
+from assets.training import lineage_metadata
 from ml_platform.evaluation.gate import GateConfig, beats_champion, quality_floor
 from ml_platform.evaluation.metrics import (
     COUNT_NAMES,
@@ -14,10 +16,12 @@ from ml_platform.evaluation.metrics import (
     classification_metrics,
     pr_auc_standard_error,
 )
+from ml_platform.lineage import version_lineage
 from ml_platform.registry import CHALLENGER, CHAMPION
 from ml_platform.training.dataset import split_xy
 from ml_platform.training.train import predict_probability
 from resources.mlflow import MLflowResource
+from resources.storage import StateStorage
 
 
 class EvaluationConfig(dg.Config):
@@ -135,9 +139,10 @@ def _metric(key: str, value: float):
     kinds={"mlflow"},
     description="The registry alias 'champion' moved to the challenger, only after every gate of "
     "model_evaluation passed; 'previous' then names the rollback target (the last different known-good "
-    "champion).",
+    "champion). Shows when the champion was promoted (its champion history entry) and its lineage: training "
+    "set, raw partitions, code version, the Dagster and MLflow runs that trained it.",
 )
-def champion_model(model_evaluation: dict, mlflow: MLflowResource) -> dg.Output[dict]:
+def champion_model(model_evaluation: dict, mlflow: MLflowResource, state: StateStorage) -> dg.Output[dict]:
     failed = [name for name, gate in model_evaluation["gates"].items() if not gate["passed"]]
     if failed:  # the blocking checks already stop this asset; refuse anyway if run on its own
         raise dg.Failure(f"not promoting v{model_evaluation['challenger_version']}: gates failed: {', '.join(failed)}")
@@ -149,6 +154,8 @@ def champion_model(model_evaluation: dict, mlflow: MLflowResource) -> dg.Output[
             "evaluate again before promoting"
         )
     promotion = registry.promote(version, promoted_at=datetime.now(UTC).isoformat())
+    lineage = version_lineage(registry, promotion.champion, training_sets_dir=state.training_sets_dir())
+    promoted = lineage.promotion
     record = {
         "model_name": registry.model_name,
         "champion_version": promotion.champion,
@@ -164,5 +171,8 @@ def champion_model(model_evaluation: dict, mlflow: MLflowResource) -> dg.Output[
             "alias_moved": promotion.changed,
             "model_uri": f"models:/{registry.model_name}@{CHAMPION}",
             **{name: model_evaluation["metrics"]["challenger"][name] for name in METRIC_NAMES},
+            **lineage_metadata(lineage, mlflow.run_url(lineage.mlflow_run_id) if lineage.mlflow_run_id else None),
+            "promoted_at": promoted.promoted_at if promoted is not None else "not recorded",
+            "champion_history_entry": dg.MetadataValue.json(asdict(promoted) if promoted is not None else {}),
         },
     )

@@ -8,6 +8,14 @@ from assets.features import ALL_STORED_DAYS, feature_store
 from ml_platform.data.schema import LABEL_COLUMN
 from ml_platform.features.engineering import MODEL_FEATURES, describe_features
 from ml_platform.features.store import point_in_time_stats
+from ml_platform.lineage import (
+    NOT_RECORDED,
+    VersionLineage,
+    current_code_version,
+    daily_row_counts,
+    partitions_summary,
+    version_lineage,
+)
 from ml_platform.settings import Settings
 from ml_platform.training.dataset import SplitFractions, assemble_training_set, split_summary
 from ml_platform.training.datasets import (
@@ -37,7 +45,8 @@ class TrainingSetConfig(dg.Config):
     description="Every labelled transaction with its customer's stats as the online store serves them on "
     "the transaction's day: through the end of the day before (Feast point-in-time join; no row dropped), "
     "split by time into train/validation/test. Each content is also kept for good as "
-    "training_sets/<sha256>.parquet; the sha256 is the asset's data version.",
+    "training_sets/<sha256>.parquet; the sha256 is the asset's data version. Records the days of "
+    "validated_transactions it was built from, with their row counts, and the code version.",
 )
 def training_set(
     config: TrainingSetConfig, validated_transactions: pd.DataFrame, feast: FeastResource, state: StateStorage
@@ -51,6 +60,11 @@ def training_set(
     if len(frame) != len(validated_transactions):
         raise dg.Failure(f"training_set has {len(frame)} rows for {len(validated_transactions)} transactions")
     no_history = int(stats["total_purchases"].isna().sum())
+    try:
+        rows_by_day = daily_row_counts(validated_transactions)
+        code_version = current_code_version()
+    except ValueError as error:
+        raise dg.Failure(f"training_set: {error}") from error
     stored = store_training_set(frame, state.training_sets_dir())
     return dg.Output(
         frame,
@@ -64,8 +78,48 @@ def training_set(
             "features": ", ".join(MODEL_FEATURES),
             "feature_statistics": md_table(describe_features(frame, MODEL_FEATURES), 20),
             "compute_seconds": timer.seconds,
+            **partitions_metadata(rows_by_day),
+            "code_version": code_version or NOT_RECORDED,
         },
     )
+
+
+def partitions_metadata(rows_by_day: dict[str, int]) -> dict[str, object]:
+    """The raw daily partitions a training set was built from: each day's row count, first/last day, count."""
+    summary = partitions_summary(rows_by_day)
+    return {
+        "raw_partitions": dg.MetadataValue.json(rows_by_day),
+        "partitions_first_day": summary["first_day"] or "none",
+        "partitions_last_day": summary["last_day"] or "none",
+        "partition_count": summary["count"],
+    }
+
+
+def lineage_metadata(lineage: VersionLineage, mlflow_run_url: str | None) -> dict[str, object]:
+    """What a version learned from and where it came from, as recorded (see ml_platform.lineage)."""
+
+    def recorded(value: object) -> object:
+        return NOT_RECORDED if value is None else value
+
+    metadata: dict[str, object] = {
+        "model_version": lineage.version,
+        "training_set_digest": recorded(lineage.training_set_digest),
+        "newest_transaction": recorded(lineage.newest_transaction),
+        "raw_partitions": (
+            dg.MetadataValue.json(lineage.rows_by_day) if lineage.rows_by_day is not None else NOT_RECORDED
+        ),
+        "partitions_first_day": recorded(lineage.partitions_first_day),
+        "partitions_last_day": recorded(lineage.partitions_last_day),
+        "partition_count": recorded(lineage.partition_count),
+        "code_version": recorded(lineage.code_version),
+        "dagster_run": dg.MetadataValue.dagster_run(lineage.dagster_run_id) if lineage.dagster_run_id else NOT_RECORDED,
+        "model_digest": recorded(lineage.model_digest),
+    }
+    if lineage.training_set_file is not None:
+        metadata["training_set_file"] = dg.MetadataValue.path(lineage.training_set_file)
+    if mlflow_run_url is not None:
+        metadata["mlflow_run"] = dg.MetadataValue.url(mlflow_run_url)
+    return metadata
 
 
 DIGEST_KEY = "training_set_digest"
@@ -128,8 +182,9 @@ class TrainingConfig(dg.Config):
     description="XGBoost trained with early stopping through Dagster Pipes (a subprocess here, a GPU pod on "
     "Kubernetes) on the stored file of the current training set, tracked in MLflow (the training set as the "
     "run's dataset input) and registered as a new version with alias 'challenger', tagged with the training "
-    "set's digest, its newest transaction time and the model file's digest. Exactly one version per run, "
-    "retries included.",
+    "set's digest, its newest transaction time and the model file's digest, and with its lineage: the raw "
+    "partitions of its training set (first/last day, count; each day's rows in the run's lineage.json), the "
+    "code version and this Dagster run. Exactly one version per run, retries included.",
 )
 def trained_model(
     context: dg.AssetExecutionContext,
@@ -149,6 +204,8 @@ def trained_model(
         artifact_root=mlflow.artifact_root,
         run_key=key,
         params=config.model_dump(),
+        dagster_run_id=context.run.run_id,
+        code_version=_code_version(),
         run_tags={
             "dagster_run_id": context.run.run_id,
             "dagster_root_run_id": key,
@@ -158,7 +215,23 @@ def trained_model(
     result = training_compute.train(context, job)
     metadata = dict(result.metadata or {})
     run_id = metadata.get("mlflow_run_id")
+    run_url = None
     if run_id is not None:
         run_id_value = getattr(run_id, "value", run_id)
-        metadata["mlflow_run"] = dg.MetadataValue.url(mlflow.run_url(str(run_id_value)))
+        run_url = mlflow.run_url(str(run_id_value))
+        metadata["mlflow_run"] = dg.MetadataValue.url(run_url)
+    version = metadata.get("model_version")
+    if version is not None:
+        lineage = version_lineage(
+            mlflow.registry(), int(getattr(version, "value", version)), training_sets_dir=state.training_sets_dir()
+        )
+        metadata.update(lineage_metadata(lineage, run_url))
     return dg.MaterializeResult(metadata=metadata)
+
+
+def _code_version() -> str:
+    """This process's code version for the training job, which records it when it cannot tell its own."""
+    try:
+        return current_code_version() or ""
+    except ValueError as error:
+        raise dg.Failure(f"trained_model: {error}") from error

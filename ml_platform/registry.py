@@ -46,6 +46,17 @@ TRAINING_SET_DIGEST_TAG = "ml_platform.training_set_digest"
 TRAINING_DATA_END_TAG = "ml_platform.training_data_end"
 # The sha256 of the version's model file: two versions with the same digest are the same model.
 MODEL_DIGEST_TAG = "ml_platform.model_digest"
+# Where a version came from, set when it is registered (also on its MLflow run): the code version that
+# trained it (a git commit, "+dirty" when the working tree had changes, or what the image declared), the
+# Dagster run that trained it, and the raw daily partitions (UTC days) of its training set: first, last
+# and how many. Their row counts, day by day, are in the run's artifact LINEAGE_ARTIFACT (a tag value
+# holds at most 5000 characters; a year of days does not fit).
+CODE_VERSION_TAG = "ml_platform.code_version"
+DAGSTER_RUN_ID_TAG = "ml_platform.dagster_run_id"
+PARTITIONS_FIRST_DAY_TAG = "ml_platform.partitions_first_day"
+PARTITIONS_LAST_DAY_TAG = "ml_platform.partitions_last_day"
+PARTITION_COUNT_TAG = "ml_platform.partition_count"
+LINEAGE_ARTIFACT = "lineage.json"
 
 
 class RegistryError(RuntimeError):
@@ -161,6 +172,7 @@ class Registry:
         figures: dict[str, object],
         version_tags: dict[str, str] | None = None,
         training_data: object | None = None,
+        documents: dict[str, dict] | None = None,
     ) -> RegisteredVersion:
         """Log a trained model with its params, metrics and figures, register it, alias it challenger.
 
@@ -168,7 +180,7 @@ class Registry:
         (the registry knows how to store a model, not how it predicts); ``example`` rows are logged with it.
         ``version_tags`` are set on the new version when it is registered (with the sha256 of its model
         file as :data:`MODEL_DIGEST_TAG`), and ``training_data``, an MLflow dataset, is logged as the run's
-        input with context ``training``.
+        input with context ``training``. ``documents`` are logged as JSON artifacts of the run, by file name.
         Idempotent per ``run_key``: if a version with that key exists, it is reused (and re-aliased) as it
         is, tags included.
         """
@@ -200,6 +212,8 @@ class Registry:
                 mlflow.log_figure(figure, file_name)
             if training_data is not None:
                 mlflow.log_input(training_data, context="training")
+            for file_name, document in (documents or {}).items():
+                mlflow.log_dict(document, file_name)
             info = mlflow.xgboost.log_model(
                 trained.booster,
                 name="model",
@@ -276,6 +290,33 @@ class Registry:
     def training_data_end(self, version: int) -> str | None:
         """The event time (ISO 8601, UTC) of the newest transaction ``version`` was trained on, or None."""
         return self.model_version(version).tags.get(TRAINING_DATA_END_TAG) or None
+
+    def run_document(self, version: int, file_name: str) -> object | None:
+        """The JSON artifact ``file_name`` of the run that made ``version``, parsed (JSON only, nothing
+        in it is run); None when the version has no run or its run has no such artifact. A file that is
+        not JSON raises ValueError naming it."""
+        import json
+        import tempfile
+
+        from mlflow.exceptions import MlflowException
+
+        run_id = self.model_version(version).run_id
+        if not run_id:
+            return None
+        if file_name not in {entry.path for entry in self.client.list_artifacts(run_id)}:
+            return None
+        with tempfile.TemporaryDirectory() as scratch, _no_progress_bar():
+            try:
+                local = self.client.download_artifacts(run_id, file_name, scratch)
+            except MlflowException as error:
+                if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    return None
+                raise
+            try:
+                with open(local, encoding="utf-8") as handle:
+                    return json.load(handle)
+            except (UnicodeDecodeError, ValueError) as error:
+                raise ValueError(f"{file_name} of {self.model_name} version {version} is not JSON: {error}") from None
 
     def test_metrics(self, version: int) -> dict[str, float]:
         """What ``version`` scored on its test split when model_evaluation judged it (the run metrics
@@ -532,6 +573,22 @@ def native_model_file(path: str, label: str) -> str:
             f" expected the {len(MODEL_FEATURES)} {_COLUMN_TYPE} columns {', '.join(MODEL_FEATURES)}, in that order"
         )
     return model_file
+
+
+@contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """MLflow draws a download progress bar on the terminal unless told not to (a command's output, --json
+    above all, must be the output alone); told only for the duration."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    saved = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved
 
 
 def _local_path(uri: str) -> str:

@@ -10,9 +10,16 @@ import pandas as pd
 
 from ml_platform.data.schema import LABEL_COLUMN, TIMESTAMP_COLUMN
 from ml_platform.features.engineering import MODEL_FEATURES
+from ml_platform.lineage import TrainingLineage, current_code_version, daily_row_counts, partitions_summary
 from ml_platform.registry import (
     CHALLENGER,
+    CODE_VERSION_TAG,
+    DAGSTER_RUN_ID_TAG,
     DEVICE_TAG,
+    LINEAGE_ARTIFACT,
+    PARTITION_COUNT_TAG,
+    PARTITIONS_FIRST_DAY_TAG,
+    PARTITIONS_LAST_DAY_TAG,
     TRAINING_DATA_END_TAG,
     TRAINING_SET_DIGEST_TAG,
     Registry,
@@ -26,7 +33,9 @@ from ml_platform.training.train import TrainingParams, fit, model_signature, par
 class TrainingJob:
     """What to train and where to register it. ``training_set_path`` is a stored (content-addressed)
     training set; ``training_set_digest``, when given, is the sha256 it was stored as, and the job refuses
-    a file whose bytes no longer hash to it."""
+    a file whose bytes no longer hash to it. ``dagster_run_id`` is the orchestrator's run that launched the
+    job, and ``code_version`` the launcher's code version: recorded when the training process cannot tell
+    its own (an image that declares none; see :func:`ml_platform.lineage.current_code_version`)."""
 
     training_set_path: str
     tracking_uri: str
@@ -37,13 +46,18 @@ class TrainingJob:
     params: dict[str, object] = field(default_factory=dict)
     run_tags: dict[str, str] = field(default_factory=dict)
     training_set_digest: str = ""
+    dagster_run_id: str = ""
+    code_version: str = ""
 
 
 def run_training_job(job: TrainingJob, log=print) -> dict[str, object]:
     """Train and register unless this run already registered a version; returns what happened.
 
     The version records what it was trained on: the training set's sha256 and the time of its newest
-    transaction as version tags, and the training set as the MLflow run's dataset input.
+    transaction as version tags, and the training set as the MLflow run's dataset input. It also records
+    where it came from (:mod:`ml_platform.lineage`): the code version, the Dagster run and the raw daily
+    partitions of the training set (first, last, how many) as version and run tags, and the rows of every
+    day as the run's ``lineage.json``.
     """
     params = TrainingParams(**job.params)
     registry = Registry(job.tracking_uri, job.model_name, job.experiment_name, job.artifact_root)
@@ -59,6 +73,11 @@ def run_training_job(job: TrainingJob, log=print) -> dict[str, object]:
             "device": existing.tags.get(DEVICE_TAG, "unknown"),
             "training_set_digest": existing.tags.get(TRAINING_SET_DIGEST_TAG),
             "training_data_end": existing.tags.get(TRAINING_DATA_END_TAG),
+            "code_version": existing.tags.get(CODE_VERSION_TAG),
+            "dagster_run_id": existing.tags.get(DAGSTER_RUN_ID_TAG),
+            "partitions_first_day": existing.tags.get(PARTITIONS_FIRST_DAY_TAG),
+            "partitions_last_day": existing.tags.get(PARTITIONS_LAST_DAY_TAG),
+            "partition_count": int(count) if (count := existing.tags.get(PARTITION_COUNT_TAG, "")).isdigit() else None,
         }
 
     path = Path(job.training_set_path)
@@ -69,6 +88,13 @@ def run_training_job(job: TrainingJob, log=print) -> dict[str, object]:
     # the file) stay on disk. These rows are also the MLflow dataset; the file is read once.
     training_set = pd.read_parquet(path, columns=[*MODEL_FEATURES, LABEL_COLUMN, SPLIT_COLUMN, TIMESTAMP_COLUMN])
     data_end = newest_transaction_time(training_set)
+    # Every validated transaction is a row of the training set: its rows per UTC day are the row counts of
+    # the raw daily partitions it was built from.
+    lineage = TrainingLineage(
+        rows_by_day=daily_row_counts(training_set),
+        code_version=current_code_version() or job.code_version or None,
+        dagster_run_id=job.dagster_run_id or None,
+    )
     x_train, y_train = split_xy(training_set, "train")
     x_valid, y_valid = split_xy(training_set, "validation")
     log(f"training on {len(x_train):,} rows, early stopping on {len(x_valid):,}; device {params.device}")
@@ -96,18 +122,21 @@ def run_training_job(job: TrainingJob, log=print) -> dict[str, object]:
             run_key=job.run_key,
             signature=model_signature(trained.booster, example),
             example=example,
-            run_tags=job.run_tags,
+            run_tags={**job.run_tags, **lineage.tags()},
             figures=figures,
             version_tags={
                 TRAINING_SET_DIGEST_TAG: digest,
                 **({TRAINING_DATA_END_TAG: data_end} if data_end is not None else {}),
+                **lineage.tags(),
             },
             training_data=mlflow_training_dataset(training_set, path, digest),
+            documents={LINEAGE_ARTIFACT: lineage.document(training_set_digest=digest, training_set_file=str(path))},
         )
     finally:
         for figure in figures.values():
             plots.close(figure)
     log(f"registered {job.model_name} v{registered.version} as challenger")
+    summary = partitions_summary(lineage.rows_by_day)
     return {
         "model_name": job.model_name,
         "model_version": registered.version,
@@ -123,6 +152,11 @@ def run_training_job(job: TrainingJob, log=print) -> dict[str, object]:
         "validation_rows": len(x_valid),
         "training_set_digest": digest,
         "training_data_end": data_end,
+        "code_version": lineage.code_version,
+        "dagster_run_id": lineage.dagster_run_id,
+        "partitions_first_day": summary["first_day"],
+        "partitions_last_day": summary["last_day"],
+        "partition_count": summary["count"],
         **{f"validation_{k}": metrics[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")},
         "feature_importance": trained.feature_importance,
     }
