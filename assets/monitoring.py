@@ -29,11 +29,18 @@ from ml_platform.monitoring.health import (
     reference_features,
     training_reference,
 )
-from ml_platform.monitoring.performance import JUDGED_METRICS, LIVE_METRICS, check_confidence, judge_accuracy_drop
+from ml_platform.monitoring.performance import (
+    JUDGED_METRICS,
+    LIVE_METRICS,
+    VARIANT_METRICS,
+    check_confidence,
+    judge_accuracy_drop,
+    variant_performance,
+)
 from ml_platform.monitoring.performance import live_performance as compute_live_performance
 from ml_platform.monitoring.serving_metrics import scrape_metrics
 from ml_platform.monitoring.serving_metrics import serving_metrics as compute_serving_metrics
-from ml_platform.monitoring.window import Window, read_predictions
+from ml_platform.monitoring.window import ANSWERED_VARIANTS, Window, read_predictions
 from ml_platform.predictions import compact_day, read_prediction_log
 from ml_platform.registry import CHAMPION
 from resources.deployment import DeploymentTarget
@@ -217,6 +224,7 @@ def drift_report(
         DRIFT_FEATURES,
         drift_config,
         paths.reports_dir / f"drift-{_stamp(context)}.html",
+        drift_share=rule.threshold,
         sample_rows=config.html_sample_rows,
     )
     _prune(paths.reports_dir, "drift-*.html", config.keep_reports)
@@ -228,7 +236,11 @@ def drift_report(
             "top_drifted": top,
             "features": md_table(report.to_frame(), max_rows=len(report.features), index=False),
             "method": method,
-            "feature_threshold": report.features[0].threshold,
+            "feature_threshold": drift_config.threshold,
+            "categorical_features": ", ".join(drift_config.categorical)
+            + " (Evidently's categorical default test and threshold: see the features table)",
+            "report_sample": f"{min(len(reference), config.html_sample_rows):,} of {len(reference):,} reference rows, "
+            f"{min(len(current), config.html_sample_rows):,} of {len(current):,} current rows",
             "rows": report.current_rows,
             "reference_rows": report.reference_rows,
             "not_scored": ", ".join(CUMULATIVE_FEATURES) + " (grow with each customer's history by construction)",
@@ -268,7 +280,7 @@ def reference_metadata(reference: TrainingReference | None) -> dict[str, object]
 # ---- live performance ------------------------------------------------------------------------------
 @dg.asset(
     group_name="monitoring",
-    deps=[prediction_log, "champion_model"],
+    deps=[prediction_log, "champion_model", "labels"],
     kinds={"scikitlearn", "scipy"},
     check_specs=[
         dg.AssetCheckSpec(
@@ -280,7 +292,9 @@ def reference_metadata(reference: TrainingReference | None) -> dict[str, object]
     ],
     description="The champion's answers in the window judged by the labels that have arrived (ground truth "
     "comes late): accuracy, precision, recall, F1 and PR AUC, each with its upper confidence bound, against "
-    "what the version scored on its test split.",
+    "what the version scored on its test split. Beside it, every variant served in the window (champion, "
+    "challenger, challenger_shadow) side by side: rows, labelled rows, positives, precision, recall, PR AUC, and "
+    "each other variant's difference with the champion with its confidence interval.",
 )
 def live_performance(config: WindowConfig, monitoring: MonitoringResource, mlflow: MLflowResource):
     window = _window(config)
@@ -293,7 +307,8 @@ def live_performance(config: WindowConfig, monitoring: MonitoringResource, mlflo
         yield rule_check(rule, None, window, no_data=note)
         return
     paths = monitoring.paths()
-    predictions = read_predictions(paths.log_dir, window)
+    served = read_predictions(paths.log_dir, window, variants=None)  # shadow scores too, for the variants
+    predictions = served.loc[served["variant"].isin(list(ANSWERED_VARIANTS))]
     labels = paths.labels().read(as_of=window.end)
     try:
         confidence = check_confidence(monitoring.accuracy_drop_confidence)
@@ -339,6 +354,7 @@ def live_performance(config: WindowConfig, monitoring: MonitoringResource, mlflo
                 metadata[key] = float(value)
     if finite_or_none(performance.label_coverage) is not None:
         metadata["label_coverage"] = float(performance.label_coverage)
+    metadata.update(_variant_metadata(served, labels, version, confidence))
     yield dg.MaterializeResult(metadata=metadata)
 
     yield dg.AssetCheckResult(
@@ -357,6 +373,39 @@ def live_performance(config: WindowConfig, monitoring: MonitoringResource, mlflo
             **{f"baseline_{name}_lower_bound": bound for name, bound in verdict.baseline_bounds.items()},
         },
     )
+
+
+def _variant_metadata(predictions: pd.DataFrame, labels: pd.DataFrame, version: int, confidence: float) -> dict:
+    """Every variant served in the window side by side (champion, challenger, shadow): the table and, per
+    variant, its counts, metrics and (for the others) the difference with the champion and its interval."""
+    try:
+        comparison = variant_performance(predictions, labels, champion_version=version, confidence=confidence)
+    except ValueError as error:  # a log without the variant column
+        raise dg.Failure(f"live_performance: {error}") from error
+    metadata: dict[str, object] = {
+        "variants": md_table(comparison.to_frame(), max_rows=len(comparison), index=False),
+        "variant_names": ", ".join(comparison.names),
+        "variant_interval": f"{comparison.confidence:.0%} two-sided, percentile bootstrap over labelled rows "
+        f"({comparison.resamples} resamples, seeded; paired where both variants answered the same requests)",
+    }
+    for item in comparison.variants:
+        prefix = item.variant
+        metadata[f"{prefix}_rows"] = item.rows
+        metadata[f"{prefix}_labelled_rows"] = item.labeled_rows
+        metadata[f"{prefix}_positives"] = item.positives
+        for name in VARIANT_METRICS:
+            candidates = [(f"{prefix}_{name}", item.metrics.get(name))]
+            if name in item.differences:
+                low, high = item.intervals.get(name, (None, None))
+                candidates += [
+                    (f"{prefix}_{name}_diff", item.differences[name]),
+                    (f"{prefix}_{name}_diff_low", low),
+                    (f"{prefix}_{name}_diff_high", high),
+                ]
+            for key, value in candidates:
+                if finite_or_none(value) is not None:
+                    metadata[key] = float(value)
+    return metadata
 
 
 # ---- serving -------------------------------------------------------------------------------------------
@@ -489,4 +538,11 @@ def model_health(
 
 
 MONITORING_ASSETS = [prediction_log, drift_report, live_performance, serving_metrics, model_health]
-WINDOW_ASSETS = ["drift_report", "live_performance", "serving_metrics", "feature_skew", "model_health"]
+WINDOW_ASSETS = [
+    "drift_report",
+    "prediction_drift",
+    "live_performance",
+    "serving_metrics",
+    "feature_skew",
+    "model_health",
+]

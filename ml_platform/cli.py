@@ -1,6 +1,6 @@
 """The ``ml-platform`` command: its typer app and the commands that need no Dagster.
 
-``init``, ``drift``, ``serve`` and ``stop-server`` work on the core alone. The commands that launch runs
+``init``, ``drift``, ``lineage``, ``serve`` and ``stop-server`` work on the core alone. The commands that launch runs
 of the code location's jobs or need its resources (``demo``, ``run``, ``materialize-features``,
 ``deploy``, ``rollback``, ``status``) are in ``runs/cli.py``, which adds them to this ``app`` and is the
 console entry point.
@@ -8,8 +8,10 @@ console entry point.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -134,6 +136,50 @@ def drift(
 
 
 @app.command()
+def lineage(
+    version: Annotated[int | None, typer.Option(min=1, help="The model version (default: the champion).")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON of a fixed shape (ml_platform.lineage.lineage_document).")
+    ] = False,
+    mlflow_ui: Annotated[
+        str, typer.Option(help="MLflow UI address for run links (default: the tracking server; locally :5000).")
+    ] = "",
+    dagster_ui: Annotated[
+        str, typer.Option(help="Dagster UI address for run links (default: locally http://127.0.0.1:3000).")
+    ] = "",
+) -> None:
+    """What a version learned from: its training set (digest, file, newest transaction), the raw daily
+    partitions with their row counts, the code version, the Dagster and MLflow runs that made it, its model
+    digest, when it was promoted or rolled back and why, and its aliases. "not recorded" for what a version
+    registered before these were kept did not record. Exits 2 for a version that does not exist."""
+    settings = prepared_settings()
+    import json
+
+    from ml_platform.lineage import (
+        LOCAL_DAGSTER_UI,
+        UnknownVersion,
+        lineage_document,
+        lineage_text,
+        mlflow_ui_base,
+        version_lineage,
+    )
+    from ml_platform.registry import Registry
+    from ml_platform.training.datasets import training_sets_dir
+
+    try:
+        found = version_lineage(
+            Registry.from_settings(settings),
+            version,
+            training_sets_dir=training_sets_dir(settings.data_dir),
+            mlflow_ui=mlflow_ui or mlflow_ui_base(settings.tracking_uri, settings.profile),
+            dagster_ui=dagster_ui or (LOCAL_DAGSTER_UI if settings.profile == "local" else None),
+        )
+    except UnknownVersion as error:
+        fail(str(error))
+    typer.echo(json.dumps(lineage_document(found), indent=2) if as_json else lineage_text(found))
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 unless you mean to expose it.")] = "127.0.0.1",
     port: Annotated[
@@ -165,3 +211,47 @@ def stop_server() -> None:
 
     stopped = LocalProcessTarget(settings.home / "serving", port=settings.serving_port).stop()
     typer.echo("model server stopped" if stopped else "no model server was running")
+
+
+labels_app = typer.Typer(
+    no_args_is_help=True,
+    help="Real labels (chargebacks, analysts' verdicts) for the predictions the model server logged.",
+)
+app.add_typer(labels_app, name="labels")
+
+
+@labels_app.command("import")
+def labels_import(
+    file: Annotated[Path, typer.Argument(help="A .csv (with a header row) or .parquet label file.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result (or the refusal) as JSON.")] = False,
+) -> None:
+    """Validate a label file and append it to the label store live_performance reads.
+
+    A row: request_id or transaction_id, label (1/0, true/false or fraud/legit), labelled_at (ISO 8601,
+    UTC when no offset; empty: now). All or nothing: a file with a bad row writes nothing and exits 2,
+    naming each bad row (1 = the first after the header) and why. The latest label of a request wins.
+    """
+    settings = prepared_settings()
+    from ml_platform.monitoring.health import MonitoringPaths
+    from ml_platform.monitoring.labels import LabelValidationError
+
+    store = MonitoringPaths.from_settings(settings).labels()
+    try:
+        result = store.import_files([file])
+    except ValueError as error:
+        if json_output:
+            problems = error.problems if isinstance(error, LabelValidationError) else ()
+            refused = [
+                {"row": None if p.index is None else p.index + 1, "column": p.column, "reason": p.reason}
+                for p in problems
+            ]
+            typer.echo(json.dumps({"error": str(error), "refused": refused}))
+            raise typer.Exit(2) from None
+        fail(str(error))
+    if json_output:
+        typer.echo(json.dumps({"file": str(file), "store": str(store.root), **result.as_dict()}))
+        return
+    typer.echo(
+        f"{file}: {result.rows} label row(s) written to {store.root}: {result.requests} request(s), "
+        f"{result.new} new, {result.changed} changed, {result.positives} positive (fraud)"
+    )

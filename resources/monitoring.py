@@ -8,6 +8,7 @@ import dagster as dg
 from ml_platform.monitoring.alerts import DEFAULT_RULES, AlertRule
 from ml_platform.monitoring.drift import DriftConfig
 from ml_platform.monitoring.health import MonitoringPaths, rules_with_thresholds
+from ml_platform.monitoring.labels import LABELS_INBOX
 from ml_platform.monitoring.performance import DEFAULT_CONFIDENCE, DEFAULT_MIN_LABELLED_POSITIVES
 
 
@@ -31,6 +32,11 @@ class MonitoringResource(dg.ConfigurableResource):
       (each live metric's one-sided upper bound is at ``1 - (1 - confidence) / 3``).
     - ``feature_skew_threshold``: the ``feature_skew`` check (WARN) fails when more than this share of the
       served rows differ from the features the training set gives the same transactions.
+    - ``prediction_drift_threshold``: the ``prediction_drift`` check (WARN) compares the champion's served
+      scores with its scores on its own test split by ``drift_method``; None (the default) takes the
+      method's per-feature drift threshold (Wasserstein >= 0.1, KS p-value <= 0.05).
+    - ``labels_source_dir``: where the ``labels`` asset finds each day's label files (empty: the
+      ``labels_inbox`` folder of ``monitoring_dir``).
     """
 
     log_dir: str
@@ -45,9 +51,15 @@ class MonitoringResource(dg.ConfigurableResource):
     min_labelled_positives: int = DEFAULT_MIN_LABELLED_POSITIVES
     accuracy_drop_confidence: float = DEFAULT_CONFIDENCE
     feature_skew_threshold: float = 0.01
+    labels_source_dir: str = ""
+    prediction_drift_threshold: float | None = None
 
     def paths(self) -> MonitoringPaths:
         return MonitoringPaths(log_dir=Path(self.log_dir), root=Path(self.monitoring_dir))
+
+    def labels_source(self) -> Path:
+        """The folder the ``labels`` asset imports label files from."""
+        return Path(self.labels_source_dir) if self.labels_source_dir else Path(self.monitoring_dir) / LABELS_INBOX
 
     def rules(self) -> dict[str, AlertRule]:
         """The alert rules with this resource's thresholds (ValueError naming a bad one)."""

@@ -33,8 +33,10 @@ EXPECTED_GROUPS = {
     "model_deployment": "deployment",
     "batch_predictions": "deployment",
     "prediction_log": "monitoring",
+    "labels": "monitoring",
     "drift_report": "monitoring",
     "live_performance": "monitoring",
+    "prediction_drift": "monitoring",
     "serving_metrics": "monitoring",
     "feature_skew": "monitoring",
     "model_health": "monitoring",
@@ -52,8 +54,10 @@ EXPECTED_DEPS = {
     "model_deployment": {"champion_model"},
     "batch_predictions": {"validated_transactions", "champion_model", "feature_store"},
     "prediction_log": set(),
+    "labels": set(),
     "drift_report": {"prediction_log", "training_set"},
-    "live_performance": {"prediction_log", "champion_model"},
+    "live_performance": {"prediction_log", "champion_model", "labels"},
+    "prediction_drift": {"prediction_log", "champion_model"},
     "serving_metrics": {"prediction_log", "model_deployment"},
     "feature_skew": {"prediction_log", "validated_transactions", "feature_store"},
     "model_health": {"drift_report", "live_performance", "serving_metrics"},
@@ -77,6 +81,8 @@ MONITORING_CHECKS = {
 }
 # Served features against the training set's for the same transactions: a signal too, not an alert rule.
 SKEW_CHECKS = {("feature_skew", "feature_skew"): dg.AssetCheckSeverity.WARN}
+# The champion's served scores against its test-split scores: the first signal while labels are late.
+PREDICTION_DRIFT_CHECKS = {("prediction_drift", "prediction_drift"): dg.AssetCheckSeverity.WARN}
 
 
 def test_asset_keys_groups_and_deps(defs):
@@ -92,7 +98,7 @@ def test_asset_keys_groups_and_deps(defs):
 def test_gates_block_and_monitoring_checks_do_not(defs):
     graph = defs.resolve_asset_graph()
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
-    assert checks == EXPECTED_CHECKS | set(MONITORING_CHECKS) | set(SKEW_CHECKS)
+    assert checks == EXPECTED_CHECKS | set(MONITORING_CHECKS) | set(SKEW_CHECKS) | set(PREDICTION_DRIFT_CHECKS)
     for key in graph.asset_check_keys:
         name = (key.asset_key.to_user_string(), key.name)
         assert graph.get_check_spec(key).blocking is (name in EXPECTED_CHECKS), name
@@ -101,7 +107,14 @@ def test_gates_block_and_monitoring_checks_do_not(defs):
 def test_daily_partitions_on_transactions_and_batch_scores(defs):
     graph = defs.resolve_asset_graph()
     partitioned = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def}
-    assert partitioned == {"raw_transactions", "validated_transactions", "batch_predictions", "prediction_log"}
+    assert partitioned == {
+        "raw_transactions",
+        "validated_transactions",
+        "batch_predictions",
+        "prediction_log",
+        "labels",  # the day the label files arrived, today included: the prediction log's days
+    }
+    assert graph.get(dg.AssetKey("labels")).partitions_def is PREDICTION_LOG_PARTITIONS
     daily = graph.get(dg.AssetKey("raw_transactions")).partitions_def
     assert isinstance(daily, dg.DailyPartitionsDefinition)
     assert daily.get_partition_keys()[0] == "2025-01-01"
@@ -133,6 +146,7 @@ def test_jobs_and_schedules(defs):
     monitor = defs.resolve_job_def("monitor")
     assert {k.to_user_string() for k in monitor.asset_layer.executable_asset_keys} == {
         "drift_report",
+        "prediction_drift",
         "live_performance",
         "serving_metrics",
         "feature_skew",
@@ -229,3 +243,11 @@ def test_split_config_mirrors_the_core_defaults():
         core.validation,
         core.test,
     )
+
+
+def test_prediction_drift_threshold_defaults_to_the_drift_methods_feature_threshold():
+    """None: the method's per-feature threshold (Wasserstein 0.1, KS p-value 0.05), as the check applies it."""
+    fields = {name: field.default for name, field in MonitoringResource.model_fields.items()}
+    assert fields["prediction_drift_threshold"] is None
+    for method, threshold in (("wasserstein", 0.1), ("ks", 0.05)):
+        assert DriftConfig(method=method, feature_threshold=fields["prediction_drift_threshold"]).threshold == threshold

@@ -321,8 +321,15 @@ def test_checks_with_nothing_to_judge_pass_and_say_why(served, defs, instance, t
     quiet = run_monitor(defs, instance, log_dir=str(tmp_path / "empty-log"))
     assert quiet.success
     checks = evaluations(quiet)
-    assert set(checks) == {"drift_score", "accuracy_drop", "latency_p99", "error_rate", "feature_skew"}
-    for name in ("drift_score", "accuracy_drop", "latency_p99", "feature_skew"):
+    assert set(checks) == {
+        "drift_score",
+        "accuracy_drop",
+        "latency_p99",
+        "error_rate",
+        "feature_skew",
+        "prediction_drift",
+    }
+    for name in ("drift_score", "accuracy_drop", "latency_p99", "feature_skew", "prediction_drift"):
         assert checks[name].passed is True, name
         assert checks[name].description.startswith("nothing to judge"), checks[name].description
         assert metadata_values(checks[name])["value"] is None

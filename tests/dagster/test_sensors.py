@@ -327,7 +327,8 @@ def test_every_failed_check_becomes_one_alert(traffic, defs, instance, registry,
     failing = run_monitor(defs, instance, **CALM_LATENCY)
     first = tick(defs, instance, "alert_on_failed_checks", cursor, alerts=alerts)
     lines = alert_lines(path)
-    assert {line["check"] for line in lines} == {"drift_report:drift_score", "live_performance:accuracy_drop"}
+    drifted = {"drift_report:drift_score", "prediction_drift:prediction_drift"}  # features and scores moved
+    assert {line["check"] for line in lines} == {*drifted, "live_performance:accuracy_drop"}
     by_check = {line["check"]: line for line in lines}
     evaluation = {e.check_name: e for e in failing.get_asset_check_evaluations()}["accuracy_drop"]
     accuracy = by_check["live_performance:accuracy_drop"]
@@ -337,16 +338,16 @@ def test_every_failed_check_becomes_one_alert(traffic, defs, instance, registry,
     assert accuracy["window"] == evaluation.metadata["window"].value
     assert accuracy["message"] == evaluation.description and accuracy["delivery"] == "recorded"
     assert by_check["drift_report:drift_score"]["severity"] == "WARN"
-    assert first.skip_message.startswith("2 alert(s) delivered")
+    assert first.skip_message.startswith("3 alert(s) delivered")
 
     again = tick(defs, instance, "alert_on_failed_checks", first.cursor, alerts=alerts)
-    assert len(alert_lines(path)) == 2 and again.skip_message == "no new failed check evaluation"
+    assert len(alert_lines(path)) == 3 and again.skip_message == "no new failed check evaluation"
     # Another process with no cursor (a daemon started afterwards): the history says they were alerted.
     ids = {line["check"]: line["evaluation_id"] for line in alert_lines(path)}
     assert ids["live_performance:accuracy_drop"] == latest(instance, ACCURACY).id
     elsewhere = tick(defs, instance, "alert_on_failed_checks", cursor, alerts=alerts)
-    assert len(alert_lines(path)) == 2
-    assert elsewhere.skip_message == "0 alert(s) delivered, 0 recorded undelivered, 2 already alerted before"
+    assert len(alert_lines(path)) == 3
+    assert elsewhere.skip_message == "0 alert(s) delivered, 0 recorded undelivered, 3 already alerted before"
 
     # A gate's failure is alerted too (here the smoke check, reported without a value or threshold).
     instance.report_runless_asset_event(
@@ -370,11 +371,11 @@ def test_a_flaky_webhook_is_retried_and_an_unreachable_one_is_recorded(traffic, 
         flaky = AlertResource(jsonl_path=str(path), webhook_url=hook.url, backoff_seconds=0.01)
         result = tick(defs, instance, "alert_on_failed_checks", cursor, alerts=flaky)
     lines = alert_lines(path)
-    assert [line["delivery"] for line in lines] == ["delivered", "delivered"]
-    assert lines[0]["attempts"] == 3 and lines[1]["attempts"] == 1  # 500, 500, then 200
-    assert len(hook.bodies) == 4
+    assert [line["delivery"] for line in lines] == ["delivered"] * 3  # drift, accuracy, prediction drift
+    assert [line["attempts"] for line in lines] == [3, 1, 1]  # 500, 500, then 200; then 200 at once
+    assert len(hook.bodies) == 5
     assert all(body["text"].startswith(":") and body["blocks"] for body in hook.bodies)
-    assert result.skip_message.startswith("2 alert(s) delivered")
+    assert result.skip_message.startswith("3 alert(s) delivered")
 
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
@@ -382,10 +383,10 @@ def test_a_flaky_webhook_is_retried_and_an_unreachable_one_is_recorded(traffic, 
     assert run_monitor(defs, instance, **CALM_LATENCY).success
     down = AlertResource(jsonl_path=str(path), webhook_url=closed, retries=2, backoff_seconds=0.01)
     unreachable = tick(defs, instance, "alert_on_failed_checks", result.cursor, alerts=down)
-    failed = alert_lines(path)[2:]
-    assert [line["delivery"] for line in failed] == ["failed", "failed"]
+    failed = alert_lines(path)[3:]
+    assert [line["delivery"] for line in failed] == ["failed"] * 3
     assert all(line["attempts"] == 3 and "cannot reach the webhook" in line["error"] for line in failed)
-    assert unreachable.skip_message == "0 alert(s) delivered, 2 recorded undelivered"
+    assert unreachable.skip_message == "0 alert(s) delivered, 3 recorded undelivered"
     assert json.loads(unreachable.cursor) != json.loads(result.cursor)  # recorded, so not sent again
 
 
