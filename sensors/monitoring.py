@@ -275,7 +275,8 @@ def judged_version(record) -> int | None:
 
 
 def newest_ingested_day(instance: dg.DagsterInstance) -> date | None:
-    """The newest day of ``validated_transactions`` in storage (what a retrain's training set would end with)."""
+    """The newest day of ``validated_transactions`` the instance records as materialized: the day a retrain's
+    training set would end with (a partition file deleted by hand outside Dagster is still listed)."""
     days = instance.get_materialized_partitions(dg.AssetKey("validated_transactions"))
     parsed = []
     for key in days:
