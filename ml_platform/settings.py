@@ -35,8 +35,12 @@ import yaml
 from ml_platform.storage import write_text_atomic
 
 PROFILES = ("local", "production")
-BACKENDS = ("local", "kubernetes")  # where training runs, where the model is deployed
+BACKENDS = ("local", "kubernetes")  # where training runs
+# Where the model is deployed: one local process, a set of local replicas behind haproxy, or Kubernetes.
+DEPLOYMENT_TARGETS = ("local", "replicas", "kubernetes")
 EXECUTORS = ("local", "kubernetes")  # Dagster's default executor, or one Kubernetes Job per step
+# Where a model is deployed: the local server process, or a Kubernetes overlay (deploy/k8s/overlays/<name>).
+DEPLOYMENT_ENVIRONMENTS = ("local", "staging", "prod")
 
 # What this platform is about by default: a card-transaction fraud detector.
 DEFAULT_MODEL_NAME = "fraud_detector"
@@ -108,6 +112,12 @@ class Settings:
     redis_password: str = ""  # secret: environment only
     training_backend: str = "local"
     deployment_target: str = "local"
+    # With deployment_target "replicas": how many model-server processes haproxy balances over (on
+    # serving_port), each pinned to the deployed version and rolled one at a time.
+    serving_replicas: int = 3
+    # Their ports (as many as replicas; for a Prometheus that scrapes them by static config): empty for
+    # free ports chosen at the set's first start and kept until it is stopped.
+    serving_replica_ports: tuple[int, ...] = ()
     executor: str = "local"
     k8s_namespace: str = "ml-platform"
     # Image of step pods (empty: the image that loaded the code location) and of the training pod.
@@ -122,10 +132,28 @@ class Settings:
     k8s_state_claim: str = "ml-platform-state"
     k8s_overlay: str = "prod"
     serving_url: str = ""  # empty: the overlay's in-cluster Service URL
+    # Where the model server writes its prediction log and monitoring reads it: empty for the local
+    # folder <home>/logs/predictions; a path, or an object-store URI (s3://bucket/prefix, gs://, abfs://).
+    prediction_log_uri: str = ""
+    # The server's local journal (write-ahead buffer) when the log is in an object store: empty for
+    # <home>/logs/prediction-journal. A local log keeps its journal in <log>/journal.
+    prediction_journal_dir: str = ""
+    # Where labels (POST /feedback, imported label files) are stored and monitoring reads them: empty for
+    # the local folder <home>/monitoring/labels; a path, or an object-store URI (s3://bucket/prefix, ...).
+    labels_uri: str = ""
+    # The deployment environment whose traffic monitoring judges (its failed accuracy or error-rate check
+    # rolls that environment back); empty: the default one (see ``deployment_environment``).
+    monitored_environment: str = ""
     # The variables holding the model server's bearer tokens: the scoring token and the admin token (the
     # only one that opens /admin/*). Secrets: their values come from the environment only.
     serving_token_env: str = "ML_PLATFORM_SERVING_TOKEN"
     serving_admin_token_env: str = "ML_PLATFORM_SERVING_ADMIN_TOKEN"
+    # Prometheus' HTTP API (http://prometheus:9090): when set, serving metrics come from it, summed over every
+    # replica it scrapes, instead of one scrape of the serving endpoint. Empty: scrape the endpoint.
+    prometheus_url: str = ""
+    # A Prometheus Pushgateway (http://pushgateway:9091): when set, the monitoring assets push the drift score
+    # and the accuracy drop there as gauges, so Prometheus alerts on all four rules. Empty: no push.
+    pushgateway_url: str = ""
 
     # ---- derived locations ---------------------------------------------------------------------
     @property
@@ -180,9 +208,42 @@ class Settings:
         return self.home / "logs"
 
     @property
+    def prediction_log(self) -> str | Path:
+        """The prediction log's location: ``prediction_log_uri`` (a Path when local), else ``logs/predictions``."""
+        from ml_platform.predictions.store import log_location
+
+        return log_location(self.prediction_log_uri) if self.prediction_log_uri else self.logs_dir / "predictions"
+
+    @property
+    def labels_location(self) -> str | Path:
+        """The label store's location: ``labels_uri`` (a Path when local), else ``monitoring/labels``."""
+        from ml_platform.predictions.store import log_location
+
+        default = self.home / "monitoring" / "labels"
+        return log_location(self.labels_uri, what="label store location") if self.labels_uri else default
+
+    @property
+    def prediction_journal(self) -> Path:
+        """The model server's journal folder for an object-store log (see ``prediction_journal_dir``)."""
+        default = self.logs_dir / "prediction-journal"
+        return Path(self.prediction_journal_dir) if self.prediction_journal_dir else default
+
+    @property
     def cache_dir(self) -> Path:
         """Caches libraries would otherwise put under $HOME (matplotlib's font cache)."""
         return self.home / "cache"
+
+    @property
+    def deployment_environment(self) -> str:
+        """Where a deploy goes unless told otherwise (a promotion's deploy, ``ml-platform deploy`` without
+        ``--env``): ``local`` when the deployment target is on this machine (one process or a set of
+        replicas), else the Kubernetes overlay."""
+        return "local" if self.deployment_target in ("local", "replicas") else self.k8s_overlay
+
+    @property
+    def watched_environment(self) -> str:
+        """The environment monitoring judges: ``monitored_environment``, else the default deployment one."""
+        return self.monitored_environment or self.deployment_environment
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
@@ -222,13 +283,31 @@ class Settings:
         problems = []
         for name, allowed in (
             ("training_backend", BACKENDS),
-            ("deployment_target", BACKENDS),
+            ("deployment_target", DEPLOYMENT_TARGETS),
             ("executor", EXECUTORS),
         ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{_VARS[name].env}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        if self.serving_replicas < 1:
+            problems.append(f"{_VARS['serving_replicas'].env}={self.serving_replicas}: expected 1 or more")
+        ports = self.serving_replica_ports
+        if ports and (
+            len(ports) != self.serving_replicas or len(set(ports)) != len(ports) or self.serving_port in ports
+        ):
+            problems.append(
+                f"{_VARS['serving_replica_ports'].env}={','.join(map(str, ports))}: expected "
+                f"{self.serving_replicas} different ports (one per replica, {_VARS['serving_replicas'].env}), "
+                f"none of them the balancer's {_VARS['serving_port'].env}={self.serving_port}"
+            )
         if self.training_gpus < 0:
             problems.append(f"{_VARS['training_gpus'].env}={self.training_gpus}: expected 0 or more")
+        for name, allowed in (
+            ("k8s_overlay", DEPLOYMENT_ENVIRONMENTS[1:]),
+            ("monitored_environment", DEPLOYMENT_ENVIRONMENTS),
+        ):
+            value = getattr(self, name)
+            if value and value not in allowed:
+                problems.append(f"{_VARS[name].env}={value!r}: expected one of {', '.join(allowed)}")
         if self.profile == "production":
             problems.extend(self._production_problems())
         if problems:
@@ -374,6 +453,45 @@ def _port(value: str) -> int:
     return int(text)
 
 
+def _ports(value: Any) -> tuple[int, ...]:
+    """TCP ports as ``8081,8082`` or a JSON/YAML list; empty for none."""
+    parsed = _structured(value) if not isinstance(value, int) else [value]
+    if parsed is None:
+        return ()
+    items = str(parsed).split(",") if isinstance(parsed, str | int) else parsed
+    if not isinstance(items, list | tuple):
+        raise ValueError("expected ports separated by commas, e.g. 8081,8082,8083")
+    return tuple(_port(str(item).strip()) for item in items)
+
+
+def _http_url(value: Any) -> str:
+    """An http(s) URL with a host, or "" (unset)."""
+    text = str(value).strip()
+    if text and (urlsplit(text).scheme not in ("http", "https") or not urlsplit(text).hostname):
+        raise ValueError("expected an http(s) URL with a host, e.g. http://prometheus:9090")
+    return text
+
+
+def _log_uri(value: Any) -> str:
+    """A prediction log location: "" (the default folder), a path, or an object-store URI."""
+    text = str(value).strip()
+    if text:
+        from ml_platform.predictions.store import log_location
+
+        log_location(text)  # LogLocationError (a ValueError) naming an unsupported scheme
+    return text
+
+
+def _labels_uri(value: Any) -> str:
+    """A label store location: "" (the default folder), a path, or an object-store URI."""
+    text = str(value).strip()
+    if text:
+        from ml_platform.predictions.store import log_location
+
+        log_location(text, what="label store location")  # LogLocationError naming an unsupported scheme
+    return text
+
+
 def _count(value: str) -> int:
     text = str(value).strip()
     if not text.isdigit():
@@ -427,6 +545,8 @@ _VARS: dict[str, _Var] = {
     "redis_password": _Var(REDIS_PASSWORD_ENV, secret=True),
     "training_backend": _Var("ML_PLATFORM_TRAINING_BACKEND"),
     "deployment_target": _Var("ML_PLATFORM_DEPLOYMENT_TARGET"),
+    "serving_replicas": _Var("ML_PLATFORM_SERVING_REPLICAS", _count),
+    "serving_replica_ports": _Var("ML_PLATFORM_SERVING_REPLICA_PORTS", _ports),
     "executor": _Var("ML_PLATFORM_EXECUTOR"),
     "k8s_namespace": _Var("ML_PLATFORM_K8S_NAMESPACE"),
     "k8s_image": _Var("ML_PLATFORM_K8S_IMAGE"),
@@ -438,8 +558,14 @@ _VARS: dict[str, _Var] = {
     "k8s_state_claim": _Var("ML_PLATFORM_K8S_STATE_CLAIM"),
     "k8s_overlay": _Var("ML_PLATFORM_K8S_OVERLAY"),
     "serving_url": _Var("ML_PLATFORM_SERVING_URL"),
+    "prediction_log_uri": _Var("ML_PLATFORM_PREDICTION_LOG_URI", _log_uri),
+    "prediction_journal_dir": _Var("ML_PLATFORM_PREDICTION_JOURNAL_DIR"),
+    "labels_uri": _Var("ML_PLATFORM_LABELS_URI", _labels_uri),
+    "monitored_environment": _Var("ML_PLATFORM_MONITORED_ENVIRONMENT"),
     "serving_token_env": _Var("ML_PLATFORM_SERVING_TOKEN_ENV"),
     "serving_admin_token_env": _Var("ML_PLATFORM_SERVING_ADMIN_TOKEN_ENV"),
+    "prometheus_url": _Var("ML_PLATFORM_PROMETHEUS_URL", _http_url),
+    "pushgateway_url": _Var("ML_PLATFORM_PUSHGATEWAY_URL", _http_url),
 }
 ENVIRONMENT_VARIABLES = {name: var.env for name, var in _VARS.items()}
 _DEFAULTS = {item.name: item.default for item in fields(Settings) if item.default is not MISSING}

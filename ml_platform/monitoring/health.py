@@ -27,12 +27,19 @@ from ml_platform.features.engineering import DRIFT_FEATURES
 from ml_platform.monitoring.alerts import DEFAULT_RULES, AlertRule, evaluate_rules
 from ml_platform.monitoring.dashboard import ModelHealth, health_status
 from ml_platform.monitoring.drift import DriftConfig, DriftReport, compute_drift
+from ml_platform.monitoring.labels import LOCATION_NAME as LABELS_LOCATION
 from ml_platform.monitoring.labels import LabelStore
 from ml_platform.monitoring.performance import LivePerformance, VariantComparison, live_performance, variant_performance
-from ml_platform.monitoring.serving_metrics import ServingMetrics, scrape_metrics, serving_metrics
+from ml_platform.monitoring.serving_metrics import (
+    ServingMetrics,
+    prometheus_serving_metrics,
+    scrape_metrics,
+    serving_metrics,
+)
 from ml_platform.monitoring.window import ANSWERED_VARIANTS, Window, read_predictions
+from ml_platform.predictions.store import log_location
 from ml_platform.serving.client import ModelServerClient, ModelServerError
-from ml_platform.settings import Settings
+from ml_platform.settings import Settings, SettingsError
 from ml_platform.storage import file_digest, write_text_atomic
 from ml_platform.training.dataset import SPLIT_COLUMN
 from ml_platform.training.datasets import stored_training_set_path
@@ -46,24 +53,40 @@ REFERENCE_SPLIT = "test"  # drift's reference: the newest slice the champion was
 class MonitoringPaths:
     """Where monitoring reads and writes, all under the state directory.
 
-    - ``log_dir``: the prediction log the model server writes (``logs/predictions`` unless
-      ``ML_PLATFORM_SERVING_LOG_DIR`` moves it, as it moves the server's);
+    - ``log_dir``: the prediction log the model server writes: a local folder (a ``Path``) or an object-store
+      URI (``s3://bucket/prefix``, kept as text). Settings' ``prediction_log_uri`` (else ``logs/predictions``),
+      unless ``ML_PLATFORM_SERVING_LOG_DIR`` moves it, as it moves the server's;
     - ``root``: ``<home>/monitoring``, holding ``labels/`` (the label store), ``reports/`` (drift HTML,
       dashboard PNG), ``state/`` (the last ``/metrics`` scrape) and ``alerts.jsonl`` (the alert history).
+    - ``labels_location``: the label store when it is not ``root/labels``: a local folder (a ``Path``) or an
+      object-store URI (text), from settings' ``labels_uri`` (``ML_PLATFORM_LABELS_URI``). :attr:`labels_dir`
+      is where the store is, either way.
     """
 
-    log_dir: Path
+    log_dir: Path | str
     root: Path
+    labels_location: Path | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.labels_location is not None:
+            object.__setattr__(self, "labels_location", log_location(self.labels_location, what=LABELS_LOCATION))
 
     @classmethod
     def from_settings(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> MonitoringPaths:
         env = os.environ if environ is None else environ
-        log_dir = env.get("ML_PLATFORM_SERVING_LOG_DIR") or settings.logs_dir / "predictions"
-        return cls(log_dir=Path(log_dir), root=settings.home / "monitoring")
+        moved = env.get("ML_PLATFORM_SERVING_LOG_DIR")
+        try:
+            log_dir = log_location(moved) if moved else settings.prediction_log
+        except ValueError as error:
+            raise SettingsError(f"ML_PLATFORM_SERVING_LOG_DIR={moved!r} is not valid: {error}") from error
+        labels = settings.labels_location if settings.labels_uri else None
+        return cls(log_dir=log_dir, root=settings.home / "monitoring", labels_location=labels)
 
     @property
-    def labels_dir(self) -> Path:
-        return self.root / "labels"
+    def labels_dir(self) -> Path | str:
+        """The label store: ``labels_location`` when set (a ``Path`` when local, URI text otherwise), else
+        ``root/labels``."""
+        return self.labels_location if self.labels_location is not None else self.root / "labels"
 
     @property
     def reports_dir(self) -> Path:
@@ -251,6 +274,7 @@ def collect_model_health(
     rules: Mapping[str, AlertRule] = DEFAULT_RULES,
     training_sets_dir: Path | None = None,
     reference: TrainingReference | None = None,
+    prometheus_url: str = "",
 ) -> ModelHealth:
     """The champion's health over ``window``: the one builder behind ``model_health`` and ``status``.
 
@@ -258,7 +282,9 @@ def collect_model_health(
     known at the end of the window, scrapes ``/metrics`` (counters compared with the baseline the last
     ``serving_metrics`` run used), and scores drift against the test split of ``reference``, by default
     the champion's own training set (:func:`training_reference` of ``training_set_path`` and
-    ``training_sets_dir``). Without either, drift is left out.
+    ``training_sets_dir``). Without either, drift is left out. With ``prometheus_url`` the serving figures are
+    summed over every replica Prometheus scrapes (:func:`prometheus_serving_metrics`) instead of one scrape of
+    ``endpoint``; raises :class:`PrometheusError` when Prometheus cannot answer.
     """
     from ml_platform.registry import CHAMPION, PROMOTED_AT_TAG
 
@@ -288,9 +314,11 @@ def collect_model_health(
             variants = variant_performance(served, labels, champion_version=version)
         deployed_at = registry.model_version(version).tags.get(PROMOTED_AT_TAG)
 
-    scrape = scrape_metrics(endpoint, token=token) if health is not None and endpoint else None
     serving = None
-    if health is not None or len(predictions):
+    if prometheus_url:
+        serving = prometheus_serving_metrics(predictions, window, prometheus_url)
+    elif health is not None or len(predictions):
+        scrape = scrape_metrics(endpoint, token=token) if health is not None and endpoint else None
         serving = serving_metrics(
             predictions, window, scrape=scrape, previous_scrape=paths.scrape_state().baseline() if scrape else None
         )

@@ -1,8 +1,9 @@
 """Late ground truth: labels that arrive after the predictions they judge.
 
 Fraud is known days after the transaction (a chargeback, an analyst's review), so live accuracy is
-measured on the predictions whose label has arrived by now. The store keeps every label it is given,
-one parquet file per write and UTC day of ``labeled_at``; reading it "as of" a time gives what was
+measured on the predictions whose label has arrived by now. The store (a local folder or an object
+store, so that every replica of the model server writes where monitoring reads) keeps every label it is
+given, one parquet file per write and UTC day of ``labeled_at``; reading it "as of" a time gives what was
 known then, and when a request was labelled twice (a review overturned), the latest label wins (by
 ``labeled_at``, then by arrival), so a request is never counted twice.
 
@@ -26,11 +27,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -40,6 +42,7 @@ import pandas as pd
 
 from ml_platform.data.schema import ID_COLUMN, LABEL_COLUMN
 from ml_platform.monitoring.window import as_utc
+from ml_platform.predictions.store import LogStore
 
 LABEL_COLUMNS: tuple[str, ...] = ("request_id", "label", "labeled_at")
 DAY_PREFIX = "date="
@@ -57,6 +60,9 @@ LABEL_VALUES_TEXT = "1/0, true/false or fraud/legit"
 LABEL_FILE_SUFFIXES: tuple[str, ...] = (".csv", ".parquet")
 # Where label files wait to be imported, under the monitoring directory, unless configured elsewhere.
 LABELS_INBOX = "labels_inbox"
+# How the label store's location is named in errors, and how many of its files an object store serves at once.
+LOCATION_NAME = "label store location"
+READ_THREADS = 16
 _BATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,99}")
 _BATCH_MARK = "--"
 
@@ -362,20 +368,33 @@ def _normalized(labels: pd.DataFrame) -> pd.DataFrame:
 class LabelStore:
     """Labels under ``root/date=YYYY-MM-DD/part-*.parquet`` (by UTC day of ``labeled_at``).
 
-    A file of a named batch (an import that may be run again, one day's label files) is
-    ``part-<ns>-<id>--<batch>.parquet``: writing the batch again replaces its files.
+    ``root`` is a local folder or an object-store URI (``s3://bucket/prefix``, ``gs://``, ``abfs://``;
+    credentials and endpoint as for the prediction log, see :mod:`ml_platform.predictions.store`), so
+    every replica of the model server can append to the one store monitoring reads. ``self.root`` is
+    the location as callers keep it: a :class:`Path` for a local folder, the URI text otherwise.
+
+    A file is ``part-<ns>-<random>.parquet``: its time of writing orders the files of a day (the later
+    label of a tie wins) and its random part keeps two writers of the same nanosecond (two replicas)
+    apart, so no file is ever overwritten. A file of a named batch (an import that may be run again,
+    one day's label files) is ``part-<ns>-<random>--<batch>.parquet``: writing the batch again
+    replaces its files.
     """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.store = LogStore(root, what=LOCATION_NAME)
+        self.root: Path | str = self.store.location
+
+    def __repr__(self) -> str:
+        return f"LabelStore({str(self.root)!r})"
 
     def write(self, labels: pd.DataFrame, *, batch: str | None = None) -> int:
         """Store ``labels`` (request_id, label, labeled_at); returns the rows written.
 
-        All or nothing: every day's file is written under a temporary name first, then each is renamed
-        (a reader sees a file whole or not at all). With ``batch``, the files an earlier write of the
-        same batch left are removed once the new ones are in place, so writing a batch twice never
-        counts its labels twice.
+        Every day's file is published whole or not at all (local: a temporary name, then a rename;
+        object store: one upload). All days' files are encoded before the first is published, and
+        should publishing one fail, those already published are removed again. With ``batch``, the
+        files an earlier write of the same batch left are removed once the new ones are in place, so
+        writing a batch twice never counts its labels twice.
         """
         frame = _normalized(labels)
         suffix = ""
@@ -383,42 +402,51 @@ class LabelStore:
             if not _BATCH_NAME.fullmatch(batch) or _BATCH_MARK in batch:
                 raise ValueError(f"batch: expected letters, digits and ._=- (no '--'), got {batch!r}")
             suffix = f"{_BATCH_MARK}{batch}"
-        earlier = self.batch_files(batch) if batch is not None else []
-        staged: list[tuple[Path, Path]] = []
+        earlier = self._batch_parts(batch) if batch is not None else []
+        encoded: list[tuple[str, bytes]] = []
+        if not frame.empty:
+            days = frame["labeled_at"].dt.strftime("%Y-%m-%d")
+            for day, part in frame.groupby(days, sort=True):
+                name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:16]}{suffix}.parquet"
+                encoded.append((f"{DAY_PREFIX}{day}/{name}", part.reset_index(drop=True).to_parquet(index=False)))
+        published: list[str] = []
         try:
-            if not frame.empty:
-                days = frame["labeled_at"].dt.strftime("%Y-%m-%d")
-                for day, part in frame.groupby(days, sort=True):
-                    folder = self.root / f"{DAY_PREFIX}{day}"
-                    folder.mkdir(parents=True, exist_ok=True)
-                    name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{suffix}.parquet"
-                    temporary = folder / f".{name}.tmp-{os.getpid()}"
-                    staged.append((temporary, folder / name))
-                    part.reset_index(drop=True).to_parquet(temporary, index=False)
-            for temporary, final in staged:
-                os.replace(temporary, final)
-        finally:
-            for temporary, _ in staged:
-                temporary.unlink(missing_ok=True)
-        for path in earlier:
-            path.unlink(missing_ok=True)
+            for relative, data in encoded:
+                self.store.write_bytes(relative, data)
+                published.append(relative)
+        except BaseException:
+            for relative in published:
+                with suppress(OSError):
+                    self.store.delete(relative)
+            raise
+        for relative in earlier:
+            self.store.delete(relative)
         return len(frame)
 
-    def batch_files(self, batch: str) -> list[Path]:
+    def batch_files(self, batch: str) -> list[Path | str]:
         """The files written for ``batch`` (see :meth:`write`)."""
-        return [path for path in self.files() if _batch_of(path) == batch]
+        return [self.store.display(relative) for relative in self._batch_parts(batch)]
 
-    def files(self, *, until: datetime | None = None) -> list[Path]:
-        """Label files in write order within each day, days in order (up to the day of ``until``)."""
+    def files(self, *, until: datetime | None = None) -> list[Path | str]:
+        """Label files in write order within each day, days in order (up to the day of ``until``): local
+        paths, or URIs in an object store."""
+        return [self.store.display(relative) for relative in self._parts(until=until)]
+
+    def _batch_parts(self, batch: str) -> list[str]:
+        return [relative for relative in self._parts() if _batch_of(relative) == batch]
+
+    def _parts(self, *, until: datetime | None = None) -> list[str]:
+        """The label files' paths relative to the root (``date=.../part-....parquet``), as :meth:`files`."""
         last_day = as_utc(until).strftime("%Y-%m-%d") if until is not None else None
-        files = []
-        for folder in sorted(self.root.glob(f"{DAY_PREFIX}*")):
-            if not folder.is_dir():
+        parts = []
+        for folder in self.store.list_folders():
+            if not folder.startswith(DAY_PREFIX):
                 continue
-            if last_day is not None and folder.name.removeprefix(DAY_PREFIX) > last_day:
+            if last_day is not None and folder.removeprefix(DAY_PREFIX) > last_day:
                 continue
-            files.extend(sorted(folder.glob("part-*.parquet")))
-        return files
+            names = [entry.name for entry in self.store.list_files(folder)]
+            parts.extend(f"{folder}/{name}" for name in names if name.startswith("part-") and name.endswith(".parquet"))
+        return parts
 
     def read(self, *, as_of: datetime | None = None, request_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """The labels known at ``as_of`` (default now): ``labeled_at <= as_of``, latest label per request wins.
@@ -427,18 +455,39 @@ class LabelStore:
         ``labeled_at``. ``request_ids``: only the labels of these requests.
         """
         cutoff = pd.Timestamp(as_utc(as_of) if as_of is not None else datetime.now(UTC))
-        files = self.files(until=cutoff.to_pydatetime())
-        wanted = None if request_ids is None else sorted({str(value) for value in request_ids})
-        if not files or wanted == []:
+        parts = self._parts(until=cutoff.to_pydatetime())
+        wanted = None if request_ids is None else {str(value) for value in request_ids}
+        if not parts or wanted == set():
             return _empty_labels()
-        filters = None if wanted is None else [("request_id", "in", wanted)]
-        frame = pd.concat([pd.read_parquet(path, filters=filters) for path in files], ignore_index=True)
+        frames = [frame for frame in self._read_parts(parts, wanted) if frame is not None]
+        if not frames:
+            return _empty_labels()
+        frame = pd.concat(frames, ignore_index=True)
         if frame.empty:
             return _empty_labels()
         frame["labeled_at"] = pd.to_datetime(frame["labeled_at"], utc=True)
         frame = frame.loc[frame["labeled_at"] <= cutoff]
         frame = frame.sort_values("labeled_at", kind="stable").drop_duplicates("request_id", keep="last")
         return frame[list(LABEL_COLUMNS)].reset_index(drop=True)
+
+    def _read_parts(self, parts: Sequence[str], wanted: set[str] | None) -> list[pd.DataFrame | None]:
+        """Each file's rows (of the ``wanted`` requests), in the order of ``parts``; None for a file
+        removed since it was listed (a batch written again replaced it). An object store's files are
+        fetched :data:`READ_THREADS` at a time, one GET each."""
+
+        def rows(relative: str) -> pd.DataFrame | None:
+            try:
+                frame = self.store.read_table(relative).to_pandas()
+            except FileNotFoundError:
+                return None
+            if wanted is not None:
+                frame = frame.loc[frame["request_id"].astype(str).isin(wanted)]
+            return frame
+
+        if not self.store.object_store or len(parts) == 1:
+            return [rows(relative) for relative in parts]
+        with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(parts))) as pool:
+            return list(pool.map(rows, parts))
 
     def import_labels(
         self,
@@ -503,8 +552,8 @@ class LabelStore:
         )
 
 
-def _batch_of(path: Path) -> str | None:
-    stem = path.name.removesuffix(".parquet")
+def _batch_of(relative: str) -> str | None:
+    stem = relative.rsplit("/", 1)[-1].removesuffix(".parquet")
     return stem.split(_BATCH_MARK, 1)[1] if _BATCH_MARK in stem else None
 
 

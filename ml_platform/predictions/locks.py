@@ -1,36 +1,21 @@
-"""The prediction log's two lock protocols, both on ``flock`` (the kernel releases a dead process's locks).
+"""The prediction log's journal ownership, on ``flock`` (the kernel releases a dead process's locks).
 
-Journal ownership: a writer process holds an exclusive lock on each of its journal segments, from
-creation until the segment is deleted. A new segment is created and locked under a hidden name, then
-renamed, so nobody can see it unlocked. A segment that can be locked without waiting therefore has no
-living owner, and whoever locks it (:meth:`Segment.claim`) converts it. Several server processes may
-share one log directory.
-
-A day's swap lock: readers hold ``<day>/.compaction.swap.lock`` shared while they list and read the
-day's part files; compaction holds it exclusively only while it renames parts and publishes the
-compacted file, so a reader sees the parts or the compacted file, never both or neither. A second lock
-per day, exclusive for a whole compaction, keeps two compactions from interleaving.
+A writer process holds an exclusive lock on each of its journal segments, from creation until the
+segment is deleted. A new segment is created and locked under a hidden name, then renamed, so nobody
+can see it unlocked. A segment that can be locked without waiting therefore has no living owner, and
+whoever locks it (:meth:`Segment.claim`) converts it. Several server processes may share one journal
+folder, which is always on local disk (an object store has no locks); the log's parquet files need
+no lock at all (see :mod:`ml_platform.predictions.compaction`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-from contextlib import AbstractContextManager, suppress
+from contextlib import suppress
 from pathlib import Path
 
-from ml_platform.predictions.layout import COMPACTION_LOCK_NAME, CREATING_SUFFIX, SEGMENT_SUFFIX, SWAP_LOCK_NAME
-from ml_platform.storage import file_lock
-
-
-def swap_lock(folder: Path, *, shared: bool = False) -> AbstractContextManager[None]:
-    """The day ``folder``'s swap lock: shared for a reader, exclusive for compaction's swap."""
-    return file_lock(folder / SWAP_LOCK_NAME, shared=shared)
-
-
-def compaction_lock(folder: Path) -> AbstractContextManager[None]:
-    """The day ``folder``'s compaction lock, held for a whole compaction."""
-    return file_lock(folder / COMPACTION_LOCK_NAME)
+from ml_platform.predictions.layout import CREATING_SUFFIX, SEGMENT_SUFFIX
 
 
 class Segment:
@@ -42,6 +27,8 @@ class Segment:
         # What this process wrote to it (row lists and batches), converted from memory; None for a
         # recovered segment, which is read from its file.
         self.items = items
+        # False until a conversion was attempted: only then may some of its parts already exist.
+        self.attempted = False
 
     @property
     def stem(self) -> str:

@@ -1,45 +1,41 @@
 """Reading the prediction log: the parquet parts of every day (or of one), and the quarantined rows.
 
 Readers see ``date=*/part-*.parquet`` only, never the journal, so a row becomes visible once the writer
-has turned its journal segment into parquet (every few seconds, or when the logger is flushed).
+has turned its journal segment into parquet (every few seconds, or when the logger is flushed). The
+log is a local folder or an object-store URI (:mod:`ml_platform.predictions.store`); each day is read
+through :func:`ml_platform.predictions.compaction.read_day`, so a compaction running meanwhile never
+makes a row count twice or go missing.
 """
 
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack, suppress
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ml_platform.predictions.layout import DAY_PREFIX, LOG_COLUMNS, PART_GLOB, QUARANTINE_DIR, QUARANTINE_GLOB
-from ml_platform.predictions.locks import swap_lock
+from ml_platform.predictions.compaction import read_day
+from ml_platform.predictions.layout import DAY_PREFIX, LOG_COLUMNS, QUARANTINE_DIR, QUARANTINE_PREFIX, QUARANTINE_SUFFIX
+from ml_platform.predictions.store import LogStore
 
 
-def read_prediction_log(log_dir: str | Path, day: str | date | datetime | None = None) -> pd.DataFrame:
-    """Every logged prediction under ``log_dir`` (or of one UTC ``day``), oldest first.
+def read_prediction_log(log_dir: str | Path | LogStore, day: str | date | datetime | None = None) -> pd.DataFrame:
+    """Every logged prediction under the log ``log_dir`` (a path or URI), or of one UTC ``day``, oldest first.
 
-    Files still being written (temporary names) are skipped; an empty log gives an empty frame with
-    the log's columns. Each day is listed and read under its swap lock (shared), so a compaction of
-    that day is either wholly before the read or wholly after it.
+    Files still being written (temporary names) are skipped; an empty or missing log gives an empty
+    frame with the log's columns.
     """
-    log_dir = Path(log_dir)
+    store = log_dir if isinstance(log_dir, LogStore) else LogStore(log_dir)
     if day is None:
-        folders = sorted(log_dir.glob(f"{DAY_PREFIX}*"))
+        days = [name.removeprefix(DAY_PREFIX) for name in store.list_folders() if name.startswith(DAY_PREFIX)]
     else:
-        day_text = day.strftime("%Y-%m-%d") if isinstance(day, date | datetime) else str(day)
-        folders = [log_dir / f"{DAY_PREFIX}{day_text}"]
+        days = [day]
     frames = []
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        with ExitStack() as lock:
-            # No lock file and no right to create one: a read-only copy of the log, which nothing compacts.
-            with suppress(OSError):
-                lock.enter_context(swap_lock(folder, shared=True))
-            frames += [pd.read_parquet(path) for path in sorted(folder.glob(PART_GLOB))]
+    for each in days:
+        _, tables = read_day(store, each, store.read_table)
+        frames += [table.to_pandas() for table in tables]
     if not frames:
         return _empty_frame()
     frame = pd.concat(frames, ignore_index=True)
@@ -57,11 +53,14 @@ def _empty_frame() -> pd.DataFrame:
     return frame
 
 
-def read_quarantine(log_dir: str | Path) -> list[dict[str, Any]]:
-    """Every quarantined row under ``log_dir``, oldest segment first: ``reason``, ``row`` (the row's
-    journal text), ``segment`` (the journal file it came from) and ``quarantined_at``."""
-    folder = Path(log_dir) / QUARANTINE_DIR
+def read_quarantine(log_dir: str | Path | LogStore) -> list[dict[str, Any]]:
+    """Every quarantined row under the log ``log_dir`` (a path or URI), oldest segment first: ``reason``,
+    ``row`` (the row's journal text), ``segment`` (the journal file it came from) and ``quarantined_at``."""
+    store = log_dir if isinstance(log_dir, LogStore) else LogStore(log_dir)
     records = []
-    for path in sorted(folder.glob(QUARANTINE_GLOB)):
-        records += [json.loads(line) for line in path.read_text(encoding="ascii").splitlines() if line]
+    for entry in store.list_files(QUARANTINE_DIR):
+        if not (entry.name.startswith(QUARANTINE_PREFIX) and entry.name.endswith(QUARANTINE_SUFFIX)):
+            continue
+        text = store.read_bytes(f"{QUARANTINE_DIR}/{entry.name}").decode("ascii")
+        records += [json.loads(line) for line in text.splitlines() if line]
     return records

@@ -2,7 +2,7 @@
 
 An answer is sent only once its row has been handed to the operating system. :meth:`PredictionLogger.log`
 and :meth:`PredictionLogger.log_row` append the row (a batch: all its rows) to the process's journal
-segment, ``log_dir/journal/<stem>.jsonl``, with one ``os.write`` on a descriptor opened ``O_APPEND``,
+segment, ``<journal>/<stem>.jsonl``, with one ``os.write`` on a descriptor opened ``O_APPEND``,
 before they return: a process killed right after still leaves the row in the kernel's hands, so no
 answered prediction is lost (no fsync: the data only has to outlive the process, not the machine).
 Segments are JSON lines, ASCII only: a row is an array of :meth:`PredictionLogger.log_row`'s 10 values
@@ -11,12 +11,19 @@ base64 of their little-endian bytes.
 
 A background thread seals the live segment every ``flush_rows`` rows or ``flush_seconds`` (it opens
 the next one and swaps the descriptor under the lock the request path holds around its write), turns
-each sealed segment into parquet parts, ``log_dir/date=YYYY-MM-DD/part-<stem>.parquet`` per UTC day
+each sealed segment into parquet parts, ``<log>/date=YYYY-MM-DD/part-<stem>.parquet`` per UTC day
 of its rows, and deletes the segment. It converts its own segments from the rows it keeps in memory
 beside each write (the same values, without parsing them back); a segment left by another process is
-read from its file. A part is written under a temporary name and renamed, so a reader never sees half
-a file, and its name is the segment's: a process that died after writing a part but before deleting
-the segment leaves a part that recovery finds and does not write again.
+read from its file. A part is published whole (:mod:`ml_platform.predictions.store`), so a reader never
+sees half a file, and its name is the segment's: a process that died after writing a part but before
+deleting the segment leaves a part that recovery finds (or finds compacted) and does not write again.
+
+Where: the log ``<log>`` is a local folder or an object-store URI (``s3://bucket/prefix``, ...). The
+journal is always a local folder (its locks need one): ``<log>/journal`` for a local log, the
+``journal_dir`` given for an object store (on Kubernetes an ``emptyDir``: it outlives a container
+restart, and a SIGTERM drains it within the pod's grace period). The segment's stem, and so every
+part's name, carries the replica's name (:func:`ml_platform.predictions.layout.replica_name`), so
+replicas sharing one log never write the same file.
 
 Recovery: each segment is locked by its owner (:mod:`ml_platform.predictions.locks`). When a logger
 starts, and every ``recover_seconds`` after, it converts every segment it can lock without waiting:
@@ -24,7 +31,7 @@ their owners died (the kernel released their locks).
 
 One bad row never costs another: a row that cannot be stored in the log's schema (a lone surrogate
 in a string, an integer out of int64's range, a value of the wrong type, a line torn by a crash) goes
-to ``log_dir/quarantine/quarantine-<day>-<stem>.jsonl`` with the reason, and the rest of its segment
+to ``<log>/quarantine/quarantine-<day>-<stem>.jsonl`` with the reason, and the rest of its segment
 is written.
 """
 
@@ -51,15 +58,21 @@ import numpy as np
 import pandas as pd
 
 from ml_platform.features.engineering import MODEL_FEATURES
+from ml_platform.predictions.compaction import read_day
 from ml_platform.predictions.layout import (
     CREATING_SUFFIX,
     DAY_PREFIX,
     JOURNAL_DIR,
     LOG_COLUMNS,
     QUARANTINE_DIR,
+    QUARANTINE_PREFIX,
+    QUARANTINE_SUFFIX,
     SEGMENT_SUFFIX,
+    replica_name,
+    sanitize_replica,
 )
 from ml_platform.predictions.locks import Segment
+from ml_platform.predictions.store import LogLocationError, LogStore
 
 _log = logging.getLogger(__name__)
 
@@ -173,6 +186,11 @@ class _Flush:
 class PredictionLogger:
     """The journal on the request path, and the writer thread that turns it into parquet.
 
+    ``log_dir`` is the log: a local folder or an object-store URI. ``journal_dir`` is the local journal
+    folder: ``<log_dir>/journal`` by default for a local log, required for an object store
+    (:class:`~ml_platform.predictions.store.LogLocationError` otherwise). ``replica`` names this replica
+    in its files (default: :func:`~ml_platform.predictions.layout.replica_name` from the environment).
+
     ``on_count(event, amount)``, when given, hears of rows written to parquet (``rows_written``),
     rows quarantined (``quarantined``) and failed writes (``write_errors``); the same totals are kept
     in the attributes of those names.
@@ -180,16 +198,26 @@ class PredictionLogger:
 
     def __init__(
         self,
-        log_dir: Path,
+        log_dir: str | Path | LogStore,
         *,
+        journal_dir: str | Path | None = None,
+        replica: str | None = None,
         flush_rows: int = 5_000,
         flush_seconds: float = 2.0,
         recover_seconds: float = 30.0,
         on_count: Callable[[str, int], None] | None = None,
     ) -> None:
-        self.log_dir = Path(log_dir)
-        self.journal_dir = self.log_dir / JOURNAL_DIR
-        self.quarantine_dir = self.log_dir / QUARANTINE_DIR
+        self.store = log_dir if isinstance(log_dir, LogStore) else LogStore(log_dir)
+        self.log_dir = self.store.location  # a Path for a local folder, the URI for an object store
+        if journal_dir is None:
+            if self.store.object_store:
+                raise LogLocationError(
+                    f"prediction log {self.store}: an object-store log needs a local journal_dir "
+                    "(ML_PLATFORM_PREDICTION_JOURNAL_DIR)"
+                )
+            journal_dir = Path(self.store.root) / JOURNAL_DIR
+        self.journal_dir = Path(journal_dir)
+        self.replica = sanitize_replica(replica) if replica is not None else replica_name()
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.recover_seconds = recover_seconds
@@ -325,7 +353,7 @@ class PredictionLogger:
         raise _unavailable(f"cannot write the journal: {error.strerror or error}") from error
 
     def _new_segment(self) -> Segment:
-        stem = f"{time.time_ns():020d}-{self._token}-{next(self._sequence):06d}"
+        stem = f"{time.time_ns():020d}-{self.replica}-{self._token}-{next(self._sequence):06d}"
         return Segment.create(self.journal_dir, stem)
 
     def _count(self, event: str, amount: int) -> None:
@@ -446,14 +474,18 @@ class PredictionLogger:
 
     def _convert(self, segment: Segment) -> bool:
         """Write ``segment``'s rows as parquet (and its bad rows to quarantine), then delete it."""
+        # A recovered segment, or one whose conversion failed midway, may have parts (and its quarantine
+        # file) written already, even compacted since: those are not written again.
+        again = segment.items is None or segment.attempted
+        segment.attempted = True
         try:
             items, bad = (segment.items, []) if segment.items is not None else _parse(segment.read())
             table, days, unfit = _table(items)
             bad += unfit
             if bad:
-                self._quarantine(segment, bad)
+                self._quarantine(segment, bad, again)
             if table is not None:
-                self._write_parts(segment.stem, table, days)
+                self._write_parts(segment.stem, table, days, again)
         except Exception:  # the segment stays; the next pass writes what is missing
             self._count(WRITE_ERRORS, 1)
             _log.exception("could not write prediction log segment %s", segment.path.name)
@@ -461,39 +493,34 @@ class PredictionLogger:
         segment.remove()
         return True
 
-    def _write_parts(self, stem: str, table, days: np.ndarray) -> None:
-        """One part per UTC day, named after the segment; a day whose part exists was written before."""
-        import pyarrow.parquet as pq
-
+    def _write_parts(self, stem: str, table, days: np.ndarray, again: bool) -> None:
+        """One part per UTC day, named after the segment. When the segment may have been converted
+        before (``again``), a day that holds its part, or a compacted file that replaced it, is skipped."""
         unique_days = np.unique(days)
         name = f"part-{stem}.parquet"
         for day in unique_days:
-            folder = self.log_dir / f"{DAY_PREFIX}{np.datetime_as_string(day, unit='D')}"
-            if (folder / name).exists():
-                continue
+            day_text = np.datetime_as_string(day, unit="D")
+            if again:
+                view, _ = read_day(self.store, day_text)
+                if name in view.visible or name in view.leftovers or name in view.covered:
+                    continue
             part = table if len(unique_days) == 1 else table.filter(days == day)
-            folder.mkdir(parents=True, exist_ok=True)
-            temporary = folder / f".{name}.tmp"
-            pq.write_table(part, temporary, compression="snappy")
-            os.replace(temporary, folder / name)
+            self.store.write_table(f"{DAY_PREFIX}{day_text}/{name}", part)
             self.files_written += 1
             self._count(ROWS_WRITTEN, part.num_rows)
 
-    def _quarantine(self, segment: Segment, bad: list[tuple[str, str]]) -> None:
+    def _quarantine(self, segment: Segment, bad: list[tuple[str, str]], again: bool) -> None:
         """The segment's bad rows, each with its reason, in one file named after the segment."""
         day = _segment_day(segment.stem)
-        path = self.quarantine_dir / f"quarantine-{day}-{segment.stem}.jsonl"
-        if path.exists():
+        relative = f"{QUARANTINE_DIR}/{QUARANTINE_PREFIX}{day}-{segment.stem}{QUARANTINE_SUFFIX}"
+        if again and self.store.exists(relative):
             return
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
         at = datetime.now(UTC).isoformat()
         text = "".join(
             json.dumps({"reason": reason, "row": raw, "segment": segment.path.name, "quarantined_at": at}) + "\n"
             for raw, reason in bad
         )
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(text, encoding="ascii")
-        os.replace(temporary, path)
+        self.store.write_bytes(relative, text.encode("ascii"))
         for raw, reason in bad:
             _log.warning("prediction log row quarantined (%s): %.200s", reason, raw)
         self._count(QUARANTINED, len(bad))

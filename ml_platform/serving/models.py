@@ -4,7 +4,8 @@ A :class:`Deployment` (champion, optional challenger) is immutable. The :class:`
 reference to the current one; its watcher thread polls the registry's aliases and, when they move,
 builds the new deployment completely (load, threshold, warm-up) and only then replaces that one
 reference. A request reads the reference once when it starts and keeps that deployment to the end,
-so a swap never fails or mixes a request in flight.
+so a swap never fails or mixes a request in flight. A manager given a pinned version loads that version
+once and never follows an alias.
 
 A model is only ever loaded from its native XGBoost file (:meth:`Registry.load_booster`); a version
 that is anything else is refused, remembered as refused and never read again, and what is loaded keeps
@@ -154,7 +155,14 @@ class Deployment:
 
 
 class ModelManager:
-    """Loads the champion and challenger named by the registry's aliases and follows them.
+    """Loads the champion and challenger named by the registry's aliases and follows them, or, given
+    ``pinned_version``, that one version for the primary alias's role, alone and for good.
+
+    Pinned (Kubernetes pins every Deployment it rolls out, so a promotion reaches pods only by a rollout):
+    the aliases are never read; the version is loaded once, with no challenger beside it (A/B between
+    pinned versions is two Deployments, the champion's and the canary's). A pinned version that does not
+    exist, or that the registry refuses, leaves the server not ready with the reason; one that does not
+    exist (yet) is looked for again on each tick, a refused one never.
 
     ``refused`` maps each version the registry refused to load (:class:`ModelRefused`) to the reason.
     A refused version is logged once and never read again; while the alias names it, the model that
@@ -171,9 +179,11 @@ class ModelManager:
         on_refused: Callable[[int, str], None] | None = None,
         extra_work: Callable[[], None] | None = None,
         primary_alias: str = CHAMPION,
+        pinned_version: int | None = None,
     ) -> None:
         self.registry = registry
         self.primary_alias = primary_alias
+        self.pinned_version = pinned_version
         self.poll_seconds = poll_seconds
         self.deployment: Deployment | None = None
         self.last_error: str | None = "loading the champion"
@@ -216,8 +226,10 @@ class ModelManager:
 
     # ---- loading -------------------------------------------------------------------------------
     def refresh(self) -> bool:
-        """Follow the aliases once; True when the deployment changed."""
+        """Follow the aliases once (or load the pinned version, once); True when the deployment changed."""
         with self._refresh_lock:
+            if self.pinned_version is not None:
+                return self._load_pinned(self.pinned_version)
             aliases = self.registry.aliases()
             champion = aliases.get(self.primary_alias)  # the model this server answers with
             # A champion server keeps the challenger beside it (A/B, shadow); a challenger server serves alone.
@@ -254,19 +266,43 @@ class ModelManager:
                     self._refuse(challenger, refusal)
                 if current is not None and current.versions == (champion, None) and challenger_handle is None:
                     return False
-            deployment = Deployment(champion_handle, challenger_handle)
-            self.deployment = deployment  # the one reference requests read: the swap is this line
-            self.last_error = None
-            self.swaps += 1
-            _log.info(
-                "serving %s: champion v%s, challenger v%s",
-                self.registry.model_name,
-                champion,
-                challenger_handle.version if challenger_handle else None,
-            )
-            if self._on_swap is not None:
-                self._on_swap(deployment)
+            self._install(Deployment(champion_handle, challenger_handle))
             return True
+
+    def _install(self, deployment: Deployment) -> None:
+        self.deployment = deployment  # the one reference requests read: the swap is this line
+        self.last_error = None
+        self.swaps += 1
+        _log.info(
+            "serving %s: %s v%s%s, challenger v%s",
+            self.registry.model_name,
+            self.primary_alias,
+            deployment.champion.version,
+            " (pinned)" if self.pinned_version is not None else "",
+            deployment.challenger.version if deployment.challenger else None,
+        )
+        if self._on_swap is not None:
+            self._on_swap(deployment)
+
+    def _load_pinned(self, version: int) -> bool:
+        """Load the pinned version unless it is loaded or was refused; readiness says why it is not."""
+        if self.deployment is not None or version in self.refused:
+            return False
+        what = f"the pinned {self.primary_alias} ({self.registry.model_name} version {version})"
+        try:
+            handle = self._handle(version, {})
+        except ModelRefused as refusal:
+            self._refuse(version, refusal)
+            self.last_error = f"{what} was refused: {self.refused[version]}"
+            return False
+        except Exception as error:
+            # MLflow's "no such version" (error code RESOURCE_DOES_NOT_EXIST), told apart without importing MLflow
+            if getattr(error, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                self.last_error = f"{what} does not exist in the registry"
+                return False
+            raise
+        self._install(Deployment(handle, None))
+        return True
 
     def _refuse(self, version: int, refusal: ModelRefused) -> None:
         reason = str(refusal)

@@ -294,6 +294,12 @@ def _component_schemas(config: ServerConfig) -> dict[str, Any]:
             "model_name": {"type": "string"},
             "model_version": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
             "challenger_version": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+            "pinned": {
+                "type": "boolean",
+                "description": "true: the server serves pinned_version and ignores alias moves (Kubernetes); "
+                "false: it follows the registry alias",
+            },
+            "pinned_version": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
             "uptime_seconds": {"type": "number"},
             "reason": {"type": "string", "description": "why the server is not ready (503 only)"},
         },

@@ -93,11 +93,13 @@ class ModelServer:
             on_refused=self._refused,
             extra_work=self._open_features if self.features is not None else None,
             primary_alias=config.serve_alias,
+            pinned_version=config.model_version,
         )
         # The label of the model that answers: "champion", or "challenger" on a canary server.
         self.primary_variant = CHAMPION_VARIANT if config.serve_alias == CHAMPION_VARIANT else CHALLENGER_VARIANT
         self.logger = PredictionLogger(
             config.log_dir,
+            journal_dir=config.journal_dir,
             flush_rows=config.log_flush_rows,
             flush_seconds=config.log_flush_seconds,
             on_count=self.metrics.count_prediction_log,
@@ -144,6 +146,15 @@ class ModelServer:
     @property
     def deployment(self) -> Deployment | None:
         return self.manager.deployment
+
+    @property
+    def pinned(self) -> bool:
+        """Whether this server serves one pinned version (ignoring alias moves) rather than following the alias."""
+        return self.config.model_version is not None
+
+    def pin_state(self) -> dict[str, Any]:
+        """What the health routes say about the pin: ``pinned`` and ``pinned_version`` (None when following)."""
+        return {"pinned": self.pinned, "pinned_version": self.config.model_version}
 
     def not_ready_reason(self) -> str | None:
         if self.draining:

@@ -62,6 +62,7 @@ def router(server: ModelServer) -> APIRouter:
             "model_name": config.model_name,
             "model_version": deployment.champion.version if deployment else None,
             "challenger_version": deployment.challenger.version if deployment and deployment.challenger else None,
+            **server.pin_state(),
             "uptime_seconds": round(time.monotonic() - server.started_at, 3),
         }
         refused = sorted(server.manager.refused.items())

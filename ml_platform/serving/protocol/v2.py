@@ -228,7 +228,7 @@ def _v2_metadata(server: ModelServer, name: str, version: str | None) -> dict[st
             }
         ],
         "outputs": [{"name": V2_OUTPUT_NAME, "datatype": "FP64", "shape": [-1]}],
-        "parameters": {"threshold": handle.threshold, "model_version": str(handle.version)},
+        "parameters": {"threshold": handle.threshold, "model_version": str(handle.version), "pinned": server.pinned},
     }
 
 
