@@ -1,4 +1,5 @@
-"""Group deployment: the champion served (with a smoke check) and daily batch predictions."""
+"""Group deployment: a model version served in a deployment environment (with a smoke check) and daily
+batch predictions."""
 
 import tempfile
 from collections.abc import Callable
@@ -8,29 +9,43 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pyarrow.parquet as pq
+from mlflow.exceptions import MlflowException
 
 from assets.common import DAILY_PARTITIONS, Stopwatch
 from ml_platform.deploy.local import DeploymentError
 from ml_platform.features.engineering import MODEL_FEATURES, model_features
 from ml_platform.features.store import point_in_time_stats
-from ml_platform.registry import CHAMPION
+from ml_platform.registry import CHAMPION, RegistryError
 from ml_platform.serving.batch import predict_parquet
 from ml_platform.serving.client import BadAnswer, ModelServerClient, ServerUnreachable, StatusError
 from ml_platform.storage import write_table
 from ml_platform.training.train import predict_probability
-from resources.deployment import DeploymentTarget
+from resources.deployment import DeploymentEnvironments, DeploymentTarget, UnknownEnvironment
 from resources.feast import FeastResource
 from resources.mlflow import MLflowResource
 from resources.storage import StateStorage
 
 SMOKE_TOLERANCE = 1e-6
+# The run tag that says which environment a deploy or a rollback went to (the UI filters runs by it).
+ENVIRONMENT_TAG = "ml_platform/environment"
+
+
+class DeployConfig(dg.Config):
+    """What to deploy where: ``environment`` empty is the default deployment environment (the profile's);
+    ``version`` 0 is the champion. A version other than the champion is made the champion first (the old
+    one becomes 'previous'), so the rollback job can undo it."""
+
+    environment: str = ""
+    version: int = 0
 
 
 def smoke_rows(state: StateStorage, rows: int = 3) -> pd.DataFrame:
-    """A few rows of model features from the training set (read without loading the whole file)."""
+    """A few rows of model features from the training set (read without loading the whole file); where this
+    state directory has no training set (a CI runner deploying to a cluster), one row of zeros: the check
+    compares the served answer with the offline one for the same row, whichever row it is."""
     path = state.table_path("training_set")
     if not path.exists():
-        raise dg.Failure(f"{path} is missing; materialize training_set before deploying")
+        return pd.DataFrame([[0.0] * len(MODEL_FEATURES)], columns=list(MODEL_FEATURES))
     batch = next(pq.ParquetFile(path).iter_batches(batch_size=rows, columns=list(MODEL_FEATURES)))
     return batch.to_pandas()
 
@@ -44,25 +59,50 @@ def smoke_rows(state: StateStorage, rows: int = 3) -> pd.DataFrame:
             "smoke",
             asset="model_deployment",
             blocking=True,
-            description="the endpoint is healthy, serves the champion, answers a prediction equal to the "
-            "offline prediction for the same row, and requires the configured tokens",
+            description="the environment's endpoint is healthy, serves the deployed version, answers a prediction "
+            "equal to the offline prediction for the same row, and requires the configured tokens",
         )
     ],
-    description="The champion served by the deployment target (a local process here, Kubernetes in production).",
+    description="A model version (the champion unless configured) served in a deployment environment (the "
+    "default one unless configured): the local process, or a Kubernetes overlay with the version pinned.",
 )
-def model_deployment(mlflow: MLflowResource, deployment: DeploymentTarget, state: StateStorage):
+def model_deployment(
+    context: dg.AssetExecutionContext,
+    config: DeployConfig,
+    mlflow: MLflowResource,
+    deployment: DeploymentEnvironments,
+    state: StateStorage,
+):
+    try:
+        environment = deployment.environment(config.environment)
+    except UnknownEnvironment as error:
+        raise dg.Failure(f"config environment: {error}") from error
+    if config.version < 0:
+        raise dg.Failure(f"config version must be a registry version, or 0 for the champion; got {config.version}")
+    target = deployment.for_environment(environment)
     registry = mlflow.registry()
-    version = registry.version_for_alias(CHAMPION)
+    champion = registry.version_for_alias(CHAMPION)
+    version = config.version or champion
     if version is None:
         raise dg.Failure(f"{registry.model_name} has no '{CHAMPION}' version to deploy; materialize champion_model")
+    promoted = version != champion
+    if promoted:
+        try:
+            registry.pin(version, promoted_at=datetime.now(UTC).isoformat())
+        except (RegistryError, MlflowException) as error:  # MLflow's: the version does not exist
+            raise dg.Failure(f"{registry.model_name} v{version} cannot be deployed: {error}") from error
+        context.log.info(f"{registry.model_name}: champion v{champion} -> v{version} (deployed to {environment})")
     try:
-        report = deployment.deploy(registry.model_name, version)
+        report = target.deploy(registry.model_name, version)
     except DeploymentError as error:
-        raise dg.Failure(f"deploying {registry.model_name} v{version} failed: {error}") from error
+        raise dg.Failure(f"deploying {registry.model_name} v{version} to {environment} failed: {error}") from error
     yield dg.Output(
         None,
         metadata={
+            "environment": environment,
             "model_version": version,
+            "pinned": target.pins(),
+            "promoted_from": champion if promoted and champion is not None else dg.MetadataValue.null(),
             "endpoint": dg.MetadataValue.url(report.url),
             "target": report.target,
             "started_server": report.started_server,
@@ -71,16 +111,18 @@ def model_deployment(mlflow: MLflowResource, deployment: DeploymentTarget, state
             "deployed_at": datetime.now(UTC).isoformat(),
         },
     )
-    yield smoke_check(deployment, registry, version, smoke_rows(state))
+    yield smoke_check(target, registry, version, smoke_rows(state), environment=environment)
 
 
-def smoke_check(deployment: DeploymentTarget, registry, version: int, rows: pd.DataFrame) -> dg.AssetCheckResult:
-    """Health says the champion is served, the endpoint's answer equals the offline prediction, and the
+def smoke_check(
+    deployment: DeploymentTarget, registry, version: int, rows: pd.DataFrame, *, environment: str
+) -> dg.AssetCheckResult:
+    """Health says ``version`` is served, the endpoint's answer equals the offline prediction, and the
     server requires the tokens the deployment has: a prediction without the scoring token is refused,
-    the admin token opens /admin/routing."""
+    the admin token opens /admin/routing. The metadata names the ``environment`` (a failure rolls it back)."""
     url, token, admin_token = deployment.endpoint(), deployment.token(), deployment.admin_token()
     problems: list[str] = []
-    metadata: dict[str, object] = {"endpoint": url, "expected_version": version}
+    metadata: dict[str, object] = {"environment": environment, "endpoint": url, "expected_version": version}
     features = rows.iloc[0].to_numpy(dtype="float64").tolist()  # NaN (a missing value) is sent as null
     try:
         with ModelServerClient(url, token=token) as client:
@@ -109,7 +151,8 @@ def smoke_check(deployment: DeploymentTarget, registry, version: int, rows: pd.D
         check_name="smoke",
         passed=not problems,
         severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(problems) or f"v{version} healthy at {url}; /predict equals the offline prediction",
+        description="; ".join(problems)
+        or f"v{version} healthy in {environment} at {url}; /predict equals the offline prediction",
         metadata=metadata,
     )
 

@@ -38,7 +38,13 @@ from ml_platform.monitoring.performance import (
     variant_performance,
 )
 from ml_platform.monitoring.performance import live_performance as compute_live_performance
-from ml_platform.monitoring.serving_metrics import scrape_metrics
+from ml_platform.monitoring.prometheus import PushError, push_monitoring_values
+from ml_platform.monitoring.serving_metrics import (
+    PrometheusError,
+    ServingMetrics,
+    prometheus_serving_metrics,
+    scrape_metrics,
+)
 from ml_platform.monitoring.serving_metrics import serving_metrics as compute_serving_metrics
 from ml_platform.monitoring.window import ANSWERED_VARIANTS, Window, read_predictions
 from ml_platform.predictions import compact_day, read_prediction_log
@@ -133,9 +139,10 @@ def _prune(folder: Path, pattern: str, keep: int) -> int:
     group_name="monitoring",
     partitions_def=PREDICTION_LOG_PARTITIONS,
     kinds={"parquet"},
-    description="The model server's logged predictions of one UTC day. Materializing a day compacts its "
-    "many small part files into one (atomically: readers never count a row twice) and records what the "
-    "day holds: rows, model versions and variants, latency.",
+    description="The model server's logged predictions of one UTC day (a local folder or an object store, "
+    "every replica's part files). Materializing a day compacts its many small part files into one (without "
+    "locks: readers never count a row twice nor miss one) and records what the day holds: rows, model "
+    "versions and variants, latency.",
 )
 def prediction_log(context: dg.AssetExecutionContext, monitoring: MonitoringResource) -> dg.MaterializeResult:
     paths = monitoring.paths()
@@ -204,8 +211,16 @@ def drift_report(
     judged = champion if champion is not None else "none"
     if current.empty:
         note = f"no predictions logged over {window.label}"
+        pushed = _push(monitoring, registry.model_name, {"drift_score": None})
         yield dg.MaterializeResult(
-            metadata={"rows": 0, "window": window.label, "method": method, "note": note, "model_version": judged}
+            metadata={
+                "rows": 0,
+                "window": window.label,
+                "method": method,
+                "note": note,
+                "model_version": judged,
+                **pushed,
+            }
         )
         yield rule_check(rule, None, window, no_data=note, metadata={"model_version": judged})
         return
@@ -229,6 +244,7 @@ def drift_report(
     )
     _prune(paths.reports_dir, "drift-*.html", config.keep_reports)
     top = ", ".join(f"{f.feature} ({f.score:.3g})" for f in report.top(3) if f.drifted) or "none"
+    pushed = _push(monitoring, registry.model_name, {"drift_score": report.drift_score})
     yield dg.MaterializeResult(
         metadata={
             "drift_score": float(report.drift_score),
@@ -250,6 +266,7 @@ def drift_report(
             "compute_seconds": report.seconds,
             "model_version": judged,
             **reference_metadata(source),
+            **pushed,
         }
     )
     yield rule_check(
@@ -264,6 +281,20 @@ def drift_report(
             **reference_metadata(source),
         },
     )
+
+
+def _push(monitoring: MonitoringResource, model: str, values: dict[str, float | None]) -> dict[str, object]:
+    """Push ``values`` to the Pushgateway when one is configured (for Prometheus' alert rules); metadata
+    saying what was pushed. A Pushgateway that does not take them is reported, never fatal: the check
+    still judges, and the sensors still act on it."""
+    if not monitoring.pushgateway_url:
+        return {}
+    try:
+        names = push_monitoring_values(monitoring.pushgateway_url, model, values)
+    except PushError as error:
+        dg.get_dagster_logger().warning(str(error))
+        return {"pushgateway": f"not pushed: {error}"}
+    return {"pushgateway": f"pushed {', '.join(names)} (model={model}) to {monitoring.pushgateway_url}"}
 
 
 def reference_metadata(reference: TrainingReference | None) -> dict[str, object]:
@@ -303,7 +334,8 @@ def live_performance(config: WindowConfig, monitoring: MonitoringResource, mlflo
     version = registry.version_for_alias(CHAMPION)
     if version is None:
         note = f"{registry.model_name} has no champion yet"
-        yield dg.MaterializeResult(metadata={"model_version": "none", "window": window.label, "note": note})
+        pushed = _push(monitoring, registry.model_name, {"accuracy_drop": None})
+        yield dg.MaterializeResult(metadata={"model_version": "none", "window": window.label, "note": note, **pushed})
         yield rule_check(rule, None, window, no_data=note)
         return
     paths = monitoring.paths()
@@ -355,6 +387,9 @@ def live_performance(config: WindowConfig, monitoring: MonitoringResource, mlflo
     if finite_or_none(performance.label_coverage) is not None:
         metadata["label_coverage"] = float(performance.label_coverage)
     metadata.update(_variant_metadata(served, labels, version, confidence))
+    # The value the accuracy_drop check fires on (above the threshold exactly when the verdict fires).
+    confident_drop = performance.confident_drop(monitoring.min_labelled_positives)
+    metadata.update(_push(monitoring, registry.model_name, {"accuracy_drop": confident_drop}))
     yield dg.MaterializeResult(metadata=metadata)
 
     yield dg.AssetCheckResult(
@@ -417,8 +452,10 @@ def _variant_metadata(predictions: pd.DataFrame, labels: pd.DataFrame, version: 
         dg.AssetCheckSpec("latency_p99", asset="serving_metrics", description="p99 latency of answers (WARN)"),
         dg.AssetCheckSpec("error_rate", asset="serving_metrics", description="share of 5xx responses (ERROR)"),
     ],
-    description="Latency p50/p95/p99 and throughput from the window's log; requests and 5xx errors from the "
-    "endpoint's /metrics counters since the previous monitoring run (the scrape is kept between runs).",
+    description="Throughput and rows per version from the window's log. With Prometheus "
+    "(ML_PLATFORM_PROMETHEUS_URL): requests, 5xx errors and latency p50/p95/p99 over the window summed over every "
+    "replica it scrapes, with each replica's counts. Without it: latency from the log, requests and 5xx errors "
+    "from the endpoint's /metrics counters since the previous monitoring run (the scrape is kept between runs).",
 )
 def serving_metrics(
     config: WindowConfig, monitoring: MonitoringResource, deployment: DeploymentTarget, mlflow: MLflowResource
@@ -427,21 +464,28 @@ def serving_metrics(
     latency_rule, error_rule = _rule(monitoring, "latency_p99"), _rule(monitoring, "error_rate")
     paths = monitoring.paths()
     predictions = read_predictions(paths.log_dir, window)
-    scrapes = paths.scrape_state()
-    previous = scrapes.latest()
-    scrape = scrape_metrics(deployment.endpoint(), token=deployment.token())
-    metrics = compute_serving_metrics(
-        predictions, window, scrape=scrape, previous_scrape=previous if scrape is not None else None
-    )
-    if scrape is not None:
-        scrapes.advance(scrape)
-    counted = (
-        "since the previous monitoring run"
-        if scrape is not None and previous is not None
-        else "since the server started"
-        if scrape is not None
-        else f"from the log (the endpoint {deployment.endpoint()} did not answer /metrics)"
-    )
+    if monitoring.prometheus_url:
+        try:
+            metrics = prometheus_serving_metrics(predictions, window, monitoring.prometheus_url)
+        except PrometheusError as error:
+            raise dg.Failure(f"serving_metrics: {error}") from error
+        counted = f"over {window.label}, every replica Prometheus scrapes"
+    else:
+        scrapes = paths.scrape_state()
+        previous = scrapes.latest()
+        scrape = scrape_metrics(deployment.endpoint(), token=deployment.token())
+        metrics = compute_serving_metrics(
+            predictions, window, scrape=scrape, previous_scrape=previous if scrape is not None else None
+        )
+        if scrape is not None:
+            scrapes.advance(scrape)
+        counted = (
+            "since the previous monitoring run"
+            if scrape is not None and previous is not None
+            else "since the server started"
+            if scrape is not None
+            else f"from the log (the endpoint {deployment.endpoint()} did not answer /metrics)"
+        )
     version_rows = pd.DataFrame({"model_version": list(metrics.by_version), "rows": list(metrics.by_version.values())})
     metadata: dict[str, object] = {
         "rows": metrics.rows,
@@ -450,9 +494,18 @@ def serving_metrics(
         "error_rate": metrics.error_rate,
         "throughput_rps": metrics.throughput_rps,
         "requests_counted": counted,
+        "source": metrics.source,
         "endpoint": dg.MetadataValue.url(deployment.endpoint()),
         "window": window.label,
     }
+    if metrics.source == "prometheus":
+        metadata["prometheus"] = dg.MetadataValue.url(monitoring.prometheus_url)
+        metadata["replicas"] = len(metrics.by_replica)
+        replica_rows = pd.DataFrame(
+            [{"replica": replica, **counts} for replica, counts in metrics.by_replica.items()],
+            columns=["replica", "requests", "errors"],
+        )
+        metadata["requests_by_replica"] = md_table(replica_rows, max_rows=len(replica_rows) or 1, index=False)
     for name in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
         if finite_or_none(getattr(metrics, name)) is not None:
             metadata[name] = float(getattr(metrics, name))
@@ -464,9 +517,10 @@ def serving_metrics(
         latency_rule,
         metrics.latency_p99_ms,
         window,
-        no_data=f"no predictions logged over {window.label}" if metrics.rows == 0 else None,
-        describe=f"p50 {_shown(finite_or_none(metrics.latency_p50_ms))} ms over {metrics.rows} answers",
-        metadata={"rows": metrics.rows},
+        no_data=_no_latency(metrics, window),
+        describe=f"p50 {_shown(finite_or_none(metrics.latency_p50_ms))} ms "
+        + ("from Prometheus' histograms" if metrics.source == "prometheus" else f"over {metrics.rows} answers"),
+        metadata={"rows": metrics.rows, "source": metrics.source},
     )
     yield rule_check(
         error_rule,
@@ -476,6 +530,13 @@ def serving_metrics(
         describe=f"{metrics.errors} of {metrics.requests} responses were 5xx ({counted})",
         metadata={"requests": metrics.requests, "errors": metrics.errors, "model_version": champion},
     )
+
+
+def _no_latency(metrics: ServingMetrics, window: Window) -> str | None:
+    """Why there is no latency to judge, or None: Prometheus saw no answered request, or the log has no row."""
+    if metrics.source == "prometheus":
+        return None if finite_or_none(metrics.latency_p99_ms) is not None else f"no answers over {window.label}"
+    return f"no predictions logged over {window.label}" if metrics.rows == 0 else None
 
 
 # ---- the summary ---------------------------------------------------------------------------------------
@@ -508,18 +569,22 @@ def model_health(
         reference = training_reference(registry, champion, state.table_path("training_set"), state.training_sets_dir())
     except FileNotFoundError:  # no training set at all yet: the dashboard shows drift as n/a
         reference = None
-    health = collect_model_health(
-        registry,
-        paths,
-        window,
-        endpoint=deployment.endpoint(),
-        token=deployment.token(),
-        training_set_path=state.table_path("training_set"),
-        drift_config=drift_config,
-        rules=rules,
-        training_sets_dir=state.training_sets_dir(),
-        reference=reference,
-    )
+    try:
+        health = collect_model_health(
+            registry,
+            paths,
+            window,
+            endpoint=deployment.endpoint(),
+            token=deployment.token(),
+            training_set_path=state.table_path("training_set"),
+            drift_config=drift_config,
+            rules=rules,
+            training_sets_dir=state.training_sets_dir(),
+            reference=reference,
+            prometheus_url=monitoring.prometheus_url,
+        )
+    except PrometheusError as error:
+        raise dg.Failure(f"model_health: {error}") from error
     png = render_png(health, paths.reports_dir / f"health-{_stamp(context)}.png")
     _prune(paths.reports_dir, "health-*.png", 48)
     metadata: dict[str, object] = {

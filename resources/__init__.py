@@ -7,7 +7,13 @@ import dagster as dg
 from ml_platform.monitoring.health import MonitoringPaths
 from ml_platform.settings import ENVIRONMENT_VARIABLES, REDIS_PASSWORD_ENV, Settings, normalize_tracking_uri, redact
 from resources.alerts import AlertResource
-from resources.deployment import DeploymentTarget, KubernetesDeployment, LocalDeployment
+from resources.deployment import (
+    DeploymentEnvironments,
+    DeploymentTarget,
+    KubernetesDeployment,
+    LocalDeployment,
+    ReplicaSetDeployment,
+)
 from resources.feast import FeastResource
 from resources.mlflow import MLflowResource
 from resources.monitoring import MonitoringResource
@@ -16,17 +22,20 @@ from resources.training import STATE_VOLUME, KubernetesTrainingCompute, LocalTra
 
 __all__ = [
     "AlertResource",
+    "DeploymentEnvironments",
     "DeploymentTarget",
     "FeastResource",
     "KubernetesDeployment",
     "KubernetesTrainingCompute",
     "LocalDeployment",
+    "ReplicaSetDeployment",
     "LocalTrainingCompute",
     "MLflowResource",
     "MonitoringResource",
     "StateIOManager",
     "StateStorage",
     "TrainingCompute",
+    "build_deployment",
     "build_executor",
     "build_resources",
     "k8s_executor_config",
@@ -56,23 +65,46 @@ def build_resources(settings: Settings) -> dict[str, object]:
             if settings.training_backend == "kubernetes"
             else LocalTrainingCompute()
         ),
-        "deployment": (
-            KubernetesDeployment(
-                overlay=settings.k8s_overlay,
-                token_env_var=settings.serving_token_env,
-                admin_token_env_var=settings.serving_admin_token_env,
-                **({"service_url": settings.serving_url} if settings.serving_url else {}),
-            )
-            if settings.deployment_target == "kubernetes"
-            else LocalDeployment(
-                state_dir=str(settings.home / "serving"),
-                port=settings.serving_port,
-                token_env_var=settings.serving_token_env,
-                admin_token_env_var=settings.serving_admin_token_env,
-            )
-        ),
+        "deployment": build_deployment(settings),
         **_monitoring_resources(settings),
     }
+
+
+def build_deployment(settings: Settings) -> DeploymentEnvironments:
+    """The target of every deployment environment: ``local`` the server process on this machine (it follows
+    the registry alias), or with ``deployment_target`` ``replicas`` a set of pinned replicas behind haproxy
+    on this machine, ``staging`` and ``prod`` their Kubernetes overlays (every deploy pinned, a rollout);
+    the default environment is the profile's (``settings.deployment_environment``), and the settings'
+    ``serving_url`` is the Service URL of that overlay. Another kind of target goes in an environment's slot
+    here."""
+    tokens = {
+        "token_env_var": settings.serving_token_env,
+        "admin_token_env_var": settings.serving_admin_token_env,
+    }
+    kubernetes = {
+        env: KubernetesDeployment(
+            overlay=env,
+            **tokens,
+            **({"service_url": settings.serving_url} if settings.serving_url and env == settings.k8s_overlay else {}),
+        )
+        for env in ("staging", "prod")
+    }
+    return DeploymentEnvironments(
+        default_environment=settings.deployment_environment,
+        monitored_environment=settings.watched_environment,
+        local=(
+            ReplicaSetDeployment(
+                state_dir=str(settings.home / "serving-replicas"),
+                replicas=settings.serving_replicas,
+                port=settings.serving_port,
+                replica_ports=list(settings.serving_replica_ports),
+                **tokens,
+            )
+            if settings.deployment_target == "replicas"
+            else LocalDeployment(state_dir=str(settings.home / "serving"), port=settings.serving_port, **tokens)
+        ),
+        **kubernetes,
+    )
 
 
 def _monitoring_resources(settings: Settings) -> dict[str, object]:
@@ -80,7 +112,13 @@ def _monitoring_resources(settings: Settings) -> dict[str, object]:
     JSON-lines history there, plus the webhook named by ML_PLATFORM_ALERT_WEBHOOK_URL when it is set."""
     paths = MonitoringPaths.from_settings(settings)
     return {
-        "monitoring": MonitoringResource(log_dir=str(paths.log_dir), monitoring_dir=str(paths.root)),
+        "monitoring": MonitoringResource(
+            log_dir=str(paths.log_dir),
+            monitoring_dir=str(paths.root),
+            prometheus_url=settings.prometheus_url,
+            pushgateway_url=settings.pushgateway_url,
+            labels_uri=str(paths.labels_dir),
+        ),
         "alerts": AlertResource(jsonl_path=str(paths.alerts_path)),
     }
 

@@ -10,6 +10,7 @@ from ml_platform.monitoring.drift import DriftConfig
 from ml_platform.monitoring.health import MonitoringPaths, rules_with_thresholds
 from ml_platform.monitoring.labels import LABELS_INBOX
 from ml_platform.monitoring.performance import DEFAULT_CONFIDENCE, DEFAULT_MIN_LABELLED_POSITIVES
+from ml_platform.predictions import log_location
 
 
 class MonitoringResource(dg.ConfigurableResource):
@@ -35,6 +36,8 @@ class MonitoringResource(dg.ConfigurableResource):
     - ``prediction_drift_threshold``: the ``prediction_drift`` check (WARN) compares the champion's served
       scores with its scores on its own test split by ``drift_method``; None (the default) takes the
       method's per-feature drift threshold (Wasserstein >= 0.1, KS p-value <= 0.05).
+    - ``log_dir``: the server's prediction log, a local folder or an object-store URI (``s3://bucket/prefix``;
+      credentials and endpoint from the standard variables, e.g. ``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``).
     - ``labels_source_dir``: where the ``labels`` asset finds each day's label files (empty: the
       ``labels_inbox`` folder of ``monitoring_dir``).
     """
@@ -53,9 +56,21 @@ class MonitoringResource(dg.ConfigurableResource):
     feature_skew_threshold: float = 0.01
     labels_source_dir: str = ""
     prediction_drift_threshold: float | None = None
+    # Prometheus' HTTP API (ML_PLATFORM_PROMETHEUS_URL): serving_metrics sums every replica it scrapes;
+    # empty: one scrape of the serving endpoint. A Pushgateway (ML_PLATFORM_PUSHGATEWAY_URL): drift_report
+    # and live_performance push their values there for Prometheus' alert rules; empty: no push.
+    prometheus_url: str = ""
+    pushgateway_url: str = ""
+    # The label store (ML_PLATFORM_LABELS_URI): a folder or an object-store URI, where every replica's
+    # POST /feedback writes; empty: the labels folder of monitoring_dir.
+    labels_uri: str = ""
 
     def paths(self) -> MonitoringPaths:
-        return MonitoringPaths(log_dir=Path(self.log_dir), root=Path(self.monitoring_dir))
+        return MonitoringPaths(
+            log_dir=log_location(self.log_dir),
+            root=Path(self.monitoring_dir),
+            labels_location=self.labels_uri or None,
+        )
 
     def labels_source(self) -> Path:
         """The folder the ``labels`` asset imports label files from."""

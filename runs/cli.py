@@ -7,6 +7,7 @@ added to the core's typer app, whose Dagster-free commands are in ``ml_platform/
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,8 +16,17 @@ import typer
 import yaml
 
 from ml_platform.cli import app, fail, prepared_settings
-from ml_platform.settings import Settings
-from runs.launch import CliError, failure_report, job_assets, launch, load_definitions, quiet_warnings, summarize
+from ml_platform.settings import DEPLOYMENT_ENVIRONMENTS, Settings
+from runs.launch import (
+    CliError,
+    deployment_outcome,
+    failure_report,
+    job_assets,
+    launch,
+    load_definitions,
+    quiet_warnings,
+    summarize,
+)
 
 PIPELINES = {
     "training": "retrain",  # training_set -> trained_model -> model_evaluation -> champion_model
@@ -26,7 +36,10 @@ PIPELINES = {
 }
 PARTITIONED_PIPELINES = {"ingest", "all"}
 FEATURE_VIEWS = ("customer_stats",)
-ENVIRONMENTS = ("local", "staging", "prod")
+ENVIRONMENTS = DEPLOYMENT_ENVIRONMENTS
+# The run tag naming a deploy's or a rollback's environment (assets.deployment.ENVIRONMENT_TAG; not imported
+# from there, which would load the code location for every command).
+ENVIRONMENT_TAG = "ml_platform/environment"
 
 
 def load_params(path: Path | None, pipeline_assets: set[str]) -> dict[str, Any]:
@@ -272,16 +285,22 @@ def status(
         rules, drift_config = monitoring.rules(), monitoring.drift_config()
     except ValueError as error:
         fail(f"monitoring resource: {error}")
-    health = collect_model_health(
-        registry,
-        monitoring.paths(),
-        span,
-        endpoint=deployment.endpoint(),
-        token=deployment.token(),
-        training_set_path=defs.resources["state"].table_path("training_set"),
-        drift_config=drift_config,
-        rules=rules,
-    )
+    from ml_platform.monitoring.serving_metrics import PrometheusError
+
+    try:
+        health = collect_model_health(
+            registry,
+            monitoring.paths(),
+            span,
+            endpoint=deployment.endpoint(),
+            token=deployment.token(),
+            training_set_path=defs.resources["state"].table_path("training_set"),
+            drift_config=drift_config,
+            rules=rules,
+            prometheus_url=monitoring.prometheus_url,
+        )
+    except PrometheusError as error:
+        fail(f"serving metrics: {error}")
     typer.echo("")
     typer.echo(render_terminal(health), nl=False)
 
@@ -326,64 +345,92 @@ def _shortened(text: str, width: int) -> str:
 def deploy(
     model: Annotated[str, typer.Option(help="Registered model name.")] = "",
     version: Annotated[int | None, typer.Option(min=1, help="Version to serve; default: the champion.")] = None,
-    env: Annotated[str, typer.Option(help=f"One of: {', '.join(ENVIRONMENTS)}.")] = "local",
+    env: Annotated[
+        str, typer.Option(help=f"One of: {', '.join(ENVIRONMENTS)}; default: the profile's deployment environment.")
+    ] = "",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (environment, version, smoke verdict, run) only.")
+    ] = False,
 ) -> None:
-    """Deploy a model version to an environment.
+    """Deploy a model version to an environment through the Dagster `deploy` job, then smoke-test it.
 
     A version other than the champion becomes the champion first (the old one becomes 'previous'), so
-    a rollback can undo it. Local: the managed server process, then the smoke check. staging/prod: the
-    Kubernetes overlay applied with the version pinned, waiting for the rollout.
+    a rollback can undo it. local: the managed server process (it follows the champion alias).
+    staging/prod: the Kubernetes overlay applied with the version pinned, waiting for the rollout. Either
+    way the run records model_deployment with its smoke check, which the rollback sensor watches. Prints
+    the environment, the version and the smoke verdict; exit 1 when the deploy or the smoke check failed.
     """
     settings = prepared_settings()
-    if env not in ENVIRONMENTS:
-        fail(f"unknown environment {env!r}; expected one of {', '.join(ENVIRONMENTS)}")
+    environment = env or settings.deployment_environment
+    if environment not in ENVIRONMENTS:
+        fail(f"unknown environment {environment!r}; expected one of {', '.join(ENVIRONMENTS)}")
     if model and model != settings.model_name:
         fail(f"this platform serves model {settings.model_name!r} (ML_PLATFORM_MODEL_NAME), not {model!r}")
     quiet_warnings()
-    from mlflow.exceptions import MlflowException
+    if version is not None:
+        from mlflow.exceptions import MlflowException
 
-    from ml_platform.registry import CHAMPION, Registry
+        from ml_platform.registry import Registry
 
-    registry = Registry.from_settings(settings)
-    if version is not None and version != registry.version_for_alias(CHAMPION):
         try:
-            registry.pin(version, promoted_at=datetime.now(UTC).isoformat())
+            Registry.from_settings(settings).model_version(version)
         except MlflowException as error:  # the version does not exist
             fail(f"{settings.model_name} v{version} cannot be deployed: {error}")
-        typer.echo(f"{settings.model_name}: champion is now v{version}")
-    if env == "local":
-        result = _run_cli(launch, "deploy")
-        _print_result(result, f"deploy to {env}")
+    config = {"environment": environment, "version": version or 0}
+    result = _run_cli(launch, "deploy", {"model_deployment": config}, tags={ENVIRONMENT_TAG: environment})
+    outcome = deployment_outcome(result)
+    outcome["environment"] = outcome["environment"] or environment
+    if outcome["version"] is None:
+        outcome["version"] = version
+    if as_json:
+        typer.echo(json.dumps(outcome, sort_keys=True))
+        if not result.success:
+            typer.echo(failure_report(result), err=True)
+            raise typer.Exit(1)
         return
-    _deploy_kubernetes(settings, registry, env)
+    _print_deployment(result, outcome, f"deploy to {environment}")
 
 
-def _deploy_kubernetes(settings: Settings, registry, env: str) -> None:
-    from ml_platform.deploy.kubernetes import KubernetesTarget, overlay_dir
-    from ml_platform.deploy.local import DeploymentError
-    from ml_platform.registry import CHAMPION
-
-    version = registry.version_for_alias(CHAMPION)
-    if version is None:
-        fail(f"{settings.model_name} has no champion to deploy")
-    try:
-        statuses = KubernetesTarget().deploy(overlay_dir(env), version, alias=CHAMPION)
-    except DeploymentError as error:
-        fail(f"deploy to {env}: {error}")
-    typer.secho(f"deploy to {env}: v{version} rolled out", fg="green")
-    for status in statuses:
-        typer.echo(f"  {status.namespace}/{status.name}: {status.message}")
+def _print_deployment(result, outcome: dict, title: str) -> None:
+    """The run's outcome, the environment, the version and the smoke verdict; exit 1 when the run failed."""
+    if not result.success:
+        typer.secho(f"{title}: FAILED (run {result.run_id})", fg="red", err=True)
+        typer.echo(failure_report(result), err=True)
+    else:
+        typer.secho(f"{title}: succeeded (run {result.run_id})", fg="green")
+    version = outcome["version"]
+    pinned = {True: " (pinned)", False: " (follows the champion alias)"}.get(outcome["pinned"], "")
+    typer.echo(f"  environment  {outcome['environment']}")
+    typer.echo(f"  version      {'v' + str(version) if version is not None else '-'}{pinned}")
+    if outcome["endpoint"]:
+        typer.echo(f"  endpoint     {outcome['endpoint']}")
+    verdict = {True: "passed", False: "FAILED", None: "not run"}[outcome["smoke_passed"]]
+    typer.echo(f"  smoke        {verdict}{': ' + outcome['smoke'] if outcome['smoke'] else ''}")
+    if not result.success:
+        raise typer.Exit(1)
 
 
 @app.command()
 def rollback(
     reason: Annotated[str, typer.Option(help="Recorded on the version taken out of service.")] = "manual rollback",
+    env: Annotated[
+        str, typer.Option(help=f"One of: {', '.join(ENVIRONMENTS)}; default: the profile's deployment environment.")
+    ] = "",
 ) -> None:
-    """Put the last different known-good champion back (the 'previous' alias), redeploy it and verify what
-    is serving. Run again, it goes back one more known-good version; exit 1 when none is left."""
-    prepared_settings()
-    result = _run_cli(launch, "rollback", ops_config={"roll_back_champion": {"reason": reason}})
-    _print_result(result, "rollback")
+    """Put the last different known-good champion back (the 'previous' alias), redeploy it to the environment
+    (a rollout of that version where the environment pins) and verify what is serving. Run again, it goes
+    back one more known-good version; exit 1 when none is left."""
+    settings = prepared_settings()
+    environment = env or settings.deployment_environment
+    if environment not in ENVIRONMENTS:
+        fail(f"unknown environment {environment!r}; expected one of {', '.join(ENVIRONMENTS)}")
+    result = _run_cli(
+        launch,
+        "rollback",
+        ops_config={"roll_back_champion": {"reason": reason, "environment": environment}},
+        tags={ENVIRONMENT_TAG: environment},
+    )
+    _print_result(result, f"rollback in {environment}")
     outcome = result.output_for_node("redeploy_and_verify")
     typer.echo(f"  serving v{outcome['to_version']} (was v{outcome['from_version']}) at {outcome['endpoint']}")
     further = outcome.get("next_version")

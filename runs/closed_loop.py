@@ -14,13 +14,11 @@ import math
 import time
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from ml_platform.data.synthetic import SyntheticConfig, generate_transactions
-from ml_platform.deploy.local import LocalProcessTarget
 from ml_platform.monitoring.labels import delayed_labels
 from ml_platform.monitoring.traffic import send_traffic
 from ml_platform.monitoring.window import Window, read_predictions
@@ -213,7 +211,7 @@ class ClosedLoop:
             raise LoopError(f"{traffic.failed} of {traffic.rows} transactions got no answer: {traffic.errors}")
         labels = delayed_labels(transactions, sent_at=sent_at, delay=label_delay, seed=seed)
         self.paths.labels().write(labels)
-        self._wait_for_log(set(transactions["transaction_id"].astype(str)), since=sent_at)
+        self.wait_for_log(set(transactions["transaction_id"].astype(str)), since=sent_at)
         due = sent_at + label_delay
         if due - datetime.now(UTC) < timedelta(seconds=10):  # a short delay: wait, so the labels are known
             time.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
@@ -290,10 +288,8 @@ class ClosedLoop:
         )
 
     def stop_server(self) -> bool:
-        deployment = self.defs.resources["deployment"]
-        if not hasattr(deployment, "state_dir"):
-            return False  # not a local process: nothing of ours to stop
-        return LocalProcessTarget(Path(deployment.state_dir), host=deployment.host, port=deployment.port).stop()
+        """Stop the local environment's servers (the loop's): True when some ran."""
+        return self.defs.resources["deployment"].for_environment("local").stop()
 
     # ---- the scenario ------------------------------------------------------------------------------------
     def run_scenario(self, plan: LoopPlan) -> LoopReport:
@@ -393,7 +389,9 @@ class ClosedLoop:
         key = next(k for k in REMEDIATION_CHECKS[sensor_name] if k.name == trigger)
         return self.instance.get_latest_asset_check_evaluation_record(key)
 
-    def _wait_for_log(self, request_ids: set[str], since: datetime, timeout: float = 60.0) -> None:
+    def wait_for_log(self, request_ids: set[str], since: datetime, timeout: float = 60.0) -> None:
+        """Until every one of ``request_ids`` answered since ``since`` is in the prediction log (it is written in
+        batches by every server); raises :class:`LoopError` naming how many are missing after ``timeout``."""
         deadline = time.monotonic() + timeout
         logged = 0
         while time.monotonic() < deadline:

@@ -140,6 +140,32 @@ def summarize(result: dg.ExecuteInProcessResult) -> list[tuple[str, str]]:
     return lines
 
 
+def deployment_outcome(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    """What a deploy or rollback run did to ``model_deployment``: ``environment``, ``version``, ``endpoint``,
+    ``pinned`` (None for what the run did not get to record), the smoke verdict ``smoke_passed`` (None when
+    the check did not run) with its ``smoke`` description, and ``success`` and ``run_id``."""
+    outcome: dict[str, Any] = {"success": result.success, "run_id": result.run_id}
+    outcome.update(environment=None, version=None, endpoint=None, pinned=None, smoke_passed=None, smoke="")
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        if materialization.asset_key.to_user_string() != "model_deployment":
+            continue
+        metadata = {key: getattr(value, "value", value) for key, value in materialization.metadata.items()}
+        outcome.update(
+            environment=metadata.get("environment"),
+            version=metadata.get("model_version"),
+            endpoint=metadata.get("endpoint"),
+            pinned=metadata.get("pinned"),
+        )
+        if "smoke_passed" in metadata:  # a rollback records its verdict on the materialization
+            outcome.update(smoke_passed=metadata["smoke_passed"], smoke=metadata.get("smoke", ""))
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION" and event.event_specific_data.check_name == "smoke":
+            evaluation = event.event_specific_data
+            outcome.update(smoke_passed=evaluation.passed, smoke=evaluation.description or "")
+    return outcome
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"

@@ -37,11 +37,14 @@ bootstrap = dg.define_asset_job(
     description="The whole graph over a range of days in one run: ingest, features, train, evaluate, promote.",
 )
 
-# Serve the champion (the deployment target's own health gate, then the smoke check).
+# Serve a version in an environment (model_deployment's DeployConfig: the default environment and the
+# champion unless configured), then smoke-test that environment's endpoint. Every deploy goes through this
+# job, `ml-platform deploy --env local|staging|prod` included, so the rollback sensor sees each smoke check.
 deploy = dg.define_asset_job(
     "deploy",
     selection=dg.AssetSelection.assets("model_deployment"),
-    description="Serve the current champion and smoke-test the endpoint.",
+    description="Serve a version (default: the champion) in an environment (default: the profile's), pinned where "
+    "the environment pins, and smoke-test that environment's endpoint.",
 )
 
 # Score a day's transactions with the champion.

@@ -3,7 +3,9 @@
 - ``retrain_on_drift``: a failed ``drift_score`` check requests the ``retrain`` job (train, gate,
   promote, deploy; a gate that fails stops it before anything is promoted or deployed).
 - ``rollback_on_failure``: a failed ``accuracy_drop``, ``error_rate`` or deployment ``smoke`` check
-  requests the ``rollback`` job (champion back to previous, redeploy, verify), with the reason as config.
+  requests the ``rollback`` job (champion back to previous, redeploy, verify), with the reason and the
+  environment as config: a failed smoke check rolls back the environment it checked, a failed monitoring
+  check the environment monitoring watches (``ML_PLATFORM_MONITORED_ENVIRONMENT``, else the default one).
 - ``alert_on_failed_checks``: every failed evaluation of every check of the graph (gates and smoke
   included) becomes an alert sent to the ``alerts`` resource's sink.
 
@@ -43,6 +45,7 @@ from typing import Any
 
 import dagster as dg
 
+from assets.deployment import ENVIRONMENT_TAG
 from assets.monitoring import WINDOW_ASSETS
 from ml_platform.monitoring.alerts import Alert
 from ml_platform.registry import (
@@ -54,6 +57,7 @@ from ml_platform.registry import (
     TRAINING_SET_DIGEST_TAG,
 )
 from resources.alerts import AlertResource
+from resources.deployment import DeploymentEnvironments
 from resources.mlflow import MLflowResource
 from resources.monitoring import MonitoringResource
 
@@ -69,10 +73,11 @@ HISTORY_PAGE = 100  # evaluation records read per query when looking for failed 
 RUN_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 DRIFT_CHECKS = (dg.AssetCheckKey(dg.AssetKey("drift_report"), "drift_score"),)
+SMOKE_CHECK = dg.AssetCheckKey(dg.AssetKey("model_deployment"), "smoke")
 ROLLBACK_CHECKS = (
     dg.AssetCheckKey(dg.AssetKey("live_performance"), "accuracy_drop"),
     dg.AssetCheckKey(dg.AssetKey("serving_metrics"), "error_rate"),
-    dg.AssetCheckKey(dg.AssetKey("model_deployment"), "smoke"),
+    SMOKE_CHECK,
 )
 
 # ---- jobs and schedules ----------------------------------------------------------------------------------
@@ -221,6 +226,7 @@ def remediate(
     cooldown_seconds: float,
     decline: Callable[[Any], str | None] | None = None,
     run_config: Callable[[Any, str], dict] | None = None,
+    tags: Callable[[Any], dict[str, str]] | None = None,
 ) -> dg.SensorResult:
     """One run of ``job_name`` for a new failing evaluation of one of ``checks`` (the first in order),
     unless declined (``decline`` says why) or within the cooldown since the sensor's newest requested run;
@@ -258,6 +264,7 @@ def remediate(
         job_name=job_name,
         run_config={**(run_config(record, reason) if run_config is not None else {}), **RUN_CONSOLE},
         tags={
+            **(tags(record) if tags is not None else {}),
             TRIGGER_TAG: record.key.name,
             REASON_TAG: reason,
             CHECK_RUN_TAG: record.run_id or "none",
@@ -375,10 +382,14 @@ def retrain_on_drift(
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="A failed accuracy_drop, error_rate or deployment smoke check requests the rollback job "
-    "(the last different known-good version back, redeployed, verified), with the failure as the recorded reason.",
+    "(the last different known-good version back, redeployed, verified) for the environment that failed (the one "
+    "the smoke check checked, the monitored one for traffic checks), with the failure as the recorded reason.",
 )
 def rollback_on_failure(
-    context: dg.SensorEvaluationContext, monitoring: MonitoringResource, mlflow: MLflowResource
+    context: dg.SensorEvaluationContext,
+    monitoring: MonitoringResource,
+    mlflow: MLflowResource,
+    deployment: DeploymentEnvironments,
 ) -> dg.SensorResult:
     def decline(record) -> str | None:
         aliases = mlflow.registry().aliases()
@@ -391,7 +402,8 @@ def rollback_on_failure(
         return None
 
     def reason_config(record, reason: str) -> dict:
-        return {"ops": {"roll_back_champion": {"config": {"reason": reason}}}}
+        config = {"reason": reason, "environment": failed_environment(record, deployment)}
+        return {"ops": {"roll_back_champion": {"config": config}}}
 
     return remediate(
         context,
@@ -400,7 +412,18 @@ def rollback_on_failure(
         cooldown_seconds=monitoring.remediation_cooldown_seconds,
         decline=decline,
         run_config=reason_config,
+        tags=lambda record: {ENVIRONMENT_TAG: failed_environment(record, deployment)},
     )
+
+
+def failed_environment(record, deployment: DeploymentEnvironments) -> str:
+    """The environment a failed evaluation speaks for: a smoke check's own (its ``environment`` metadata; the
+    default environment for one that names none), the monitored environment for a check of traffic. A name
+    this code location does not know is passed on: the rollback job refuses it before changing anything."""
+    if record.key == SMOKE_CHECK:
+        named = evaluation_metadata(record).get("environment")
+        return named if isinstance(named, str) and named else deployment.environment()
+    return deployment.monitored()
 
 
 # ---- alerts ------------------------------------------------------------------------------------------------

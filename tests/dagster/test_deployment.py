@@ -1,7 +1,8 @@
 """Deployment through the graph: the champion served by a real local server process, the smoke check,
 rollbacks that go back one known-good champion at a time, and batch predictions for a day."""
 
-from datetime import date
+import json
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pandas as pd
@@ -61,11 +62,14 @@ def test_deploy_serves_the_champion_and_passes_the_smoke_check(
     champion = registry.version_for_alias(CHAMPION)
     deployed = materializations(result, "model_deployment")[0]
     assert deployed["model_version"] == champion
+    # no config: the default environment (the local profile's: the process, following the alias)
+    assert (deployed["environment"], deployed["pinned"], deployed["promoted_from"]) == ("local", False, None)
     assert serving_version(local_target) == champion
     smoke = next(e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION")
     assert smoke.metadata["difference"].value <= 1e-6
     assert smoke.metadata["predict_without_token_status"].value == 401
     assert smoke.metadata["admin_routing_status"].value == 200
+    assert smoke.metadata["environment"].value == "local"
 
     url, features = f"http://127.0.0.1:{local_target.port}", [50.0] * 9
     with bearer(url, None) as anonymous, bearer(url, SCORING_TOKEN) as scoring, bearer(url, ADMIN_TOKEN) as admin:
@@ -150,20 +154,79 @@ def test_deploy_cli_pins_a_version_and_rejects_bad_input(bootstrap_result, regis
     assert bad_env.exit_code == 2 and "unknown environment 'qa'" in bad_env.output
     bad_model = runner.invoke(app, ["deploy", "--model", "churn", "--version", "1"])
     assert bad_model.exit_code == 2 and "not 'churn'" in bad_model.output
-    no_cluster = runner.invoke(app, ["deploy", "--env", "prod"], env={"KUBECONFIG": str(empty_kubeconfig)})
-    assert no_cluster.exit_code == 2 and "deploy to prod:" in no_cluster.output
+    champion = registry.version_for_alias(CHAMPION)
+    # prod goes through the deploy job too: the run fails at the rollout (no cluster), nothing is promoted
+    no_cluster = runner.invoke(
+        app, ["deploy", "--env", "prod"], env={"KUBECONFIG": str(empty_kubeconfig), "KUBERNETES_SERVICE_HOST": ""}
+    )
+    assert no_cluster.exit_code == 1, no_cluster.output
+    assert "deploy to prod: FAILED" in no_cluster.output
+    assert f"deploying {registry.model_name} v{champion} to prod failed" in no_cluster.output
+    assert "no usable Kubernetes configuration" in no_cluster.output
+    assert "environment  prod" in no_cluster.output and "smoke        not run" in no_cluster.output
     missing = runner.invoke(app, ["deploy", "--version", "999"])
     assert missing.exit_code == 2 and "v999 cannot be deployed" in missing.output
+    assert registry.version_for_alias(CHAMPION) == champion
 
     target_version = 1
-    outcome = runner.invoke(app, ["deploy", "--model", registry.model_name, "--version", str(target_version)])
+    outcome = runner.invoke(
+        app, ["deploy", "--model", registry.model_name, "--env", "local", "--version", str(target_version)]
+    )
     assert outcome.exit_code == 0, outcome.output
+    assert "deploy to local: succeeded" in outcome.output
+    assert f"version      v{target_version} (follows the champion alias)" in outcome.output
+    assert "smoke        passed:" in outcome.output
     assert registry.version_for_alias(CHAMPION) == target_version
     assert serving_version(local_target) == target_version
+
+    # for CI: the deployed version, machine-readably, on stdout alone
+    as_json = runner.invoke(app, ["deploy", "--env", "local", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    printed = json.loads(as_json.stdout)
+    assert (printed["environment"], printed["version"], printed["smoke_passed"]) == ("local", target_version, True)
+    assert printed["success"] is True and printed["pinned"] is False
 
     stopped = runner.invoke(app, ["stop-server"])
     assert stopped.exit_code == 0 and "model server stopped" in stopped.output
     assert local_target.server() is None
+
+
+def test_the_deploy_job_takes_the_environment_and_version_from_its_config(
+    bootstrap_result, defs, registry, local_target
+):
+    champion = registry.version_for_alias(CHAMPION)
+    registered = {int(v.version) for v in registry.client.search_model_versions(f"name='{registry.model_name}'")}
+    other = max(registered - {champion})
+    try:
+        result = launch(
+            "deploy",
+            {"model_deployment": {"environment": "local", "version": other}},
+            tags={"ml_platform/environment": "local"},
+            defs=defs,
+        )
+        assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        [deployed] = materializations(result, "model_deployment")
+        assert (deployed["environment"], deployed["model_version"], deployed["promoted_from"]) == (
+            "local",
+            other,
+            champion,
+        )
+        assert deployed["pinned"] is False
+        assert check_results(result)[("model_deployment", "smoke")] is True
+        smoke = next(e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION")
+        assert (smoke.metadata["environment"].value, smoke.metadata["expected_version"].value) == ("local", other)
+        assert result.dagster_run.tags["ml_platform/environment"] == "local"
+        # a version other than the champion became the champion, so a rollback can undo it
+        assert (registry.version_for_alias(CHAMPION), registry.version_for_alias(PREVIOUS)) == (other, champion)
+        assert serving_version(local_target) == other
+
+        unknown = launch("deploy", {"model_deployment": {"environment": "qa"}}, defs=defs)
+        assert not unknown.success
+        [failure] = [e for e in unknown.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert "config environment: unknown deployment environment 'qa'" in failure.event_specific_data.error.message
+        assert registry.version_for_alias(CHAMPION) == other  # refused before anything changed
+    finally:
+        registry.pin(champion, promoted_at=datetime.now(UTC).isoformat())
 
 
 def test_kubernetes_deployment_renders_its_overlay_and_says_when_no_cluster_is_reachable(tmp_path, monkeypatch):
@@ -173,7 +236,8 @@ def test_kubernetes_deployment_renders_its_overlay_and_says_when_no_cluster_is_r
     target = KubernetesDeployment(overlay="staging")
     objects = KubernetesTarget.render(target.overlay_dir())
     assert {o["metadata"]["namespace"] for o in objects} == {"ml-platform-staging"}
-    assert target.endpoint().startswith("http://fraud-detector.")
+    assert target.endpoint() == "http://fraud-detector.ml-platform-staging.svc.cluster.local"
+    assert target.pins() is True
     empty = tmp_path / "kubeconfig"
     empty.write_text("")
     monkeypatch.setenv("KUBECONFIG", str(empty))

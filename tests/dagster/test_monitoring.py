@@ -133,29 +133,6 @@ def test_prediction_log_compacts_a_day_into_one_file_with_the_same_rows(defs, in
     assert (again.compacted, again.files_before, again.rows) == (False, 1, 12)
 
 
-def test_compaction_repairs_what_an_interrupted_run_left(tmp_path):
-    """Hidden parts whose compacted file was published are dropped; the others come back."""
-    day = date(2026, 4, 8)
-    write_parts(tmp_path, day, parts=3, rows=2)
-    folder = tmp_path / f"date={day}"
-    first, second, third = sorted(folder.glob("part-*.parquet"))
-    published = "part-00000000000000000001-compacted.parquet"
-    expected = read_prediction_log(tmp_path, day)
-    # A run that published its file (holding first and second), then died before deleting them ...
-    pd.concat([pd.read_parquet(first), pd.read_parquet(second)]).to_parquet(folder / published, index=False)
-    first.rename(folder / f".{first.name}.into.{published}")
-    second.rename(folder / f".{second.name}.into.{published}")
-    # ... and one that hid the third part and died before publishing.
-    third.rename(folder / f".{third.name}.into.part-00000000000000000002-compacted.parquet")
-    assert len(read_prediction_log(tmp_path, day)) == 4  # the third part's rows are invisible for now
-
-    result = compact_day(tmp_path, day)
-    assert result.recovered == {"restored": 1, "removed": 2}
-    assert result.compacted and result.files_before == 2 and result.files_after == 1
-    pd.testing.assert_frame_equal(read_prediction_log(tmp_path, day), expected)
-    assert not list(folder.glob(".part-*"))
-
-
 def test_a_reader_never_sees_half_a_compaction(tmp_path):
     """While the server writes parts and compaction swaps them for one file, every read of the day
     succeeds and sees every row written before it started: never a part gone missing, never fewer."""

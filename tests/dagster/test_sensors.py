@@ -14,9 +14,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import dagster as dg
 import pytest
 
+from assets.deployment import ENVIRONMENT_TAG
 from ml_platform.registry import CHAMPION, PREVIOUS, ROLLED_BACK_AT_TAG, TRAINING_DATA_END_TAG
 from ml_platform.serving.client import ModelServerClient
 from resources.alerts import WEBHOOK_ENV_VAR, AlertResource
+from resources.deployment import DeploymentEnvironments, KubernetesDeployment
 from runs.launch import launch, launch_run_request
 from sensors.monitoring import (
     CHECK_RUN_TAG,
@@ -69,14 +71,15 @@ def another_version(bootstrap_result, defs, registry):
 
 
 def tick(defs, instance, sensor: str, cursor: str | None, **resources):
-    context = dg.build_sensor_context(
+    # a context manager, as the daemon opens it: a resource with nested resources (deployment) is set up in it
+    with dg.build_sensor_context(
         instance=instance,
         definitions=defs,
         resources={**defs.resources, **resources},
         cursor=cursor,
         sensor_name=sensor,
-    )
-    return defs.resolve_sensor_def(sensor).evaluate_tick(context)
+    ) as context:
+        return defs.resolve_sensor_def(sensor).evaluate_tick(context)
 
 
 def latest(instance, key):
@@ -241,6 +244,9 @@ def test_rollback_needs_a_previous_champion_and_a_current_verdict(traffic, defs,
     assert request.tags[TRIGGER_TAG] == "accuracy_drop"
     reason = request.run_config["ops"]["roll_back_champion"]["config"]["reason"]
     assert reason == request.tags[REASON_TAG] and reason.startswith("live_performance:accuracy_drop failed")
+    # production traffic's verdict rolls back the environment monitoring watches (here the default, local)
+    assert request.run_config["ops"]["roll_back_champion"]["config"]["environment"] == "local"
+    assert request.tags[ENVIRONMENT_TAG] == "local"
 
 
 def test_a_failed_smoke_check_rolls_back_and_the_old_version_answers(
@@ -268,6 +274,8 @@ def test_a_failed_smoke_check_rolls_back_and_the_old_version_answers(
     [request] = result.run_requests
     assert request.tags[TRIGGER_TAG] == "smoke"
     assert "/predict answered 503" in request.tags[REASON_TAG]
+    # an evaluation that names no environment speaks for the default one
+    assert request.run_config["ops"]["roll_back_champion"]["config"]["environment"] == "local"
 
     run = launch_run_request(request, defs)
     assert run.success
@@ -280,6 +288,58 @@ def test_a_failed_smoke_check_rolls_back_and_the_old_version_answers(
         answer = client.predict([50.0] * 9)
     assert answer["model_version"] == previous
     registry.pin(champion, promoted_at=datetime.now(UTC).isoformat())  # the session's champion back, known-good
+
+
+def test_each_failed_check_rolls_back_the_environment_it_speaks_for(
+    traffic, defs, instance, registry, settings, another_version
+):
+    champion = registry.version_for_alias(CHAMPION)
+    registry.pin(another_version, promoted_at=datetime.now(UTC).isoformat())
+    registry.pin(champion, promoted_at=datetime.now(UTC).isoformat())  # a previous to roll back to
+    no_cooldown = monitoring_resources(defs, remediation_cooldown_seconds=0)["monitoring"]
+    local = defs.resources["deployment"].for_environment("local")
+    watching_prod = DeploymentEnvironments(
+        default_environment="local",
+        monitored_environment="prod",
+        local=local,
+        staging=KubernetesDeployment(overlay="staging"),
+        prod=KubernetesDeployment(overlay="prod"),
+    )
+
+    def requested(key, metadata) -> dg.RunRequest:
+        cursor = cursor_after_latest(instance, "rollback_on_failure", defs)
+        instance.report_runless_asset_event(
+            dg.AssetCheckEvaluation(
+                asset_key=key.asset_key,
+                check_name=key.name,
+                passed=False,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=f"{key.name} failed for v{champion}",
+                metadata=metadata,
+            )
+        )
+        result = tick(defs, instance, "rollback_on_failure", cursor, monitoring=no_cooldown, deployment=watching_prod)
+        [request] = result.run_requests
+        return request
+
+    # a deploy's smoke check: the environment the deploy went to
+    staging = requested(SMOKE, {"expected_version": champion, "environment": "staging"})
+    assert staging.run_config["ops"]["roll_back_champion"]["config"]["environment"] == "staging"
+    assert staging.tags[ENVIRONMENT_TAG] == "staging" and staging.job_name == "rollback"
+    # production traffic's verdict: the environment monitoring watches
+    traffic_check = requested(ACCURACY, {"model_version": champion})
+    assert traffic_check.run_config["ops"]["roll_back_champion"]["config"]["environment"] == "prod"
+    assert traffic_check.tags[ENVIRONMENT_TAG] == "prod"
+    assert registry.version_for_alias(CHAMPION) == champion  # requested only: nothing rolled back here
+
+
+def test_a_rollback_to_an_unknown_environment_is_refused_before_the_registry_changes(bootstrap_result, defs, registry):
+    champion = registry.version_for_alias(CHAMPION)
+    result = launch("rollback", ops_config={"roll_back_champion": {"reason": "test", "environment": "qa"}}, defs=defs)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "config environment: unknown deployment environment 'qa'" in failure.event_specific_data.error.message
+    assert registry.version_for_alias(CHAMPION) == champion
 
 
 # ---- alerts --------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from definitions import build_definitions
 from ml_platform.features.store import FAIL_FAST_REDIS_OPTIONS, FeatureRepo
 from ml_platform.settings import Settings
 from resources import build_executor, build_resources
-from resources.deployment import KubernetesDeployment, LocalDeployment
+from resources.deployment import DeploymentEnvironments, KubernetesDeployment, LocalDeployment
 from resources.feast import FeastResource
 from resources.mlflow import MLflowResource
 from resources.training import KubernetesTrainingCompute, LocalTrainingCompute
@@ -43,7 +43,15 @@ def test_the_local_profile_keeps_everything_on_this_machine(tmp_path):
     settings = Settings.from_env({"ML_PLATFORM_HOME": str(tmp_path)})
     resources = build_resources(settings)
     assert isinstance(resources["training_compute"], LocalTrainingCompute)
-    assert isinstance(resources["deployment"], LocalDeployment)
+    deployment = resources["deployment"]
+    assert isinstance(deployment, DeploymentEnvironments)
+    assert (deployment.environment(), deployment.monitored()) == ("local", "local")
+    assert isinstance(deployment.for_environment(), LocalDeployment) and deployment.pins() is False
+    assert {env: type(deployment.for_environment(env)).__name__ for env in ("local", "staging", "prod")} == {
+        "local": "LocalDeployment",
+        "staging": "KubernetesDeployment",
+        "prod": "KubernetesDeployment",
+    }
     assert resources["feast"].repo().online_store_kind == "sqlite"
     assert resources["mlflow"].tracking_uri.startswith("sqlite:///")
     assert build_executor(settings) is None
@@ -56,9 +64,13 @@ def test_the_production_profile_picks_kubernetes_redis_and_postgresql(production
     assert (training.namespace, training.image, training.gpus) == ("ml", "ml-platform/user-code:3", 2)
     assert training.state_mount_path == str(production_env.home)
     deployment = resources["deployment"]
-    assert isinstance(deployment, KubernetesDeployment)
-    assert (deployment.overlay, deployment.token_env_var) == ("staging", "FRAUD_TOKEN")
-    assert deployment.overlay_dir().name == "staging"
+    assert (deployment.environment(), deployment.monitored()) == ("staging", "staging")  # the overlay's
+    staging, prod = deployment.for_environment(), deployment.for_environment("prod")
+    assert isinstance(staging, KubernetesDeployment) and staging.pins() is True
+    assert (staging.overlay, staging.token_env_var) == ("staging", "FRAUD_TOKEN")
+    assert staging.overlay_dir().name == "staging"
+    assert staging.endpoint() == "http://fraud-detector.ml-platform-staging.svc.cluster.local"
+    assert prod.endpoint() == "http://fraud-detector.ml-platform-prod.svc.cluster.local"
     assert build_executor(production_env).name == "k8s_job_executor"
 
 
