@@ -30,6 +30,7 @@ help:
 	@echo "make lint       ruff, then the layers' import contracts (lint-imports, pyproject.toml)"
 	@echo "make clean-state  delete the state directory ($(ML_PLATFORM_HOME))"
 	@echo "make validate   render every deploy/k8s overlay and validate it against the Kubernetes schemas; load the Dagster definitions"
+	@echo "make prometheus-rules  write the Prometheus alert rules (deploy/prometheus, deploy/k8s/components/prometheus)"
 	@echo "make images     docker build the user-code and model-server images (deploy/docker)"
 	@echo "make smoke-k8s K8S_ENV=staging  smoke-test the model server deployed there (port-forward, /health, one /predict)"
 
@@ -124,6 +125,13 @@ validate: state
 		echo "deploy/k8s/$$tree: valid for Kubernetes $(K8S_SCHEMA_VERSIONS)"; \
 	done
 	$(BIN)/dagster definitions validate -w workspace.yaml
+
+# The alert rules for Prometheus, generated from the code's rules (ml_platform/monitoring/alerts.py): a plain
+# rules file and the PrometheusRule of the optional kustomize component (a test keeps both current).
+.PHONY: prometheus-rules
+prometheus-rules: install
+	$(BIN)/python -m ml_platform.monitoring.prometheus --rules-file deploy/prometheus/rules.yml \
+		--prometheus-rule deploy/k8s/components/prometheus/prometheusrule.yaml
 
 # deploy/helm/values.yaml rendered by the real chart (Helm checks the values against the chart's
 # values.schema.json), every object validated. Needs helm and the network (CI), not run by the tests.

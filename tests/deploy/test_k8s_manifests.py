@@ -165,6 +165,9 @@ def test_configuration_comes_from_the_configmap_and_an_optional_secret(rendered)
         "ML_PLATFORM_MLFLOW_URI": "http://mlflow:5000",
         "ML_PLATFORM_SERVING_CHALLENGER_WEIGHT": "0.0",
         "ML_PLATFORM_SERVING_FEAST": "off",
+        "ML_PLATFORM_PREDICTION_LOG_URI": "s3://ml-platform-prediction-log/fraud-detector",
+        "ML_PLATFORM_LABELS_URI": "s3://ml-platform-prediction-log/fraud-detector-labels",
+        "AWS_DEFAULT_REGION": "us-east-1",
     }
     for name in ("fraud-detector", "fraud-detector-canary"):
         deployment = one(objects, "Deployment", name)
@@ -285,7 +288,8 @@ def test_staging_overlay(rendered):
     assert one(objects, "Deployment", "fraud-detector-canary")["spec"]["replicas"] == 1
     hpa = one(objects, "HorizontalPodAutoscaler", "fraud-detector")
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
-    assert one(objects, "ConfigMap", "fraud-detector-config")["data"]["ML_PLATFORM_SERVING_CHALLENGER_WEIGHT"] == "0.1"
+    # pinned champion pods load no challenger: the split is the canary's share of pods only
+    assert one(objects, "ConfigMap", "fraud-detector-config")["data"]["ML_PLATFORM_SERVING_CHALLENGER_WEIGHT"] == "0.0"
     assert container(champion)["image"] == "ml-platform/model-server:staging"
     for variable in ("ML_PLATFORM_SERVING_TOKEN", "ML_PLATFORM_SERVING_ADMIN_TOKEN"):
         assert env_of(champion)[variable]["valueFrom"]["secretKeyRef"]["optional"] is True, variable

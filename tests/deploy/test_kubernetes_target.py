@@ -430,7 +430,7 @@ def test_deploy_pins_applies_waits_and_keeps_the_canary_on_its_version(target, c
     config = cluster.live[("ConfigMap", "ml-platform-staging", "fraud-detector-config")]["data"]
     assert config["ML_PLATFORM_SERVING_CHAMPION_VERSION"] == "9"
     assert config["ML_PLATFORM_SERVING_CHALLENGER_VERSION"] == "4"
-    assert config["ML_PLATFORM_SERVING_CHALLENGER_WEIGHT"] == "0.1"
+    assert config["ML_PLATFORM_SERVING_CHALLENGER_WEIGHT"] == "0.0"
 
 
 # ---- construction without a cluster ------------------------------------------------------------------

@@ -24,6 +24,7 @@ WORKFLOW = REPO / ".github" / "workflows" / "ml-pipeline.yml"
 SECRET_EXPRESSION = re.compile(r"^\$\{\{ secrets\.[A-Z][A-Z0-9_]* \}\}$")
 SECRET_LIKE_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|KUBECONFIG|_KEY$|_URI$|_URL$|USERNAME|_HOST$", re.IGNORECASE)
 CREDENTIALS_IN_URL = re.compile(r"://[^\s/:@$]*:[^\s/@]+@")
+REDIRECTION = re.compile(r"^[0-9]*(>>?|<)")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,9 @@ def commands_in(script: str, program: str) -> list[list[str]]:
             words = shlex.split(part, comments=True)
             for index, word in enumerate(words):
                 if word == program or word.endswith(f"/{program}"):
-                    found.append(words[index + 1 :])
+                    arguments = words[index + 1 :]
+                    redirect = next((i for i, w in enumerate(arguments) if REDIRECTION.match(w)), len(arguments))
+                    found.append(arguments[:redirect])  # `> file`, `2>&1` are the shell's, not the command's
                     break
     return found
 
@@ -80,6 +83,23 @@ def all_cli_calls(workflow: dict[str, Any]) -> list[tuple[str, list[str]]]:
         for script in run_scripts(job)
         for args in commands_in(script, "ml-platform")
     ]
+
+
+# A job output passed on through the environment (the safe way: never interpolated into a script), as the
+# CLI receives it at run time: a registry version such as this one.
+JOB_OUTPUT = re.compile(r"^\$\{\{ needs\.[a-z-]+\.outputs\.version \}\}$")
+SAMPLE_VERSION = "7"
+
+
+def with_job_outputs(workflow: dict[str, Any], job: str, args: list[str]) -> list[str]:
+    """``args`` with each ``$NAME`` that the job's environment fills from another job's version output
+    replaced by a sample version."""
+    env = workflow["jobs"][job].get("env", {})
+    resolved = []
+    for arg in args:
+        name = arg[1:] if arg.startswith("$") else None
+        resolved.append(SAMPLE_VERSION if name and JOB_OUTPUT.match(str(env.get(name, ""))) else arg)
+    return resolved
 
 
 # ---- shape ---------------------------------------------------------------------------------------------
@@ -141,6 +161,7 @@ def test_the_parsers_find_commands_in_scripts():
     script = "make lint\nmake smoke-k8s K8S_ENV=prod && .venv/bin/ml-platform deploy --env prod  # done\n"
     assert commands_in(script, "make") == [["lint"], ["smoke-k8s", "K8S_ENV=prod"]]
     assert commands_in(script, "ml-platform") == [["deploy", "--env", "prod"]]
+    assert commands_in('ml-platform deploy --json > "$RUNNER_TEMP/out" 2>&1', "ml-platform") == [["deploy", "--json"]]
     assert {"install", "test", "lint", "validate", "images"} <= makefile_targets()
     assert "SHELL" not in makefile_targets() and "ML_PLATFORM_VERSION" not in makefile_targets()
 
@@ -199,7 +220,7 @@ def test_every_cli_call_parses_with_the_real_cli(workflow):
     calls = all_cli_calls(workflow)
     assert calls
     for job, args in calls:
-        params = parse_cli_call(args)
+        params = parse_cli_call(with_job_outputs(workflow, job, args))
         assert params is not None, f"{job}: ml-platform {args[0]} is not a command of the CLI"
         if "env" in params:
             assert params["env"] in ENVIRONMENTS
@@ -276,7 +297,29 @@ def test_training_runs_against_the_production_profile(workflow):
         assert env["ML_PLATFORM_MLFLOW_URI"] == "${{ secrets.ML_PLATFORM_MLFLOW_URI }}"
     # the training pipeline ends with model_deployment: on the runner, never straight to a cluster
     assert train["env"]["ML_PLATFORM_DEPLOYMENT_TARGET"] == "local"
-    # only the training run writes to the Dagster instance; the deploys get no database credentials
-    assert "DAGSTER_PG_PASSWORD" in train["env"]
-    for name in ("deploy-staging", "deploy-production"):
-        assert not any(key.startswith("DAGSTER_PG_") for key in workflow["jobs"][name]["env"])
+    # training and the deploys are runs recorded in the Dagster instance (the deploys' smoke checks are what
+    # the cluster's rollback sensor watches)
+    for name in ("train", "deploy-staging", "deploy-production"):
+        assert workflow["jobs"][name]["env"]["DAGSTER_PG_PASSWORD"] == "${{ secrets.DAGSTER_PG_PASSWORD }}"
+
+
+def test_production_gets_exactly_the_version_staging_got(workflow):
+    staging, production = workflow["jobs"]["deploy-staging"], workflow["jobs"]["deploy-production"]
+    [step] = [s for s in staging["steps"] if "ml-platform deploy" in s.get("run", "")]
+    assert staging["outputs"]["version"] == f"${{{{ steps.{step['id']}.outputs.version }}}}"
+    [staging_call] = commands_in(step["run"], "ml-platform")
+    assert parse_cli_call(staging_call)["as_json"] is True and parse_cli_call(staging_call)["version"] is None
+    assert "version=$(jq -er '.version' \"$RUNNER_TEMP/deploy.json\")" in step["run"]
+    assert 'echo "version=$version" >> "$GITHUB_OUTPUT"' in step["run"]
+
+    [production_call] = [args for job, args in all_cli_calls(workflow) if job == "deploy-production"]
+    variable = production_call[production_call.index("--version") + 1]
+    assert variable.startswith("$")  # read from the environment at run time, never from the alias
+    assert production["env"][variable[1:]] == "${{ needs.deploy-staging.outputs.version }}"
+    params = parse_cli_call(with_job_outputs(workflow, "deploy-production", production_call))
+    assert (params["env"], params["version"]) == ("prod", int(SAMPLE_VERSION))
+    # the deploy's smoke check reaches each environment's server with its token
+    for job, secret in ((staging, "STAGING"), (production, "PRODUCTION")):
+        assert job["env"]["ML_PLATFORM_SERVING_URL"] == f"${{{{ secrets.{secret}_SERVING_URL }}}}"
+        [deploy] = [s for s in job["steps"] if "ml-platform deploy" in s.get("run", "")]
+        assert deploy["env"]["ML_PLATFORM_SERVING_TOKEN"] == f"${{{{ secrets.{secret}_SERVING_TOKEN }}}}"
