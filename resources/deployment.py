@@ -49,13 +49,12 @@ class DeploymentTarget(dg.ConfigurableResource, ABC):
         return False
 
 
-class LocalDeployment(DeploymentTarget):
-    """The model server as a managed process on this machine (pid and log under the state directory).
-
-    Its tokens are read from the variables named here when the server starts (the config holds names,
-    never values, so the UI never shows a token) and handed to the server process; without them set the
-    server runs without auth and with its /admin writes switched off.
-    """
+class _OnThisMachine(DeploymentTarget):
+    """Servers this target starts and stops on this machine, answering at ``host:port``. Their tokens are
+    read from the variables named here when a server starts (the config holds names, never values, so the
+    UI never shows a token) and handed to the server processes; without them set the servers run without
+    auth and with their /admin writes switched off. An empty value is passed on as it is: the server
+    refuses it at start, naming the variable."""
 
     state_dir: str
     host: str = "127.0.0.1"
@@ -64,14 +63,9 @@ class LocalDeployment(DeploymentTarget):
     token_env_var: str = "ML_PLATFORM_SERVING_TOKEN"
     admin_token_env_var: str = "ML_PLATFORM_SERVING_ADMIN_TOKEN"
 
-    def target(self) -> LocalProcessTarget:
-        return LocalProcessTarget(
-            Path(self.state_dir),
-            host=self.host,
-            port=self.port,
-            token=self.token(),
-            admin_token=self.admin_token(),
-        )
+    @abstractmethod
+    def target(self) -> LocalProcessTarget | ReplicaSetTarget:
+        """The core target that starts, rolls and stops the servers."""
 
     def deploy(self, model_name: str, version: int) -> DeploymentReport:
         return self.target().deploy(model_name, version, timeout_s=self.startup_timeout_s)
@@ -83,31 +77,37 @@ class LocalDeployment(DeploymentTarget):
         return f"http://{self.host}:{self.port}"
 
     def token(self) -> str | None:
-        # An empty value is passed on as it is: the server refuses it at start, naming the variable.
         return os.environ.get(self.token_env_var)
 
     def admin_token(self) -> str | None:
         return os.environ.get(self.admin_token_env_var)
 
 
-class ReplicaSetDeployment(DeploymentTarget):
+class LocalDeployment(_OnThisMachine):
+    """The model server as a managed process on this machine (pid and log under the state directory),
+    following the registry's champion alias."""
+
+    def target(self) -> LocalProcessTarget:
+        return LocalProcessTarget(
+            Path(self.state_dir),
+            host=self.host,
+            port=self.port,
+            token=self.token(),
+            admin_token=self.admin_token(),
+        )
+
+
+class ReplicaSetDeployment(_OnThisMachine):
     """``replicas`` model-server processes on this machine behind one haproxy listening on ``port``
     (state, pids, logs and each replica's journal under ``state_dir``). Every deploy pins the version:
     the first starts the set, a later one rolls the replicas one at a time (drained in haproxy first),
     so a promotion or a rollback reaches every replica without a failed request. The replicas' own
     ports are ``replica_ports`` (empty: free ports chosen at the first start and kept until the set is
-    stopped); ``ml-platform status`` and haproxy's runtime API (``haproxy.sock``) say which version each
-    serves. Tokens as for :class:`LocalDeployment`."""
+    stopped); haproxy's runtime API (``haproxy.sock`` in ``state_dir``) says which replica is in rotation."""
 
-    state_dir: str
     replicas: int = 3
-    host: str = "127.0.0.1"
-    port: int = 8080
     replica_ports: list[int] = []
     haproxy: str = "haproxy"
-    startup_timeout_s: float = 120.0
-    token_env_var: str = "ML_PLATFORM_SERVING_TOKEN"
-    admin_token_env_var: str = "ML_PLATFORM_SERVING_ADMIN_TOKEN"
 
     def target(self) -> ReplicaSetTarget:
         return ReplicaSetTarget(
@@ -121,21 +121,6 @@ class ReplicaSetDeployment(DeploymentTarget):
             haproxy=self.haproxy,
             timeout_s=self.startup_timeout_s,
         )
-
-    def deploy(self, model_name: str, version: int) -> DeploymentReport:
-        return self.target().deploy(model_name, version, timeout_s=self.startup_timeout_s)
-
-    def stop(self) -> bool:
-        return self.target().stop()
-
-    def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def token(self) -> str | None:
-        return os.environ.get(self.token_env_var)
-
-    def admin_token(self) -> str | None:
-        return os.environ.get(self.admin_token_env_var)
 
     def pins(self) -> bool:
         return True

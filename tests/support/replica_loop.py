@@ -120,6 +120,22 @@ def scored_rows(prometheus: str, replicas: int) -> int:
     return int(value)
 
 
+def react_under_traffic(
+    loop: ClosedLoop, daemon: SensorDaemon, sensor: str, scratch: LoopReport, report: dict[str, Any], *, leg: int
+) -> set[str]:
+    """The sensor's run (and its rolling deploy) while requests flow through the balancer without pause;
+    reports the leg, that traffic and what each replica serves afterwards; returns the answered ids."""
+    with Traffic(loop.endpoint, token=loop.token, prefix=f"rollout-{leg}", pause=ROLLOUT_PAUSE) as rollout:
+        rollout.wait_for(20)
+        reaction = loop.react(daemon, sensor, scratch)
+        rollout.wait_for(20)
+    target = loop.defs.resources["deployment"].for_environment("local").target()
+    report[f"leg_{leg}"] = leg_of(reaction)
+    report[f"rollout_{leg}"] = traffic_of(rollout)
+    report[f"after_leg_{leg}"] = replica_versions(target)
+    return {a.request_id for a in rollout.answers if a.failure is None}
+
+
 def main(report_path: Path) -> None:
     settings = Settings.from_env()
     assert settings.deployment_target == "replicas", "run by tests/e2e/test_replica_loop.py, which sets it up"
@@ -174,14 +190,7 @@ def main(report_path: Path) -> None:
                 "checks": evaluations_of(monitor),
             }
             scratch = LoopReport(champion=report["v_start"], endpoint=loop.endpoint)
-            with Traffic(loop.endpoint, token=loop.token, prefix="rollout-1", pause=ROLLOUT_PAUSE) as rollout:
-                rollout.wait_for(20)
-                leg = loop.react(daemon, "retrain_on_drift", scratch)
-                rollout.wait_for(20)
-            report["leg_1"] = leg_of(leg)
-            report["rollout_1"] = traffic_of(rollout)
-            answered_ids |= {a.request_id for a in rollout.answers if a.failure is None}
-            report["after_leg_1"] = replica_versions(target)
+            answered_ids |= react_under_traffic(loop, daemon, "retrain_on_drift", scratch, report, leg=1)
             report["phases"]["leg 1 (monitor, retrain, rolling deploy)"] = time.time() - clock
 
             # Leg 2: one replica's disk refuses the journal; a third of the requests get 503.
@@ -207,14 +216,7 @@ def main(report_path: Path) -> None:
             # The disk is replaced: the replica logs (and answers) again; the loop rolls back all the same.
             journal.unlink()
             broken.rename(journal)
-            with Traffic(loop.endpoint, token=loop.token, prefix="rollout-2", pause=ROLLOUT_PAUSE) as rollout:
-                rollout.wait_for(20)
-                leg = loop.react(daemon, "rollback_on_failure", scratch)
-                rollout.wait_for(20)
-            report["leg_2"] = leg_of(leg)
-            report["rollout_2"] = traffic_of(rollout)
-            answered_ids |= {a.request_id for a in rollout.answers if a.failure is None}
-            report["after_leg_2"] = replica_versions(target)
+            answered_ids |= react_under_traffic(loop, daemon, "rollback_on_failure", scratch, report, leg=2)
             report["declined"] = scratch.skipped
             report["phases"]["leg 2 (fault, monitor, rollback, rolling deploy)"] = time.time() - clock
 
