@@ -75,10 +75,10 @@ def bare_child(days: int, per_day: int) -> dict:
         load_online_store,
         open_store,
         point_in_time_stats,
+        write_offline_table,
     )
     from ml_platform.registry import Registry
     from ml_platform.settings import Settings
-    from ml_platform.storage import write_table
     from ml_platform.training.dataset import assemble_training_set, split_xy
     from ml_platform.training.train import TrainingParams, fit, model_signature, predict_probability
 
@@ -99,7 +99,7 @@ def bare_child(days: int, per_day: int) -> dict:
     assert all(o.passed for o in outcomes)
     stats = timed("customer_stats", compute_customer_stats, transactions)
     repo = FeatureRepo.from_settings(settings)
-    write_table(stats, repo.offline_table_path)
+    write_offline_table(repo, stats)
     store = open_store(repo)
     timed("feature_store", store.apply, feature_definitions(repo))
     timed(

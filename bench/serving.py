@@ -244,9 +244,14 @@ def prepare_feature_stores(settings, transactions, booster, online_stores: list[
 
     from ml_platform.data.schema import CATEGORIES, CHANNELS, ENTITY_COLUMN, TIMESTAMP_COLUMN
     from ml_platform.features.engineering import MODEL_FEATURES, STORED_FEATURES, compute_customer_stats, model_features
-    from ml_platform.features.store import FeatureRepo, feature_definitions, load_online_store, open_store
+    from ml_platform.features.store import (
+        FeatureRepo,
+        feature_definitions,
+        load_online_store,
+        open_store,
+        write_offline_table,
+    )
     from ml_platform.settings import Settings
-    from ml_platform.storage import write_table
     from ml_platform.training.train import predict_probability
 
     stats = compute_customer_stats(transactions)
@@ -258,7 +263,7 @@ def prepare_feature_stores(settings, transactions, booster, online_stores: list[
         else:
             env = {**os.environ, "ML_PLATFORM_HOME": str(redis_home(settings.home)), "ML_PLATFORM_REDIS_URL": REDIS_URL}
             repo = FeatureRepo.from_settings(Settings.from_env(env))
-        write_table(stats, repo.offline_table_path)
+        write_offline_table(repo, stats)
         store = open_store(repo)
         store.apply(feature_definitions(repo))
         started = time.perf_counter()

@@ -1,6 +1,6 @@
 """The IO manager: tables as parquet and small results as JSON under the state directory."""
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -139,6 +139,18 @@ class StateStorage(dg.ConfigurableResource):
 
     def table_path(self, asset: str, partition: str | None = None) -> Path:
         return table_path(self.base_dir, asset, partition)
+
+    def stored_days(self, asset: str) -> list[date]:
+        """The days a daily-partitioned table asset has a stored file for (the partitions the IO manager
+        reads), oldest first."""
+        folder = table_path(self.base_dir, asset, "2000-01-01").parent
+        days = []
+        for path in folder.glob(f"*{TABLE_SUFFIX}") if folder.is_dir() else []:
+            try:
+                days.append(date.fromisoformat(path.name.removesuffix(TABLE_SUFFIX)))
+            except ValueError:  # not a day's file (a temporary, a stray)
+                continue
+        return sorted(days)
 
     def training_sets_dir(self) -> Path:
         """``<base>/training_sets``: each training set once, as ``<sha256>.parquet``, never overwritten."""

@@ -34,7 +34,7 @@ PIPELINES = {
     "ingest": "ingest",  # raw_transactions -> validated_transactions, per day
     "all": "bootstrap",  # the whole graph over a range of days
 }
-PARTITIONED_PIPELINES = {"ingest", "all"}
+PARTITIONED_PIPELINES = {"ingest", "features", "all"}
 FEATURE_VIEWS = ("customer_stats",)
 ENVIRONMENTS = DEPLOYMENT_ENVIRONMENTS
 # The run tag naming a deploy's or a rollback's environment (assets.deployment.ENVIRONMENT_TAG; not imported
@@ -198,17 +198,20 @@ def _only_the_gates_failed(result, settings: Settings) -> bool:
 def run(
     pipeline: Annotated[str, typer.Option(help=f"One of: {', '.join(PIPELINES)}.")] = "training",
     params: Annotated[Path | None, typer.Option(help="YAML: asset name -> that asset's config.")] = None,
-    start: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD) for ingest/all.")] = None,
-    end: Annotated[str | None, typer.Option(help="Last day, inclusive (YYYY-MM-DD) for ingest/all.")] = None,
+    start: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD) for ingest/features/all.")] = None,
+    end: Annotated[str | None, typer.Option(help="Last day, inclusive (YYYY-MM-DD) for ingest/features/all.")] = None,
 ) -> None:
-    """Run a pipeline with parameters from a file."""
-    prepared_settings()
+    """Run a pipeline with parameters from a file. Without --start/--end, ingest and all take yesterday and
+    features every stored day its running stats have not reached yet."""
+    settings = prepared_settings()
     if pipeline not in PIPELINES:
         typer.secho(f"error: unknown pipeline {pipeline!r}; expected one of {', '.join(PIPELINES)}", fg="red", err=True)
         raise typer.Exit(2)
     job_name = PIPELINES[pipeline]
     first = last = None
-    if pipeline in PARTITIONED_PIPELINES:
+    if pipeline == "features" and not start and not end:
+        first, last = _days_without_features(settings)
+    elif pipeline in PARTITIONED_PIPELINES:
         first, last = _run_cli(_parse_range, start, end)
     elif start or end:
         typer.secho(f"error: --start/--end apply to {' and '.join(PARTITIONED_PIPELINES)} only", fg="red", err=True)
@@ -238,8 +241,8 @@ def _parse_range(start: str | None, end: str | None) -> tuple[date, date]:
 def materialize_features(
     feature_view: Annotated[str, typer.Option(help="The feature view to rebuild and load online.")] = "customer_stats",
 ) -> None:
-    """Rebuild a feature view from every stored day and load it into the online store."""
-    prepared_settings()
+    """Rebuild a feature view from every stored day, in one run from the first, and load the online store."""
+    settings = prepared_settings()
     if feature_view not in FEATURE_VIEWS:
         typer.secho(
             f"error: unknown feature view {feature_view!r}; expected one of {', '.join(FEATURE_VIEWS)}",
@@ -247,8 +250,43 @@ def materialize_features(
             err=True,
         )
         raise typer.Exit(2)
-    result = _run_cli(launch, "refresh_features")
+    days = _stored_days(settings.data_dir, "validated_transactions")
+    if not days:
+        typer.secho("error: no stored day of validated_transactions; run the ingest pipeline first", fg="red", err=True)
+        raise typer.Exit(2)
+    result = _run_cli(launch, "refresh_features", start=days[0], end=days[-1])
     _print_result(result, f"feature view {feature_view}")
+
+
+def _days_without_features(settings: Settings) -> tuple[date, date]:
+    """The stored days of validated_transactions after the newest day customer_stats has reached: the
+    range a features run continues with (the days in between have no transactions of their own)."""
+    from ml_platform.features.store import FeatureRepo, offline_days
+
+    reached = offline_days(FeatureRepo.from_settings(settings))
+    days = [
+        day for day in _stored_days(settings.data_dir, "validated_transactions") if not reached or day > reached[-1]
+    ]
+    if not days:
+        typer.echo(
+            f"features are up to date: customer_stats has every stored day (through {reached[-1] if reached else '-'})"
+        )
+        raise typer.Exit(0)
+    return days[0], days[-1]
+
+
+def _stored_days(data_dir: Path, asset: str) -> list[date]:
+    """The days a daily-partitioned asset has a stored partition for, oldest first."""
+    from ml_platform.storage import table_path
+
+    folder = table_path(data_dir, asset, "day").parent
+    days = []
+    for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+        try:
+            days.append(date.fromisoformat(path.stem))
+        except ValueError:
+            continue
+    return days
 
 
 @app.command()

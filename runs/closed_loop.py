@@ -314,7 +314,7 @@ class ClosedLoop:
                 )
                 report.traffic.append({"leg": 1, "day": day.isoformat(), **traffic.to_dict()})
                 self.run("ingest", {"raw_transactions": plan.drifted_data()}, start=day, end=day)
-                self.run("refresh_features")
+                self.run("refresh_features", start=day, end=day)
                 self.echo(
                     f"  {day}: {traffic.rows:,} transactions with drift {plan.drift} answered by "
                     f"{_versions(traffic.model_versions)} in {traffic.seconds:.1f} s; then the nightly batch "

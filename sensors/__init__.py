@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from assets.features import load_every_customer_online
 from sensors.monitoring import MONITORING_JOBS, MONITORING_SCHEDULES, SENSORS
 from sensors.rollback import rollback
 
@@ -14,12 +15,22 @@ ingest = dg.define_asset_job(
     description="Load and validate one day of transactions (or a range, in one run).",
 )
 
-# Rebuild the offline table, apply the Feast repo and load the online store from every stored day.
+# A day's features (daily partitions, or a range of days in one run): customer_stats continued from the
+# day before, the Feast repo applied, the customers the day changed written to the online store.
 refresh_features = dg.define_asset_job(
     "refresh_features",
     selection=dg.AssetSelection.groups("features"),
-    description="Recompute customer_stats from every stored day, apply the Feast repo, load the online store.",
+    description="customer_stats of the day (or range) from the state the day before left, the Feast repo "
+    "applied, the day's changed customers written to the online store.",
 )
+
+# The repair: the Feast repo applied and every customer loaded into the online store from the whole offline
+# table (a lost or suspect online store); the daily refresh writes only the day's changed customers.
+reload_online_store = dg.GraphDefinition(
+    name="reload_online_store",
+    node_defs=[load_every_customer_online],
+    description="Apply the Feast repo and load every customer's latest stats from the whole offline table.",
+).to_job()
 
 # Train a challenger, evaluate it against the champion, promote it if every gate passes, and serve it: a
 # retrain the drift sensor requests ends with the new champion answering. A failed gate stops the run
@@ -54,7 +65,17 @@ predict_batch = dg.define_asset_job(
     description="Score one day of transactions with the champion (parquet in, parquet out).",
 )
 
-JOBS = [ingest, refresh_features, retrain, bootstrap, deploy, predict_batch, rollback, *MONITORING_JOBS]
+JOBS = [
+    ingest,
+    refresh_features,
+    reload_online_store,
+    retrain,
+    bootstrap,
+    deploy,
+    predict_batch,
+    rollback,
+    *MONITORING_JOBS,
+]
 
 ingest_daily = dg.build_schedule_from_partitioned_job(
     ingest,
@@ -64,13 +85,13 @@ ingest_daily = dg.build_schedule_from_partitioned_job(
     description="Yesterday's transactions at 01:00 UTC.",
 )
 
-refresh_features_daily = dg.ScheduleDefinition(
+refresh_features_daily = dg.build_schedule_from_partitioned_job(
+    refresh_features,
     name="refresh_features_daily",
-    job=refresh_features,
-    cron_schedule="30 1 * * *",
-    execution_timezone="UTC",
+    hour_of_day=1,
+    minute_of_hour=30,
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Features from every stored day at 01:30 UTC, after ingestion.",
+    description="Yesterday's features at 01:30 UTC, after its ingestion.",
 )
 
 retrain_daily = dg.ScheduleDefinition(

@@ -5,7 +5,7 @@ customer's history *after* the transactions at that time (total_purchases, avg_o
 lifetime_value and when the last order was).
 
 Training and serving read the same daily snapshots. The online store is loaded by the nightly batch
-(ingest the day, recompute ``customer_stats``, load the online store) with every customer's stats
+(ingest the day, continue ``customer_stats`` by that day, load its changed customers online) with every customer's stats
 through the last complete UTC day, so a transaction of day D is served with its customer's stats as of
 the end of day D-1: the stats of all transactions strictly before 00:00 UTC of its own day
 (:func:`snapshot_time`). The training set, batch scoring and the in-memory join :func:`stats_before`
@@ -21,6 +21,8 @@ model's input, in training and in serving.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -107,6 +109,130 @@ def compute_customer_stats(transactions: pd.DataFrame) -> pd.DataFrame:
     stats[TIMESTAMP_COLUMN] = pd.to_datetime(stats[TIMESTAMP_COLUMN], utc=True)
     stats = stats.drop_duplicates([ENTITY_COLUMN, TIMESTAMP_COLUMN], keep="last")
     return stats.sort_values([TIMESTAMP_COLUMN, ENTITY_COLUMN], kind="stable").reset_index(drop=True)
+
+
+# What a customer's running stats carry from one day to the next: the stored stats after their latest
+# order, and the compensation term of the running sum. compute_customer_stats sums amounts with pandas'
+# grouped cumsum, which is Kahan-compensated; carrying the compensation makes the day-by-day sum
+# continue with exactly the additions of the whole-history one, so both give bit-identical values.
+LIFETIME_COMPENSATION = "lifetime_value_compensation"
+STATE_COLUMNS: tuple[str, ...] = (ENTITY_COLUMN, TIMESTAMP_COLUMN, *STORED_FEATURES, LIFETIME_COMPENSATION)
+
+
+class DayMismatchError(ValueError):
+    """Transactions handed to one day's stats step that fall on another day."""
+
+
+def empty_customer_state() -> pd.DataFrame:
+    """The carried state before any transaction: no customer seen."""
+    return pd.DataFrame(
+        {
+            ENTITY_COLUMN: pd.Series(dtype="int64"),
+            TIMESTAMP_COLUMN: pd.Series(dtype=_UTC_NANOSECONDS),
+            "total_purchases": pd.Series(dtype="int64"),
+            "avg_order_value": pd.Series(dtype="float64"),
+            "lifetime_value": pd.Series(dtype="float64"),
+            "last_order_ts": pd.Series(dtype="float64"),
+            LIFETIME_COMPENSATION: pd.Series(dtype="float64"),
+        }
+    )
+
+
+def advance_customer_stats(
+    state: pd.DataFrame, day: pd.Timestamp | str, transactions: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One UTC day of the running stats: ``(state after the day, the day's rows of the offline table)``.
+
+    ``state`` is the carried state after the previous days (:data:`STATE_COLUMNS`, one row per customer
+    seen so far; :func:`empty_customer_state` before the first), ``transactions`` every transaction of
+    ``day``. The day's rows are exactly the rows of :func:`compute_customer_stats` over the whole history
+    that fall on ``day``, and folding the days in order gives the whole table. A transaction of another
+    day raises :class:`DayMismatchError`: the state would no longer be "through the end of the day".
+    """
+    start = pd.Timestamp(day).tz_localize("UTC") if pd.Timestamp(day).tzinfo is None else pd.Timestamp(day)
+    start = start.floor("D")
+    timestamps = pd.to_datetime(transactions[TIMESTAMP_COLUMN], utc=True)
+    outside = (timestamps < start) | (timestamps >= start + pd.Timedelta(days=1))
+    if outside.any():
+        raise DayMismatchError(
+            f"{int(outside.sum())} of {len(transactions)} transactions handed to the stats of {start.date()} fall on "
+            f"other days (e.g. {timestamps[outside].iloc[0]}); a day's step takes that UTC day's transactions only"
+        )
+    keys = [ENTITY_COLUMN, TIMESTAMP_COLUMN] + ([ID_COLUMN] if ID_COLUMN in transactions else [])
+    ordered = transactions[keys + (["amount"] if "amount" not in keys else [])].sort_values(keys, kind="stable")
+    customers = ordered[ENTITY_COLUMN].to_numpy()
+    rank = ordered.groupby(ENTITY_COLUMN, sort=False).cumcount().to_numpy()
+
+    carried = state.set_index(ENTITY_COLUMN)
+    known = carried.reindex(pd.unique(customers))
+    slot = pd.Index(known.index).get_indexer(customers)
+    accum = known["lifetime_value"].fillna(0.0).to_numpy(dtype="float64", copy=True)
+    compensation = known[LIFETIME_COMPENSATION].fillna(0.0).to_numpy(dtype="float64", copy=True)
+    purchases_before = known["total_purchases"].fillna(0).to_numpy(dtype="int64")
+    amounts = ordered["amount"].to_numpy(dtype="float64")
+    lifetime_value = np.empty(len(ordered), dtype="float64")
+    # The k-th transaction of every customer at once: within one rank a customer appears once, so each
+    # step is pandas' compensated addition, element by element, in the same order as the whole history.
+    for k in range(int(rank.max()) + 1 if len(rank) else 0):
+        rows = np.flatnonzero(rank == k)
+        at = slot[rows]
+        y = amounts[rows] - compensation[at]
+        t = accum[at] + y
+        compensation[at] = (t - accum[at]) - y
+        accum[at] = t
+        lifetime_value[rows] = t
+    total_purchases = purchases_before[slot] + rank + 1
+    rows = pd.DataFrame(
+        {
+            ENTITY_COLUMN: customers,
+            TIMESTAMP_COLUMN: ordered[TIMESTAMP_COLUMN].to_numpy(),
+            "total_purchases": total_purchases.astype("int64"),
+            "avg_order_value": lifetime_value / total_purchases,
+            "lifetime_value": lifetime_value,
+            "last_order_ts": epoch_seconds(ordered[TIMESTAMP_COLUMN]),
+        }
+    )
+    rows[TIMESTAMP_COLUMN] = pd.to_datetime(rows[TIMESTAMP_COLUMN], utc=True)
+    rows = rows.drop_duplicates([ENTITY_COLUMN, TIMESTAMP_COLUMN], keep="last")
+    day_rows = rows.sort_values([TIMESTAMP_COLUMN, ENTITY_COLUMN], kind="stable").reset_index(drop=True)
+
+    latest = rows.drop_duplicates(ENTITY_COLUMN, keep="last").set_index(ENTITY_COLUMN)
+    latest[LIFETIME_COMPENSATION] = pd.Series(compensation, index=known.index)
+    latest[TIMESTAMP_COLUMN] = latest[TIMESTAMP_COLUMN].astype(_UTC_NANOSECONDS)
+    untouched = carried.drop(index=latest.index, errors="ignore")
+    if untouched.empty:  # concat with an empty frame would drop the dtypes
+        next_state = latest
+    elif latest.empty:
+        next_state = untouched
+    else:
+        next_state = pd.concat([untouched, latest])
+    next_state = next_state.reset_index().sort_values(ENTITY_COLUMN, kind="stable").reset_index(drop=True)
+    return next_state[list(STATE_COLUMNS)], day_rows
+
+
+def fold_customer_stats(
+    state: pd.DataFrame, days: list[pd.Timestamp | str], transactions: pd.DataFrame
+) -> Iterator[tuple[pd.Timestamp, pd.DataFrame, pd.DataFrame]]:
+    """:func:`advance_customer_stats` over ``days`` in order: ``(day, state after it, its rows)`` each.
+
+    ``transactions`` holds every transaction of those days (none of another day); a day without any
+    gives the state unchanged and no rows.
+    """
+    timestamps = pd.to_datetime(transactions[TIMESTAMP_COLUMN], utc=True).dt.floor("D")
+    starts = [
+        pd.Timestamp(day).tz_localize("UTC") if pd.Timestamp(day).tzinfo is None else pd.Timestamp(day) for day in days
+    ]
+    unclaimed = ~timestamps.isin(starts)
+    if unclaimed.any():
+        raise DayMismatchError(
+            f"{int(unclaimed.sum())} transactions fall outside the days {starts[0].date()} .. {starts[-1].date()} "
+            f"(e.g. {transactions[TIMESTAMP_COLUMN][unclaimed].iloc[0]})"
+        )
+    positions = pd.Series(np.arange(len(transactions))).groupby(timestamps.to_numpy()).indices  # one pass
+    for start in sorted(starts):
+        day_rows = positions.get(start, np.empty(0, dtype="int64"))
+        state, rows = advance_customer_stats(state, start, transactions.iloc[day_rows])
+        yield start, state, rows
 
 
 def stats_before(transactions: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:

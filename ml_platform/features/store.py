@@ -5,6 +5,12 @@ The join gives each transaction its customer's stats as of the transaction's dai
 what the online store, loaded nightly through the last complete day, serves for that transaction: the
 training set, batch scoring and the skew check read the rows serving reads.
 
+The offline table is a folder of parquet files, one per UTC day (``customer_stats/<YYYY-MM-DD>.parquet``,
+the rows of that day's partition of asset customer_stats); the Feast file source names them with a glob,
+which the DuckDB offline store reads as one table. Beside it, ``customer_stats_state/<YYYY-MM-DD>.parquet``
+holds the carried state after each day (one row per customer seen so far), from which the next day
+continues. A day without transactions has neither file.
+
 The repo config is built from :class:`~ml_platform.settings.Settings` (DuckDB offline store over the
 parquet feature table, file registry, all under the state directory; the online store is SQLite there
 too in the local profile and Redis in the production profile). DuckDB runs
@@ -17,21 +23,28 @@ content is written beside it so the ``feast`` CLI works on the same repo.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ml_platform.data.schema import ENTITY_COLUMN, TIMESTAMP_COLUMN
-from ml_platform.features.engineering import JOIN_OFFSET, STORED_FEATURES, snapshot_time
+from ml_platform.features.engineering import (
+    JOIN_OFFSET,
+    STATE_COLUMNS,
+    STORED_FEATURES,
+    empty_customer_state,
+    snapshot_time,
+)
 from ml_platform.settings import REDIS_PASSWORD_ENV, Settings
-from ml_platform.storage import write_text_atomic
+from ml_platform.storage import TABLE_SUFFIX, split_by_day, write_table, write_text_atomic
 
 FEATURE_VIEW = "customer_stats"
 FEATURE_SERVICE = "fraud_model_v1"
 ENTITY = "customer"
-OFFLINE_FILE = "customer_stats.parquet"
+OFFLINE_FOLDER = "customer_stats"  # <offline_dir>/customer_stats/<YYYY-MM-DD>.parquet: the offline table
+STATE_FOLDER = "customer_stats_state"  # <offline_dir>/customer_stats_state/<YYYY-MM-DD>.parquet
 ROW_ID = "__row_id"
 
 
@@ -93,7 +106,28 @@ class FeatureRepo:
 
     @property
     def offline_table_path(self) -> Path:
-        return self.offline_dir / OFFLINE_FILE
+        """The offline table: a folder of one parquet file per day (``pd.read_parquet`` reads it whole)."""
+        return self.offline_dir / OFFLINE_FOLDER
+
+    @property
+    def offline_source_path(self) -> str:
+        """What the Feast file source reads: every day's file of the offline table."""
+        return str(self.offline_table_path / f"*{TABLE_SUFFIX}")
+
+    def offline_day_path(self, day: date) -> Path:
+        return self.offline_table_path / f"{day.isoformat()}{TABLE_SUFFIX}"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.offline_dir / STATE_FOLDER
+
+    def state_path(self, day: date) -> Path:
+        """The carried customer state after ``day`` (one row per customer seen through that day)."""
+        return self.state_dir / f"{day.isoformat()}{TABLE_SUFFIX}"
+
+    def dropped_path(self, day: date) -> Path:
+        """The customers a recomputation of ``day`` took out of that day (they had rows, have none now)."""
+        return self.state_dir / "dropped" / f"{day.isoformat()}{TABLE_SUFFIX}"
 
     def config_yaml(self) -> str:
         """The repo's feature_store.yaml for the ``feast`` CLI. A Redis password is not written: Feast
@@ -155,7 +189,7 @@ def feature_definitions(repo: FeatureRepo) -> list:
     )
     source = FileSource(
         name="customer_stats_source",
-        path=str(repo.offline_table_path),
+        path=repo.offline_source_path,
         timestamp_field=TIMESTAMP_COLUMN,
         description="Each customer's history after every event time (asset customer_stats).",
     )
@@ -228,20 +262,132 @@ def point_in_time_stats(store, events: pd.DataFrame) -> pd.DataFrame:
     return aligned[list(STORED_FEATURES)]
 
 
+def _stored_days(directory: Path) -> list[date]:
+    """The days that have a file in ``directory`` (``<YYYY-MM-DD>.parquet``), oldest first."""
+    if not directory.is_dir():
+        return []
+    days = []
+    for path in directory.glob(f"*{TABLE_SUFFIX}"):
+        try:
+            days.append(date.fromisoformat(path.name.removesuffix(TABLE_SUFFIX)))
+        except ValueError:
+            continue  # not a day's file (nothing else is written here)
+    return sorted(days)
+
+
+def offline_days(repo: FeatureRepo) -> list[date]:
+    """The days the offline table has rows for, oldest first."""
+    return _stored_days(repo.offline_table_path)
+
+
+def store_day(repo: FeatureRepo, day: date, state: pd.DataFrame, rows: pd.DataFrame) -> None:
+    """Keep one day's result of the running stats: its rows of the offline table and the state after it.
+
+    Each file is written under a temporary name and renamed. A day without rows keeps neither file (an
+    earlier run's files for it are removed): the next day continues from the newest state before it. When
+    the day is recomputed, the customers its earlier rows had and its new rows lack are kept too: their
+    online stats came from the earlier rows, so the day's online load must write them again.
+    """
+    earlier = repo.offline_day_path(day)
+    before = pd.read_parquet(earlier, columns=[ENTITY_COLUMN]) if earlier.exists() else None
+    dropped = before[~before[ENTITY_COLUMN].isin(rows[ENTITY_COLUMN])].drop_duplicates() if before is not None else None
+    if dropped is not None and not dropped.empty:
+        write_table(dropped.reset_index(drop=True), repo.dropped_path(day))
+    if rows.empty:
+        repo.offline_day_path(day).unlink(missing_ok=True)
+        repo.state_path(day).unlink(missing_ok=True)
+        return
+    write_table(rows.reset_index(drop=True), repo.offline_day_path(day))
+    write_table(state[list(STATE_COLUMNS)].reset_index(drop=True), repo.state_path(day))
+
+
+def state_before(repo: FeatureRepo, day: date) -> tuple[date | None, pd.DataFrame]:
+    """The newest carried state of a day before ``day``, and that day (None and no customers if none)."""
+    earlier = [stored for stored in _stored_days(repo.state_dir) if stored < day]
+    if not earlier:
+        return None, empty_customer_state()
+    state = pd.read_parquet(repo.state_path(earlier[-1]))
+    missing = sorted(set(STATE_COLUMNS) - set(state.columns))
+    if missing:
+        raise ValueError(f"carried state {repo.state_path(earlier[-1])} lacks the columns {', '.join(missing)}")
+    return earlier[-1], state[list(STATE_COLUMNS)]
+
+
+def write_offline_table(repo: FeatureRepo, stats: pd.DataFrame) -> None:
+    """Replace the whole offline table with ``stats`` (rows of :func:`compute_customer_stats`), one file
+    per day, for loads outside the pipeline (tests, benchmarks). Days not in ``stats`` are removed, and so
+    is the carried state, which described the table replaced."""
+    by_day = split_by_day(stats, TIMESTAMP_COLUMN)
+    for day in offline_days(repo):
+        if day.isoformat() not in by_day:
+            repo.offline_day_path(day).unlink()
+    for day in _stored_days(repo.state_dir):
+        repo.state_path(day).unlink()
+    for name, rows in by_day.items():
+        write_table(rows.reset_index(drop=True), repo.offline_day_path(date.fromisoformat(name)))
+
+
+def last_changes(repo: FeatureRepo, first: date, last: date) -> pd.DataFrame:
+    """The customers whose online stats the days [first, last] settle, each with their newest row through
+    ``last`` (from the carried state after it).
+
+    Those are the customers with rows on these days, and the ones a recomputation took out of them, except
+    any who also have rows on a later stored day: that day's load writes them. So every customer is
+    written by the load of the day of their newest row, with that row, whatever order the days are loaded
+    in, and loading every day gives what a full load gives. A customer left with no row at all is not
+    written (the online store cannot forget one; job ``reload_online_store`` into an empty store does).
+    """
+    columns = [ENTITY_COLUMN, TIMESTAMP_COLUMN, *STORED_FEATURES]
+    days = offline_days(repo)
+    touched = [
+        pd.read_parquet(path, columns=[ENTITY_COLUMN])
+        for day in sorted(set(days) | set(_stored_days(repo.dropped_path(first).parent)))
+        if first <= day <= last
+        for path in (repo.offline_day_path(day), repo.dropped_path(day))
+        if path.exists()
+    ]
+    _, state = state_before(repo, last + timedelta(days=1))
+    if not touched or state.empty:
+        return pd.DataFrame(columns=columns)
+    customers = pd.concat(touched)[ENTITY_COLUMN]
+    later = [pd.read_parquet(repo.offline_day_path(day), columns=[ENTITY_COLUMN]) for day in days if day > last]
+    if later:
+        customers = customers[~customers.isin(pd.concat(later)[ENTITY_COLUMN])]
+    settled = state[state[ENTITY_COLUMN].isin(customers)]
+    return settled[columns].sort_values(ENTITY_COLUMN, kind="stable").reset_index(drop=True)
+
+
+def write_online_changes(store, changes: pd.DataFrame) -> int:
+    """Write :func:`last_changes` rows to the online store (through Feast, as a load over their window
+    writes them); returns how many customers were written."""
+    if not changes.empty:
+        store.write_to_online_store(FEATURE_VIEW, changes)
+    return len(changes)
+
+
 def load_online_store(store, start: datetime, end: datetime) -> None:
-    """Load every customer's latest stats in [start, end) into the online store.
+    """Load every customer's latest stats in [start, end) into the online store: the full load.
 
-    Loaded by the nightly batch once a day is ingested, it holds each customer's stats through the last
-    complete day: the daily snapshot that the next day's transactions are served with, and that
-    :func:`point_in_time_stats` gives them for training.
+    The pipeline loads the online store day by day (:func:`last_changes`); this loads it whole from the
+    offline table, to repair it (job ``reload_online_store``) or to fill a new one. It holds each
+    customer's stats through the last complete day: the daily snapshot that the next day's transactions
+    are served with, and that :func:`point_in_time_stats` gives them for training.
 
-    ``customer_stats`` is recomputed whole (a backfilled older day changes every later running
-    total), so the online store is always loaded over the table's full time range rather than
-    incrementally: an incremental load would leave customers who were not active since the last
-    load with stale values. (Incremental loading also has a trap of its own: Feast's
-    ``materialize_incremental`` on a view never loaded looks back only one ttl, so older rows would
-    never reach the store.)
+    It writes every customer with rows in the window and deletes no one. (Feast's
+    ``materialize_incremental`` is not used: on a view never loaded it looks back only one ttl, so older
+    rows would never reach the store.)
     """
     if end <= start:
         raise ValueError(f"online store window is empty: start {start} is not before end {end}")
     store.materialize(start_date=start, end_date=end, feature_views=[FEATURE_VIEW])
+
+
+def offline_window(repo: FeatureRepo) -> tuple[datetime, datetime]:
+    """[first row's time, last row's time + 1 s) of the offline table: the window of a full load."""
+    table = pd.read_parquet(repo.offline_table_path, columns=[TIMESTAMP_COLUMN]) if offline_days(repo) else None
+    if table is None or table.empty:
+        raise ValueError(f"the offline table {repo.offline_table_path} has no rows; nothing to load")
+    return (
+        table[TIMESTAMP_COLUMN].min().to_pydatetime(),
+        table[TIMESTAMP_COLUMN].max().to_pydatetime() + timedelta(seconds=1),
+    )

@@ -44,9 +44,9 @@ EXPECTED_GROUPS = {
 EXPECTED_DEPS = {
     "raw_transactions": set(),
     "validated_transactions": {"raw_transactions"},
-    "customer_stats": {"validated_transactions"},
+    "customer_stats": {"validated_transactions", "customer_stats"},  # each day continues from the day before
     "feature_store": {"customer_stats"},
-    "online_features": {"feature_store"},
+    "online_features": {"feature_store", "customer_stats"},
     "training_set": {"validated_transactions", "feature_store"},
     "trained_model": {"training_set"},
     "model_evaluation": {"trained_model", "training_set"},
@@ -110,6 +110,8 @@ def test_daily_partitions_on_transactions_and_batch_scores(defs):
     assert partitioned == {
         "raw_transactions",
         "validated_transactions",
+        "customer_stats",  # each day continues from the day before
+        "online_features",  # each day writes the customers it changed
         "batch_predictions",
         "prediction_log",
         "labels",  # the day the label files arrived, today included: the prediction log's days

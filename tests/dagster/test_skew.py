@@ -11,7 +11,7 @@ its traffic only and other modules' monitoring runs never see it. Its days come 
 other graph tests ingest, and the online store is refreshed first, so it holds every stored day.
 """
 
-from datetime import date
+from datetime import date, timedelta
 
 import dagster as dg
 import pytest
@@ -23,6 +23,7 @@ from ml_platform.monitoring.traffic import send_traffic
 from runs.launch import launch
 from tests.support.runs import (
     SMALL_DATA,
+    catch_up_features,
     drifted_transactions,
     endpoint,
     forget_days,
@@ -56,7 +57,7 @@ def world(bootstrap_result, settings, tmp_path_factory):
     server.stop()  # a server an earlier test left running writes the session's log
     defs = build_definitions(settings)
     try:
-        assert launch("refresh_features", defs=defs).success
+        catch_up_features(defs, LIVE_DAY - timedelta(days=1))
         deployed = launch("deploy", defs=defs)
         assert deployed.success, [e.message for e in deployed.all_events if e.event_type_value == "STEP_FAILURE"]
         yield defs
@@ -76,7 +77,7 @@ def serve(defs, settings, transactions) -> None:
 def ingest(defs, first: date, last: date) -> None:
     """The nightly batch: the days ingested, customer_stats recomputed, the online store loaded."""
     assert launch("ingest", {"raw_transactions": DATA}, start=first, end=last, defs=defs).success
-    assert launch("refresh_features", defs=defs).success
+    assert launch("refresh_features", start=first, end=last, defs=defs).success
 
 
 def markdown_rows(table: str) -> dict[str, list[str]]:

@@ -33,7 +33,7 @@ from runs.closed_loop import ClosedLoop, LoopPlan
 from runs.launch import launch
 from runs.sensor_daemon import SensorDaemon
 from sensors.monitoring import CHECK_RUN_TAG, REASON_TAG, SENSOR_TAG, TRIGGER_TAG
-from tests.support.runs import FIRST_DAY, LAST_DAY, SMALL_DATA, forget_days
+from tests.support.runs import FIRST_DAY, LAST_DAY, SMALL_DATA, catch_up_features, forget_days
 
 pytestmark = pytest.mark.xdist_group("graph")  # the session's one graph world: see tests/conftest.py
 DATA = SMALL_DATA["raw_transactions"]
@@ -55,7 +55,7 @@ def loop_run(bootstrap_result, settings, tmp_path_factory):
         defs = build_definitions(settings)  # its monitoring resource reads the loop's log
         # The online store as the nightly batch leaves it: every stored day loaded (a test before this one may
         # have ingested a day without refreshing the features).
-        assert launch("refresh_features", defs=defs).success
+        catch_up_features(defs, DRIFT_START - timedelta(days=1))
         loop = ClosedLoop(settings, defs)
         v_start = loop.registry.version_for_alias(CHAMPION)
         versions = loop.registry.client.search_model_versions(f"name='{settings.model_name}'")

@@ -17,10 +17,16 @@ import pandas as pd
 
 from ml_platform.data.schema import ENTITY_COLUMN, TIMESTAMP_COLUMN
 from ml_platform.features.engineering import STORED_FEATURES
-from ml_platform.features.store import FEATURE_SERVICE, FeatureRepo, feature_definitions, load_online_store, open_store
+from ml_platform.features.store import (
+    FEATURE_SERVICE,
+    FeatureRepo,
+    feature_definitions,
+    load_online_store,
+    open_store,
+    write_offline_table,
+)
 from ml_platform.serving.online import feature_vectors, transaction_frame
 from ml_platform.serving.schemas import TransactionRequest
-from ml_platform.storage import write_table
 
 # (customer_id, event time (UTC), total_purchases, avg_order_value, lifetime_value, last_order_ts)
 FIRST_LOAD = [
@@ -44,7 +50,7 @@ def stats_frame(rows: list[tuple]) -> pd.DataFrame:
 def load_stats(repo: FeatureRepo, stats: pd.DataFrame) -> None:
     """``stats`` written as the offline table, the repo applied and the online store loaded over the
     table's whole range, as the customer_stats, feature_store and online_features assets do."""
-    write_table(stats, repo.offline_table_path)
+    write_offline_table(repo, stats)
     store = open_store(repo)
     store.apply(feature_definitions(repo))
     end = stats[TIMESTAMP_COLUMN].max().to_pydatetime() + timedelta(seconds=1)

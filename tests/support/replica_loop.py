@@ -176,7 +176,7 @@ def main(report_path: Path) -> None:
                 loop.send(transactions, label_delay=plan.late_label_delay, seed=number)
                 answered_ids |= set(transactions["transaction_id"].astype(str))
                 loop.run("ingest", {"raw_transactions": plan.drifted_data()}, start=day, end=day)
-                loop.run("refresh_features")
+                loop.run("refresh_features", start=day, end=day)
             report["phases"]["drifted days (traffic, ingest, features)"] = time.time() - clock
 
             clock = time.time()

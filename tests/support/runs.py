@@ -9,7 +9,8 @@
   and its (already arrived) labels, returning once the server's log holds every answer.
 - ``monitoring_resources``, ``run_monitor``: the monitor job's assets and checks with the monitoring
   resource's fields changed (thresholds, the log directory, the cooldown).
-- ``forget_days``: a module's own ingested days removed again, features refreshed.
+- ``catch_up_features``: the features of every stored day through a day, in one run.
+- ``forget_days``: a module's own ingested days removed again (features included), the online store reloaded.
 """
 
 from __future__ import annotations
@@ -123,20 +124,39 @@ def run_monitor(defs, instance, *, window: str = "24h", **overrides):
     )
 
 
-def forget_days(defs, days: list[date]) -> None:
-    """The days' stored transactions deleted (readers of every stored day skip a missing one; the SQLite
-    event log cannot wipe partitions, so Dagster still lists them), the online store emptied and features
-    refreshed: for a module that ingested days of its own, so the online store of the tests after it holds
-    no day they do not expect. The model server must be stopped (it holds the online store open)."""
+def catch_up_features(defs, through: date) -> None:
+    """customer_stats and the online store brought up to every stored day through ``through``, in one run
+    from the session's first day (some modules ingest days without refreshing the features)."""
     from runs.launch import launch
 
+    result = launch("refresh_features", start=FIRST_DAY, end=through, defs=defs)
+    assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+
+
+def forget_days(defs, days: list[date]) -> None:
+    """The days' stored transactions and features deleted (readers of every stored day skip a missing one;
+    the SQLite event log cannot wipe partitions, so Dagster still lists them), the online store emptied and
+    loaded again from the offline table: for a module that ingested days of its own, so the online store of
+    the tests after it holds no day they do not expect. The days must be the newest stored ones (no later
+    day's running stats continue from them). The model server must be stopped (it holds the online store
+    open)."""
+    from ml_platform.features.store import offline_days
+    from runs.launch import launch
+
+    repo = defs.resources["feast"].repo()
+    later = [day for day in offline_days(repo) if day > min(days) and day not in days]
+    assert not later, f"days {later} continue from the days to forget; forget them too"
     for asset in ("raw_transactions", "validated_transactions"):
         for day in days:
             defs.resources["state"].table_path(asset, day.isoformat()).unlink(missing_ok=True)
+    for day in days:
+        repo.offline_day_path(day).unlink(missing_ok=True)
+        repo.state_path(day).unlink(missing_ok=True)
+        repo.dropped_path(day).unlink(missing_ok=True)
     # A load writes every customer of the offline table and deletes no one: a customer first seen on one of
     # these days would keep their stats online. The SQLite online store starts empty again instead (the
-    # refresh applies the repo, which creates its table, then loads it).
-    defs.resources["feast"].repo().online_store_path.unlink(missing_ok=True)
-    assert launch("refresh_features", defs=defs).success
-    offline = pd.read_parquet(defs.resources["feast"].repo().offline_table_path, columns=["event_timestamp"])
+    # reload applies the repo, which creates its table, then loads every customer).
+    repo.online_store_path.unlink(missing_ok=True)
+    assert launch("reload_online_store", defs=defs).success
+    offline = pd.read_parquet(repo.offline_table_path, columns=["event_timestamp"])
     assert offline["event_timestamp"].max() < pd.Timestamp(min(days), tz="UTC")

@@ -13,7 +13,13 @@ import pytest
 
 from ml_platform.data.synthetic import SyntheticConfig, generate_transactions
 from ml_platform.features.engineering import MODEL_FEATURES, compute_customer_stats, model_features, stats_before
-from ml_platform.features.store import FeatureRepo, feature_definitions, open_store, point_in_time_stats
+from ml_platform.features.store import (
+    FeatureRepo,
+    feature_definitions,
+    open_store,
+    point_in_time_stats,
+    write_offline_table,
+)
 from ml_platform.monitoring.skew import (
     STORED_COLUMNS,
     SkewReport,
@@ -239,7 +245,7 @@ def test_the_real_log_and_feast_join_find_the_stale_rows(tmp_path, stored_dir, h
     assert len(predictions) == len(today)
 
     repo = FeatureRepo(tmp_path / "repo", tmp_path / "offline", "skew")
-    write_table(compute_customer_stats(history), repo.offline_table_path)
+    write_offline_table(repo, compute_customer_stats(history))
     store = open_store(repo)
     store.apply(feature_definitions(repo))
     report = feature_skew(predictions, reader(stored_dir), lambda t: point_in_time_stats(store, t))

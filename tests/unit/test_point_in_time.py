@@ -20,8 +20,8 @@ from ml_platform.features.store import (
     load_online_store,
     open_store,
     point_in_time_stats,
+    write_offline_table,
 )
-from ml_platform.storage import write_table
 from tests.support.feature_loads import expected_online, load_stats
 
 C1, C2, C3, UNKNOWN = 900_001, 900_002, 900_003, 999_999
@@ -84,7 +84,7 @@ def history(generated_transactions):
 def store(tmp_path_factory, history):
     root = tmp_path_factory.mktemp("feast")
     repo = FeatureRepo(root / "repo", root / "offline", "unit")
-    write_table(compute_customer_stats(history), repo.offline_table_path)
+    write_offline_table(repo, compute_customer_stats(history))
     feature_store = open_store(repo)
     feature_store.apply(feature_definitions(repo))
     return feature_store
