@@ -2,9 +2,10 @@
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 from assets.common import Stopwatch, md_table, run_key
-from assets.features import ALL_STORED_DAYS, feature_store
+from assets.features import feature_store
 from ml_platform.data.schema import LABEL_COLUMN
 from ml_platform.features.engineering import MODEL_FEATURES, describe_features
 from ml_platform.features.store import point_in_time_stats
@@ -17,7 +18,15 @@ from ml_platform.lineage import (
     version_lineage,
 )
 from ml_platform.settings import Settings
-from ml_platform.training.dataset import SplitFractions, assemble_training_set, split_summary
+from ml_platform.training.dataset import (
+    DEFAULT_WINDOW_DAYS,
+    SplitFractions,
+    TrainingWindow,
+    assemble_training_set,
+    read_window,
+    split_summary,
+    trailing_window,
+)
 from ml_platform.training.datasets import (
     StoredTrainingSet,
     store_training_set,
@@ -30,28 +39,38 @@ from resources.mlflow import MLflowResource
 from resources.storage import StateStorage
 from resources.training import TrainingCompute, training_step_tags
 
+VALIDATED_TRANSACTIONS = "validated_transactions"
+
 
 class TrainingSetConfig(dg.Config):
     train_fraction: float = 0.70
     validation_fraction: float = 0.15
     test_fraction: float = 0.15
+    window_days: int = Field(
+        default=DEFAULT_WINDOW_DAYS,
+        description="How many calendar days, ending with the newest stored day of validated_transactions, the "
+        "training set is built from (every stored day when the history is shorter).",
+    )
 
 
 @dg.asset(
     group_name="training",
-    ins=ALL_STORED_DAYS,
-    deps=[feature_store],
+    deps=[VALIDATED_TRANSACTIONS, feature_store],
     kinds={"feast", "pandas", "parquet"},
-    description="Every labelled transaction with its customer's stats as the online store serves them on "
-    "the transaction's day: through the end of the day before (Feast point-in-time join; no row dropped), "
-    "split by time into train/validation/test. Each content is also kept for good as "
-    "training_sets/<sha256>.parquet; the sha256 is the asset's data version. Records the days of "
-    "validated_transactions it was built from, with their row counts, and the code version.",
+    description="Every labelled transaction of the last days of validated_transactions (config window_days, 90 "
+    "calendar days ending with the newest stored day, by default) with its customer's stats as the online store "
+    "serves them on the transaction's day: through the end of the day before (Feast point-in-time join; no row "
+    "dropped), split by time into train/validation/test. Each content is also kept for good as "
+    "training_sets/<sha256>.parquet; the sha256 is the asset's data version. Records its window (first and "
+    "last day, days, rows), the days it was built from with their row counts, and the code version.",
 )
-def training_set(
-    config: TrainingSetConfig, validated_transactions: pd.DataFrame, feast: FeastResource, state: StateStorage
-) -> dg.Output[pd.DataFrame]:
-    fractions = SplitFractions(config.train_fraction, config.validation_fraction, config.test_fraction)
+def training_set(config: TrainingSetConfig, feast: FeastResource, state: StateStorage) -> dg.Output[pd.DataFrame]:
+    try:
+        fractions = SplitFractions(config.train_fraction, config.validation_fraction, config.test_fraction)
+        window = trailing_window([str(day) for day in state.stored_days(VALIDATED_TRANSACTIONS)], config.window_days)
+        validated_transactions = read_window(window, lambda day: state.table_path(VALIDATED_TRANSACTIONS, day))
+    except (ValueError, FileNotFoundError) as error:
+        raise dg.Failure(f"training_set: {error}") from error
     store = feast.store()
     timer = Stopwatch()
     with timer.measure():
@@ -78,10 +97,22 @@ def training_set(
             "features": ", ".join(MODEL_FEATURES),
             "feature_statistics": md_table(describe_features(frame, MODEL_FEATURES), 20),
             "compute_seconds": timer.seconds,
+            **window_metadata(window, config.window_days, len(validated_transactions)),
             **partitions_metadata(rows_by_day),
             "code_version": code_version or NOT_RECORDED,
         },
     )
+
+
+def window_metadata(window: TrainingWindow, requested_days: int, rows: int) -> dict[str, object]:
+    """The stored days a training set was built from: first and last, how many (of how many asked), rows."""
+    return {
+        "window_first_day": window.first_day or "none",
+        "window_last_day": window.last_day or "none",
+        "window_days": len(window.days),
+        "window_days_requested": requested_days,
+        "window_rows": rows,
+    }
 
 
 def partitions_metadata(rows_by_day: dict[str, int]) -> dict[str, object]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +15,60 @@ from ml_platform.features.engineering import MODEL_FEATURES, model_features
 
 SPLITS = ("train", "validation", "test")
 SPLIT_COLUMN = "split"
+DEFAULT_WINDOW_DAYS = 90
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """The stored days (UTC, ``YYYY-MM-DD``) a training set is built from, oldest first."""
+
+    days: tuple[str, ...]
+
+    @property
+    def first_day(self) -> str | None:
+        return self.days[0] if self.days else None
+
+    @property
+    def last_day(self) -> str | None:
+        return self.days[-1] if self.days else None
+
+
+def trailing_window(stored_days: Iterable[str], window_days: int = DEFAULT_WINDOW_DAYS) -> TrainingWindow:
+    """The stored days among the ``window_days`` calendar days that end with the newest stored day (every
+    stored day when the history is shorter): "the last 90 days of data", a day never ingested included in
+    the count. ValueError names ``window_days`` when it is below 1 and any stored day that is not a date.
+    """
+    if isinstance(window_days, bool) or not isinstance(window_days, int) or window_days < 1:
+        raise ValueError(f"window_days must be a whole number of days >= 1, got {window_days!r}")
+    days = sorted(set(stored_days))
+    not_dates = []
+    for day in days:
+        try:
+            date.fromisoformat(day)
+        except (TypeError, ValueError):
+            not_dates.append(repr(day))
+    if not_dates:
+        raise ValueError(f"stored days must be dates (YYYY-MM-DD), got {', '.join(not_dates[:5])}")
+    if not days:
+        return TrainingWindow(())
+    first = date.fromisoformat(days[-1]) - timedelta(days=window_days - 1)
+    return TrainingWindow(tuple(day for day in days if date.fromisoformat(day) >= first))
+
+
+def read_window(window: TrainingWindow, day_path: Callable[[str], Path]) -> pd.DataFrame:
+    """The stored rows of every day of ``window``, day after day (``day_path(day)``: that day's parquet file).
+
+    FileNotFoundError names the window when it holds no day, and the file of a day that is not there.
+    """
+    if not window.days:
+        raise FileNotFoundError("the training window holds no stored day: no day has been ingested yet")
+    frames = []
+    for day in window.days:
+        path = Path(day_path(day))
+        if not path.is_file():
+            raise FileNotFoundError(f"day {day} of the training window has no stored file {path}")
+        frames.append(pd.read_parquet(path))
+    return pd.concat(frames, ignore_index=True)
 
 
 @dataclass(frozen=True)

@@ -115,5 +115,59 @@ def mlflow_training_dataset(frame: pd.DataFrame, path: Path, digest: str):
             name=DATASET_NAME,
             digest=digest[:MLFLOW_DIGEST_CHARS],
         )
-        _ = dataset.schema  # inferred once and cached by MLflow: here, under the filter, not when it is logged
+        # MLflow keeps the schema it infers (a cached property): the one set here is what it logs.
+        dataset.__dict__["schema"] = dataset_schema(frame)
     return dataset
+
+
+def dataset_schema(frame: pd.DataFrame):
+    """The MLflow schema of ``frame``: the one ``mlflow.data.from_pandas(frame).schema`` infers, made in
+    milliseconds instead of seconds.
+
+    MLflow looks at every value of every column in Python for a missing one (a column's ``required``
+    flag) and at every value of an object column for its type: about 2.5 s for 200,000 training rows.
+    Here MLflow's own inference runs on a few rows that hold every distinct value of each object column
+    (a column of strings only needs one; the type of any other column follows from its dtype alone), and
+    the ``required`` flags come from pandas over the whole frame (``notna`` counts None, NaN, NaT and NA
+    as missing, as MLflow does). An object column whose cells cannot be hashed (lists) is read whole, as
+    MLflow reads it. None, as from MLflow, when the frame has a column MLflow cannot describe (mixed types).
+    """
+    import pandas as pd
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.pandas_dataset import PandasDataset
+    from mlflow.types import ColSpec, Schema
+
+    distinct: dict[str, pd.Series] = {}
+    for name in frame.columns:
+        column = frame[name]
+        if column.dtype.kind != "O":
+            continue
+        if pd.api.types.infer_dtype(column, skipna=False) == "string":  # str in every cell: one tells the type
+            distinct[name] = column.iloc[:1].reset_index(drop=True)
+            continue
+        try:
+            distinct[name] = pd.Series(column.unique(), dtype=object)
+        except TypeError:  # unhashable cells
+            distinct[name] = column.reset_index(drop=True)
+    rows = max([len(values) for values in distinct.values()] + [min(len(frame), 1)])
+    if rows == 0:
+        return PandasDataset(frame, source=CodeDatasetSource(tags={})).schema
+    # Each column as long as the longest list of distinct values: an object column's own values padded
+    # with its first one, any other column its first value (its dtype, which is all MLflow reads of it).
+    sample = pd.DataFrame(
+        {
+            name: (
+                pd.concat([distinct[name], distinct[name].iloc[[0] * (rows - len(distinct[name]))]], ignore_index=True)
+                if name in distinct
+                else frame[name].iloc[[0] * rows].reset_index(drop=True)
+            )
+            for name in frame.columns
+        }
+    )
+    inferred = PandasDataset(sample, source=CodeDatasetSource(tags={})).schema
+    if inferred is None:
+        return None
+    required = frame.notna().all()
+    return Schema(
+        [ColSpec(type=spec.type, name=spec.name, required=bool(required[spec.name])) for spec in inferred.inputs]
+    )
