@@ -16,7 +16,7 @@ export MPLCONFIGDIR := $(ML_PLATFORM_HOME)/cache/matplotlib
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_CACHE_DIR := 1
 
-.PHONY: help install state dev demo test test-fast test-integration lint format bench mlflow-ui lock clean-state
+.PHONY: help install state dev demo test test-fast test-integration lint format bench bench-scale mlflow-ui lock clean-state
 
 help:
 	@echo "make dev        set up, then start the Dagster UI and daemon on http://127.0.0.1:3000"
@@ -26,6 +26,7 @@ help:
 	@echo "make demo       set up, materialize the whole graph headless, then close the loop: drifted traffic,"
 	@echo "                retrain + deploy by the sensors, bad labels, rollback (DEMO_ARGS=--no-loop: the graph only)"
 	@echo "make bench      end-to-end pipeline benchmark on 1,000,000 transactions"
+	@echo "make bench-scale  a day's feature refresh with 30 and with 120 days of history (BENCH_ARGS=--quick)"
 	@echo "make mlflow-ui  the MLflow UI for the local store on http://127.0.0.1:5000"
 	@echo "make lint       ruff, then the layers' import contracts (lint-imports, pyproject.toml)"
 	@echo "make clean-state  delete the state directory ($(ML_PLATFORM_HOME))"
@@ -81,6 +82,10 @@ format: install
 
 bench: install
 	$(BIN)/python bench/pipeline.py
+
+# One day's feature refresh with 30 and with 120 days of history stored (BENCH_ARGS=--quick: a couple of minutes).
+bench-scale: install
+	$(BIN)/python bench/scale.py $(BENCH_ARGS)
 
 mlflow-ui: state
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(ML_PLATFORM_HOME)/mlflow/mlflow.db \
