@@ -4,7 +4,6 @@ compared with figures computed independently from the same files (Evidently for 
 accuracy and latency). Also: `ml-platform drift` and `status`, and a worse retrain deploying nothing."""
 
 import math
-import threading
 from datetime import UTC, date, datetime
 
 import dagster as dg
@@ -133,58 +132,6 @@ def test_prediction_log_compacts_a_day_into_one_file_with_the_same_rows(defs, in
     assert (again.compacted, again.files_before, again.rows) == (False, 1, 12)
 
 
-def test_a_reader_never_sees_half_a_compaction(tmp_path):
-    """While the server writes parts and compaction swaps them for one file, every read of the day
-    succeeds and sees every row written before it started: never a part gone missing, never fewer."""
-    day = date(2026, 4, 9)
-    write_parts(tmp_path, day, parts=2, rows=3)
-    start = datetime(day.year, day.month, day.day, 12, tzinfo=UTC).timestamp()
-    written = [6]  # rows on disk, as the writer thread knows it
-    failures: list[BaseException] = []
-
-    def write_and_compact() -> None:
-        logger = PredictionLogger(tmp_path, flush_rows=10**6, flush_seconds=3600)
-        logger.start()
-        try:
-            for i in range(40):
-                logger.log(
-                    PredictionBatch(
-                        time=start + i,
-                        request_ids=[f"late-{i}"],
-                        customer_ids=[i],
-                        features=np.ones((1, len(MODEL_FEATURES))),
-                        probabilities=np.array([0.5]),
-                        is_fraud=np.array([False]),
-                        threshold=0.5,
-                        model_version=1,
-                        variant="champion",
-                        latency_ms=1.0,
-                    )
-                )
-                assert logger.flush()
-                written[0] += 1
-                compact_day(tmp_path, day)
-        except BaseException as error:  # noqa: BLE001 - reported by the test below
-            failures.append(error)
-        finally:
-            logger.close()
-
-    writer = threading.Thread(target=write_and_compact)
-    writer.start()
-    seen = []
-    while writer.is_alive():
-        at_least = written[0]
-        rows = len(read_prediction_log(tmp_path, day))
-        assert rows >= at_least, f"a read saw {rows} rows while {at_least} were on disk before it began"
-        seen.append(rows)
-    writer.join()
-    assert not failures, failures
-    assert len(seen) > 10 and seen == sorted(seen)
-    assert len(read_prediction_log(tmp_path, day)) == 46
-    assert len(list((tmp_path / f"date={day}").glob("part-*.parquet"))) == 1
-
-
-# ---- the monitor job on drifted traffic with bad labels ---------------------------------------------------
 def test_drift_check_fails_with_the_score_evidently_gives(monitor_run, judged, drifted_traffic, registry, defs):
     checks = evaluations(monitor_run)
     drift = checks["drift_score"]

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
@@ -18,7 +15,7 @@ from ml_platform.predictions import read_prediction_log
 from ml_platform.serving import ServerConfig
 from ml_platform.settings import Settings, SettingsError
 from tests.support.s3 import s3_bucket
-from tests.support.servers import free_port
+from tests.support.servers import start_server_process
 
 FEATURES = [120.0, 13.5, 1.0, 8.0, 4.0, 80.0, 320.0, 2.5, 1.5]
 REQUESTS = 40
@@ -48,26 +45,6 @@ def test_settings_config_and_monitoring_agree_on_an_object_store_log(tmp_path):
         ServerConfig.from_settings(settings, environ={"ML_PLATFORM_SERVING_LOG_DIR": "http://x/y"}, feast=None)
 
 
-def start_server(env: dict[str, str], output) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "ml_platform.serving", "--port", str(port), "--log-level", "warning"]
-    with open(output, "wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120  # a fresh Python process imports the server and loads the model
-    while True:
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait(10)
-            raise AssertionError(f"the server did not become ready:\n{output.read_text()}")
-        time.sleep(0.1)
-
-
 def test_sigterm_ships_every_answered_prediction_to_the_bucket(settings, champion_version, tmp_path):
     journal = tmp_path / "journal"
     output = tmp_path / "server.log"
@@ -84,7 +61,7 @@ def test_sigterm_ships_every_answered_prediction_to_the_bucket(settings, champio
             "ML_PLATFORM_SERVING_LOG_FLUSH_ROWS": "100000",
         }
         env.pop("ML_PLATFORM_SERVING_LOG_DIR", None)
-        process, url = start_server(env, output)
+        process, url = start_server_process(["--log-level", "warning"], env, output)
         try:
             answered = []
             with httpx.Client(base_url=url, timeout=30) as client:

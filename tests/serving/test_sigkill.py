@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from ml_platform.predictions import read_prediction_log, read_quarantine
-from tests.support.servers import free_port, make_config, serve
+from tests.support.servers import make_config, serve, start_server_process
 
 FEATURES = [120.0, 13.5, 1.0, 8.0, 4.0, 80.0, 320.0, 2.5, 1.5]
 WORKERS = 4
@@ -75,7 +74,6 @@ class Load:
 
 def start_server(settings, log_dir: Path, output: Path) -> tuple[subprocess.Popen, str]:
     """``python -m ml_platform.serving`` on a free port, once it is ready."""
-    port = free_port()
     env = {
         **os.environ,
         **settings.environment_for_pods(),  # the settings (home, model name) as ML_PLATFORM_* variables
@@ -84,23 +82,7 @@ def start_server(settings, log_dir: Path, output: Path) -> tuple[subprocess.Pope
         "ML_PLATFORM_SERVING_LOG_FLUSH_ROWS": "700",
         "ML_PLATFORM_SERVING_LOG_FLUSH_SECONDS": "600",
     }
-    command = [sys.executable, "-m", "ml_platform.serving", "--port", str(port), "--no-feast"]
-    command += ["--log-dir", str(log_dir), "--log-level", "warning"]
-    with open(output, "ab") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait(10)
-            raise AssertionError(f"the server did not become ready:\n{output.read_text()}")
-        time.sleep(0.1)
+    return start_server_process(["--no-feast", "--log-dir", str(log_dir), "--log-level", "warning"], env, output)
 
 
 def stop(process: subprocess.Popen) -> None:

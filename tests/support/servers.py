@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -143,3 +145,26 @@ def counted_fast_reads(running: Running) -> Iterator[list[int]]:
         yield calls
     finally:
         del features.customer_async  # the method again
+
+
+def start_server_process(arguments: list[str], env: dict[str, str], output: Path) -> tuple[subprocess.Popen, str]:
+    """``python -m ml_platform.serving --port <free> ARGUMENTS`` with ``env``, its output appended to ``output``;
+    returns the process and its URL once it is ready (a fresh process imports the server and loads the model:
+    up to two minutes on a busy machine). A server that exits or never gets ready fails the test with its output."""
+    port = free_port()
+    command = [sys.executable, "-m", "ml_platform.serving", "--port", str(port), *arguments]
+    with open(output, "ab") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait(10)
+            raise AssertionError(f"the server did not become ready:\n{Path(output).read_text()}")
+        time.sleep(0.1)
