@@ -55,34 +55,55 @@ def pr_auc_standard_error(
     seed: int = PR_AUC_SE_SEED,
 ) -> float:
     """The standard error of PR AUC (average precision) over ``resamples`` seeded bootstrap resamples of
-    the rows (the same rows always give the same figure); NaN unless both classes are present."""
-    import warnings
+    the rows (the same rows always give the same figure); NaN unless both classes are present.
 
-    from scipy import stats
-    from sklearn import metrics as skm
-
+    A resample with replacement is the rows weighted by how often each was drawn, so the rows are sorted by
+    score once and each resample is a weighted average precision over that order (:func:`_weighted_average_precision`,
+    scikit-learn's definition, ties included): a few milliseconds per resample instead of a sort and a
+    precision-recall curve each, which on a test split of 150,000 rows took 10 s for 500 resamples.
+    """
     y_true = np.asarray(y_true).astype(int)
     probability = np.asarray(probability, dtype="float64")
     if len(y_true) != len(probability):
         raise ValueError(f"{len(y_true)} labels but {len(probability)} predictions")
     if len(np.unique(y_true)) != 2:
         return float("nan")
+    order = np.argsort(probability, kind="mergesort")[::-1]
+    positive = y_true[order].astype(bool)
+    scores = probability[order]
+    # the last row of each run of tied scores: precision and recall are read there, as scikit-learn does
+    group_ends = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    rng = np.random.default_rng(seed)
+    rows = len(scores)
+    batch = max(1, min(resamples, 4_000_000 // rows))  # resamples drawn at once, bounded in memory
+    estimates = np.empty(resamples, dtype="float64")
+    for first in range(0, resamples, batch):
+        count = min(batch, resamples - first)
+        drawn = rng.integers(0, rows, size=(count, rows), dtype=np.int64)
+        drawn += np.arange(count, dtype=np.int64)[:, None] * rows
+        weights = np.bincount(drawn.ravel(), minlength=count * rows).reshape(count, rows)
+        estimates[first : first + count] = weighted_average_precision(positive, weights, group_ends)
+    return float(np.std(estimates, ddof=1))
 
-    def average_precision(truth: np.ndarray, score: np.ndarray) -> float:
-        with warnings.catch_warnings():  # a resample without positives scores 0, without a warning each
-            warnings.simplefilter("ignore")
-            return float(skm.average_precision_score(truth, score))
 
-    result = stats.bootstrap(
-        (y_true, probability),
-        average_precision,
-        n_resamples=resamples,
-        vectorized=False,
-        paired=True,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    return float(result.standard_error)
+def weighted_average_precision(positive: np.ndarray, weights: np.ndarray, group_ends: np.ndarray) -> np.ndarray:
+    """Average precision of rows sorted by descending score, once per row of ``weights`` (how many times each
+    row counts): the sum over thresholds of recall step x precision, the thresholds being the distinct scores
+    (``group_ends``: the last row of each run of equal scores), which is scikit-learn's
+    ``average_precision_score`` on the rows repeated by their weights; 0 for a weighting without positives,
+    as scikit-learn scores it. Only thresholds with a positive row move recall, so only those are read."""
+    positive_rows = np.flatnonzero(positive)
+    # the thresholds whose group holds a positive row, and how many positive rows lie at or above each
+    groups = np.searchsorted(group_ends, positive_rows)
+    stepping, first_positive = np.unique(groups, return_index=True)
+    positives_through = np.r_[first_positive[1:], len(positive_rows)]
+    true_positives = np.cumsum(weights[:, positive_rows], axis=1)[:, positives_through - 1]
+    predicted = np.cumsum(weights, axis=1)[:, group_ends[stepping]]
+    total = true_positives[:, -1:].astype("float64")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, true_positives / predicted, 0.0)
+        recall_step = np.diff(true_positives, axis=1, prepend=0) / total
+    return np.where(total[:, 0] > 0, np.sum(np.nan_to_num(recall_step) * precision, axis=1), 0.0)
 
 
 def best_f1_threshold(y_true: np.ndarray, probability: np.ndarray) -> float:

@@ -64,12 +64,27 @@ JOIN_OFFSET = pd.Timedelta(microseconds=1)
 
 _CATEGORY_CODES = {name: code for code, name in enumerate(CATEGORIES)}
 _SECONDS_PER_DAY = 86_400.0
+_NANOSECONDS_PER_DAY = 86_400 * 10**9
 _UTC_NANOSECONDS = "datetime64[ns, UTC]"
+
+
+def as_utc(timestamps: pd.Series) -> pd.Series:
+    """``timestamps`` as UTC datetimes (naive ones taken as UTC), as they are when they already are: a day of
+    the offline table is a million of them, and ``pd.to_datetime`` checks values one by one even then."""
+    dtype = timestamps.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC":
+        return timestamps
+    return pd.to_datetime(timestamps, utc=True)
+
+
+def epoch_nanoseconds(timestamps: pd.Series) -> np.ndarray:
+    """Unix time in nanoseconds (int64) of timestamps, whatever their time unit; naive ones are taken as UTC."""
+    return pd.DatetimeIndex(as_utc(timestamps)).as_unit("ns").asi8
 
 
 def epoch_seconds(timestamps: pd.Series) -> np.ndarray:
     """Unix time in seconds (float) of timestamps, whatever their time unit; naive ones are taken as UTC."""
-    return pd.DatetimeIndex(pd.to_datetime(timestamps, utc=True)).as_unit("ns").asi8 / 1e9
+    return epoch_nanoseconds(timestamps) / 1e9
 
 
 def snapshot_time(timestamps: pd.Series) -> pd.Series:
@@ -79,7 +94,7 @@ def snapshot_time(timestamps: pd.Series) -> pd.Series:
     online store holds them after the nightly load, and none of the same day's (not even at 00:00:00).
     Naive timestamps are taken as UTC; the result is UTC and keeps ``timestamps``' index.
     """
-    return pd.to_datetime(timestamps, utc=True).dt.floor("D")
+    return as_utc(timestamps).dt.floor("D")
 
 
 def compute_customer_stats(transactions: pd.DataFrame) -> pd.DataFrame:
@@ -99,14 +114,14 @@ def compute_customer_stats(transactions: pd.DataFrame) -> pd.DataFrame:
     stats = pd.DataFrame(
         {
             ENTITY_COLUMN: ordered[ENTITY_COLUMN].to_numpy(),
-            TIMESTAMP_COLUMN: ordered[TIMESTAMP_COLUMN].to_numpy(),
+            TIMESTAMP_COLUMN: ordered[TIMESTAMP_COLUMN].array,  # not to_numpy(): objects when tz-aware
             "total_purchases": total_purchases.astype("int64"),
             "avg_order_value": lifetime_value / total_purchases,
             "lifetime_value": lifetime_value,
             "last_order_ts": epoch_seconds(ordered[TIMESTAMP_COLUMN]),
         }
     )
-    stats[TIMESTAMP_COLUMN] = pd.to_datetime(stats[TIMESTAMP_COLUMN], utc=True)
+    stats[TIMESTAMP_COLUMN] = as_utc(stats[TIMESTAMP_COLUMN])
     stats = stats.drop_duplicates([ENTITY_COLUMN, TIMESTAMP_COLUMN], keep="last")
     return stats.sort_values([TIMESTAMP_COLUMN, ENTITY_COLUMN], kind="stable").reset_index(drop=True)
 
@@ -151,12 +166,13 @@ def advance_customer_stats(
     """
     start = pd.Timestamp(day).tz_localize("UTC") if pd.Timestamp(day).tzinfo is None else pd.Timestamp(day)
     start = start.floor("D")
-    timestamps = pd.to_datetime(transactions[TIMESTAMP_COLUMN], utc=True)
-    outside = (timestamps < start) | (timestamps >= start + pd.Timedelta(days=1))
+    nanoseconds = epoch_nanoseconds(transactions[TIMESTAMP_COLUMN])
+    outside = (nanoseconds < start.value) | (nanoseconds >= (start + pd.Timedelta(days=1)).value)
     if outside.any():
+        example = as_utc(transactions[TIMESTAMP_COLUMN])[outside].iloc[0]
         raise DayMismatchError(
             f"{int(outside.sum())} of {len(transactions)} transactions handed to the stats of {start.date()} fall on "
-            f"other days (e.g. {timestamps[outside].iloc[0]}); a day's step takes that UTC day's transactions only"
+            f"other days (e.g. {example}); a day's step takes that UTC day's transactions only"
         )
     keys = [ENTITY_COLUMN, TIMESTAMP_COLUMN] + ([ID_COLUMN] if ID_COLUMN in transactions else [])
     ordered = transactions[keys + (["amount"] if "amount" not in keys else [])].sort_values(keys, kind="stable")
@@ -185,14 +201,14 @@ def advance_customer_stats(
     rows = pd.DataFrame(
         {
             ENTITY_COLUMN: customers,
-            TIMESTAMP_COLUMN: ordered[TIMESTAMP_COLUMN].to_numpy(),
+            TIMESTAMP_COLUMN: ordered[TIMESTAMP_COLUMN].array,  # not to_numpy(): objects when tz-aware
             "total_purchases": total_purchases.astype("int64"),
             "avg_order_value": lifetime_value / total_purchases,
             "lifetime_value": lifetime_value,
             "last_order_ts": epoch_seconds(ordered[TIMESTAMP_COLUMN]),
         }
     )
-    rows[TIMESTAMP_COLUMN] = pd.to_datetime(rows[TIMESTAMP_COLUMN], utc=True)
+    rows[TIMESTAMP_COLUMN] = as_utc(rows[TIMESTAMP_COLUMN])
     rows = rows.drop_duplicates([ENTITY_COLUMN, TIMESTAMP_COLUMN], keep="last")
     day_rows = rows.sort_values([TIMESTAMP_COLUMN, ENTITY_COLUMN], kind="stable").reset_index(drop=True)
 
@@ -218,19 +234,23 @@ def fold_customer_stats(
     ``transactions`` holds every transaction of those days (none of another day); a day without any
     gives the state unchanged and no rows.
     """
-    timestamps = pd.to_datetime(transactions[TIMESTAMP_COLUMN], utc=True).dt.floor("D")
+    day_numbers = epoch_nanoseconds(transactions[TIMESTAMP_COLUMN]) // _NANOSECONDS_PER_DAY
     starts = [
         pd.Timestamp(day).tz_localize("UTC") if pd.Timestamp(day).tzinfo is None else pd.Timestamp(day) for day in days
     ]
-    unclaimed = ~timestamps.isin(starts)
+    start_numbers = np.array([start.value // _NANOSECONDS_PER_DAY for start in starts], dtype="int64")
+    unclaimed = ~np.isin(day_numbers, start_numbers)
     if unclaimed.any():
         raise DayMismatchError(
             f"{int(unclaimed.sum())} transactions fall outside the days {starts[0].date()} .. {starts[-1].date()} "
             f"(e.g. {transactions[TIMESTAMP_COLUMN][unclaimed].iloc[0]})"
         )
-    positions = pd.Series(np.arange(len(transactions))).groupby(timestamps.to_numpy()).indices  # one pass
+    positions = pd.Series(np.arange(len(transactions))).groupby(day_numbers).indices  # one pass
+    # Only what the stats read: each day's slice of the other columns (strings among them) costs more than the day.
+    read = [column for column in (ENTITY_COLUMN, TIMESTAMP_COLUMN, ID_COLUMN, "amount") if column in transactions]
+    transactions = transactions[read]
     for start in sorted(starts):
-        day_rows = positions.get(start, np.empty(0, dtype="int64"))
+        day_rows = positions.get(start.value // _NANOSECONDS_PER_DAY, np.empty(0, dtype="int64"))
         state, rows = advance_customer_stats(state, start, transactions.iloc[day_rows])
         yield start, state, rows
 
@@ -275,7 +295,7 @@ def model_features(transactions: pd.DataFrame, stats: pd.DataFrame | None = None
     XGBoost treats as missing.
     """
     stats = transactions if stats is None else stats
-    timestamps = pd.to_datetime(transactions[TIMESTAMP_COLUMN], utc=True)
+    timestamps = as_utc(transactions[TIMESTAMP_COLUMN])
     amount = transactions["amount"].to_numpy(dtype="float64")
     total_purchases = stats["total_purchases"].to_numpy(dtype="float64", na_value=np.nan)
     avg_order_value = stats["avg_order_value"].to_numpy(dtype="float64", na_value=np.nan)

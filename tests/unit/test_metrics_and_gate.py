@@ -11,6 +11,7 @@ from ml_platform.evaluation.metrics import (
     best_f1_threshold,
     classification_metrics,
     pr_auc_standard_error,
+    weighted_average_precision,
 )
 
 # 10 rows, 4 positives; ties at 0.7 (one positive, one negative) and at 0.2 (two negatives).
@@ -244,6 +245,25 @@ def test_pr_auc_standard_error_is_seeded():
     assert pr_auc_standard_error(y, p) == pr_auc_standard_error(y, p)  # the same rows give the same figure
     other = pr_auc_standard_error(y, p, seed=7)
     assert other != pr_auc_standard_error(y, p) and other == pytest.approx(pr_auc_standard_error(y, p), rel=0.2)
+
+
+def test_weighted_average_precision_is_scikit_learns_on_the_repeated_rows():
+    """A bootstrap resample is the rows weighted by how often each was drawn: the weighted figure over the
+    sorted rows equals scikit-learn's on the resample itself, ties in the scores included."""
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(400) < 0.15).astype(int)
+    p = np.round(rng.random(400) * 0.6 + 0.3 * y, 2)  # two decimals: many tied scores, across both classes
+    order = np.argsort(p, kind="mergesort")[::-1]
+    group_ends = np.r_[np.flatnonzero(np.diff(p[order])), len(p) - 1]
+    draws = rng.integers(0, len(y), size=(6, len(y)))
+    weights = np.stack([np.bincount(d, minlength=len(y))[order] for d in draws])
+    got = weighted_average_precision(y[order].astype(bool), weights, group_ends)
+    expected = [average_precision_score(y[d], p[d]) for d in draws]
+    assert got == pytest.approx(expected, rel=1e-12)
+    no_positives = np.where(y[order] == 1, 0, 1)[None, :]  # a weighting that leaves every positive out
+    assert weighted_average_precision(y[order].astype(bool), no_positives, group_ends).tolist() == [0.0]
 
 
 @pytest.mark.parametrize("label", [0, 1])
