@@ -15,7 +15,14 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 
-from assets.common import DAILY_PARTITIONS, TIMESTAMP_METADATA, Stopwatch, md_table, row_count_metadata
+from assets.common import (
+    DAILY_PARTITIONS,
+    TIMESTAMP_METADATA,
+    Stopwatch,
+    md_table,
+    per_day_check_results,
+    row_count_metadata,
+)
 from ml_platform.data.schema import LABEL_COLUMN, TIMESTAMP_COLUMN
 from ml_platform.data.sources import SOURCES, load_transactions
 from ml_platform.data.synthetic import SyntheticConfig
@@ -59,8 +66,10 @@ def _window(context: dg.AssetExecutionContext) -> tuple[date, date]:
             name=BATCH_ACCEPTED,
             asset="raw_transactions",
             blocking=True,
-            description=f"The delivered batch passed every data check ({', '.join(CHECKS)}); a rejected "
-            "batch is kept under rejected/ and the day's stored partition is left as it was.",
+            partitions_def=DAILY_PARTITIONS,  # one verdict per day of the batch (per_day_check_results)
+            description=f"The delivered batch passed every data check ({', '.join(CHECKS)}), one verdict per "
+            "day of the batch; a rejected batch is kept under rejected/ and the days' stored partitions are left "
+            "as they were.",
         )
     ],
     description="Card transactions of each UTC day, from the configured source. A batch the data checks "
@@ -102,10 +111,15 @@ def raw_transactions(context: dg.AssetExecutionContext, config: RawTransactionsC
             "compute_seconds": timer.seconds,
         },
     )
-    yield dg.AssetCheckResult(
-        check_name=BATCH_ACCEPTED,
-        passed=True,
-        metadata={"rows": len(transactions), "checks": ", ".join(CHECKS)},
+    yield from per_day_check_results(
+        context,
+        [
+            dg.AssetCheckResult(
+                check_name=BATCH_ACCEPTED,
+                passed=True,
+                metadata={"rows": len(transactions), "checks": ", ".join(CHECKS)},
+            )
+        ],
     )
 
 
@@ -116,7 +130,7 @@ def _reject(
     outcomes: list[CheckOutcome],
     start: date,
     end: date,
-) -> Iterator[dg.AssetObservation | dg.AssetCheckResult]:
+) -> Iterator[dg.AssetObservation | dg.AssetCheckEvaluation | dg.Output]:
     """Keep a rejected batch beside the stored partitions (which stay as they were), record where (an
     observation of each of the run's days), fail the batch_accepted check (so it is alerted) and the
     step: nothing of the batch is stored as raw data or reaches validated_transactions."""
@@ -133,13 +147,14 @@ def _reject(
     }
     for partition in context.partition_keys:
         yield dg.AssetObservation(asset_key=context.asset_key, partition=partition, metadata=metadata)
-    yield dg.AssetCheckResult(
+    verdict = dg.AssetCheckResult(
         check_name=BATCH_ACCEPTED,
         passed=False,
         severity=dg.AssetCheckSeverity.ERROR,
         description=f"batch for {label} rejected ({', '.join(failed)}); kept at {path}",
         metadata={**metadata, "details": failure_message(outcomes)},
     )
+    yield from per_day_check_results(context, [verdict])
     raise dg.Failure(
         description=(
             f"raw_transactions: the batch for {label} ({len(batch)} rows) was rejected and not stored; the days' "
@@ -168,7 +183,13 @@ def _save_for_inspection(batch: pd.DataFrame, path: Path) -> None:
     metadata=TIMESTAMP_METADATA,
     kinds={"pandas", "parquet"},
     check_specs=[
-        dg.AssetCheckSpec(name, asset="validated_transactions", blocking=True, description=description)
+        dg.AssetCheckSpec(
+            name,
+            asset="validated_transactions",
+            blocking=True,
+            description=description,
+            partitions_def=DAILY_PARTITIONS,
+        )
         for name, description in zip(
             CHECKS,
             (
@@ -206,7 +227,7 @@ def validated_transactions(context: dg.AssetExecutionContext, raw_transactions: 
     ]
     if failed:
         # Report every check, then stop: the bad batch is not stored and nothing downstream runs.
-        yield from results
+        yield from per_day_check_results(context, results)
         raise dg.Failure(description=failure_message(outcomes), metadata={"failed_checks": len(failed)})
     transactions = raw_transactions
     per_day = pd.Series({day: len(rows) for day, rows in split_by_day(transactions, TIMESTAMP_COLUMN).items()})
@@ -220,4 +241,4 @@ def validated_transactions(context: dg.AssetExecutionContext, raw_transactions: 
             "compute_seconds": timer.seconds,
         },
     )
-    yield from results
+    yield from per_day_check_results(context, results)

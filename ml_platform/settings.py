@@ -26,6 +26,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
+from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -83,6 +84,13 @@ DEFAULT_GPU_TOLERATIONS: tuple[dict[str, str], ...] = (
 )
 
 
+# The owners of every asset unless ML_PLATFORM_ASSET_OWNERS says otherwise.
+DEFAULT_ASSET_OWNERS: tuple[str, ...] = ("team:ml-platform",)
+# Dagster's owner forms (dagster._core.utils.is_valid_email, or a "team:" prefix and a name): the core does
+# not import dagster, so the rule is repeated here; tests/dagster/test_catalog.py holds them equal.
+_OWNER_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Z|a-z]{2,7}\b")
+
+
 class SettingsError(ValueError):
     """A setting has a value the platform cannot use."""
 
@@ -105,6 +113,9 @@ class Settings:
     mlflow_tracking_uri: str = ""
     # Where MLflow stores model files: empty for <home>/mlflow/artifacts; a path or s3://, gs://, ... URI.
     mlflow_artifact_location: str = ""
+    # The MLflow UI people open links in (https://mlflow.example.com): empty for the tracking server when
+    # the tracking URI is one, else `make mlflow-ui`'s http://127.0.0.1:5000 locally, else no links (see mlflow_ui).
+    mlflow_ui_url: str = ""
     feast_project: str = FEAST_PROJECT
     serving_port: int = 8080
     # Feast's online store on Redis (production): redis://host:port/db or Feast's "host:port,db=N" form.
@@ -154,6 +165,11 @@ class Settings:
     # A Prometheus Pushgateway (http://pushgateway:9091): when set, the monitoring assets push the drift score
     # and the accuracy drop there as gauges, so Prometheus alerts on all four rules. Empty: no push.
     pushgateway_url: str = ""
+    # Who owns the assets in Dagster's catalog: emails or ``team:<name>`` (Dagster's owner forms), comma-separated.
+    asset_owners: tuple[str, ...] = DEFAULT_ASSET_OWNERS
+    # The first day of the daily partitions (ISO date). Empty: the first day of the stored transactions, or
+    # DEFAULT_PARTITIONS_START before any is stored (see assets.common.partitions_start).
+    partitions_start: str = ""
 
     # ---- derived locations ---------------------------------------------------------------------
     @property
@@ -182,6 +198,13 @@ class Settings:
     @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_ui(self) -> str | None:
+        """The MLflow UI base address of every link (ml_platform.mlflow_ui.mlflow_ui_base); None: not known."""
+        from ml_platform.mlflow_ui import mlflow_ui_base
+
+        return mlflow_ui_base(self.tracking_uri, self.profile, self.mlflow_ui_url)
 
     @property
     def public_tracking_uri(self) -> str:
@@ -492,6 +515,40 @@ def _labels_uri(value: Any) -> str:
     return text
 
 
+def _owners(value: Any) -> tuple[str, ...]:
+    """Asset owners as ``a@x.com,team:ml`` or a YAML/JSON list; each an email or ``team:<name>``."""
+    text_list = isinstance(value, str) and not value.strip().startswith("[")
+    items = value.split(",") if text_list else _structured(value) or []
+    if not isinstance(items, list | tuple):
+        raise ValueError("expected owners separated by commas, e.g. team:ml-platform,ana@example.com")
+    owners = tuple(str(item).strip() for item in items if str(item).strip())
+    if not owners:
+        raise ValueError("expected at least one owner, e.g. team:ml-platform")
+    bad = [
+        owner
+        for owner in owners
+        if not (_OWNER_EMAIL.fullmatch(owner) or (owner.startswith("team:") and len(owner) > len("team:")))
+    ]
+    if bad:
+        raise ValueError(
+            f"{', '.join(map(repr, bad))}: an owner is an email address or a team name prefixed with 'team:'"
+        )
+    return owners
+
+
+def _iso_day(value: Any) -> str:
+    """A day as YYYY-MM-DD, or "" (unset)."""
+    text = str(value).strip()
+    if text:
+        try:
+            date.fromisoformat(text)
+        except ValueError as error:
+            raise ValueError("expected a day as YYYY-MM-DD, e.g. 2026-03-01") from error
+        if len(text) != len("2026-03-01"):
+            raise ValueError("expected a day as YYYY-MM-DD, e.g. 2026-03-01")
+    return text
+
+
 def _count(value: str) -> int:
     text = str(value).strip()
     if not text.isdigit():
@@ -540,6 +597,7 @@ _VARS: dict[str, _Var] = {
     "experiment_name": _Var("ML_PLATFORM_EXPERIMENT"),
     "mlflow_tracking_uri": _Var("ML_PLATFORM_MLFLOW_URI"),
     "mlflow_artifact_location": _Var("ML_PLATFORM_MLFLOW_ARTIFACT_ROOT"),
+    "mlflow_ui_url": _Var("ML_PLATFORM_MLFLOW_UI_URL", _http_url),
     "serving_port": _Var("ML_PLATFORM_SERVING_PORT", _port),
     "redis_url": _Var("ML_PLATFORM_REDIS_URL"),
     "redis_password": _Var(REDIS_PASSWORD_ENV, secret=True),
@@ -566,6 +624,8 @@ _VARS: dict[str, _Var] = {
     "serving_admin_token_env": _Var("ML_PLATFORM_SERVING_ADMIN_TOKEN_ENV"),
     "prometheus_url": _Var("ML_PLATFORM_PROMETHEUS_URL", _http_url),
     "pushgateway_url": _Var("ML_PLATFORM_PUSHGATEWAY_URL", _http_url),
+    "asset_owners": _Var("ML_PLATFORM_ASSET_OWNERS", _owners),
+    "partitions_start": _Var("ML_PLATFORM_PARTITIONS_START", _iso_day),
 }
 ENVIRONMENT_VARIABLES = {name: var.env for name, var in _VARS.items()}
 _DEFAULTS = {item.name: item.default for item in fields(Settings) if item.default is not MISSING}

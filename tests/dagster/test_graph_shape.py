@@ -83,6 +83,12 @@ MONITORING_CHECKS = {
 SKEW_CHECKS = {("feature_skew", "feature_skew"): dg.AssetCheckSeverity.WARN}
 # The champion's served scores against its test-split scores: the first signal while labels are late.
 PREDICTION_DRIFT_CHECKS = {("prediction_drift", "prediction_drift"): dg.AssetCheckSeverity.WARN}
+# The catalog's (assets.catalog): the monitoring summary's freshness, and whether it judged the champion.
+CATALOG_CHECKS = {
+    ("model_health", "freshness_check"),
+    ("drift_report", "freshness_check"),
+    ("model_health", "judges_the_champion"),
+}
 
 
 def test_asset_keys_groups_and_deps(defs):
@@ -98,7 +104,9 @@ def test_asset_keys_groups_and_deps(defs):
 def test_gates_block_and_monitoring_checks_do_not(defs):
     graph = defs.resolve_asset_graph()
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
-    assert checks == EXPECTED_CHECKS | set(MONITORING_CHECKS) | set(SKEW_CHECKS) | set(PREDICTION_DRIFT_CHECKS)
+    assert checks == (
+        EXPECTED_CHECKS | set(MONITORING_CHECKS) | set(SKEW_CHECKS) | set(PREDICTION_DRIFT_CHECKS) | CATALOG_CHECKS
+    )
     for key in graph.asset_check_keys:
         name = (key.asset_key.to_user_string(), key.name)
         assert graph.get_check_spec(key).blocking is (name in EXPECTED_CHECKS), name
@@ -184,7 +192,7 @@ def test_daily_compaction_targets_yesterday(defs):
 
 def test_sensors_run_by_default_and_target_their_jobs(defs):
     sensors = {s.name: s for s in defs.sensors}
-    assert set(sensors) == {"retrain_on_drift", "rollback_on_failure", "alert_on_failed_checks"}
+    assert set(sensors) == {"retrain_on_drift", "rollback_on_failure", "alert_on_failed_checks", "monitoring_freshness"}
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors.values())
     assert sensors["retrain_on_drift"].job_name == "retrain"
     assert sensors["rollback_on_failure"].job_name == "rollback"
