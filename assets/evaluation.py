@@ -73,20 +73,20 @@ def model_evaluation(config: EvaluationConfig, training_set: pd.DataFrame, mlflo
     models = {role: (registry.load_booster(v), registry.threshold(v)) for role, v in contenders.items()}
     timer = Stopwatch()
     with timer.measure():
+        probabilities = {role: predict_probability(booster, x_test) for role, (booster, _) in models.items()}
         scores = {
-            role: classification_metrics(y_test, predict_probability(booster, x_test), threshold)
-            for role, (booster, threshold) in models.items()
+            role: classification_metrics(y_test, probabilities[role], threshold)
+            for role, (_, threshold) in models.items()
         }
+        # The confusion counts and PR AUC's seeded bootstrap standard error: what live monitoring needs to
+        # allow for the uncertainty of these test figures (a test split holds few fraud cases).
+        pr_auc_se = pr_auc_standard_error(y_test, probabilities["challenger"])
     gate = GateConfig(config.min_accuracy, config.min_pr_auc, config.comparison_metric, config.min_improvement)
     results = [
         quality_floor(scores["challenger"], gate),
         beats_champion(scores["challenger"], scores.get("champion"), gate),
     ]
     challenger_run = registry.model_version(challenger).run_id
-    # The confusion counts and PR AUC's seeded bootstrap standard error: what live monitoring needs to
-    # allow for the uncertainty of these test figures (a test split holds few fraud cases).
-    challenger_booster, _ = models["challenger"]
-    pr_auc_se = pr_auc_standard_error(y_test, predict_probability(challenger_booster, x_test))
     registry.client.log_batch(
         challenger_run,
         metrics=[_metric(f"test_{name}", scores["challenger"][name]) for name in (*METRIC_NAMES, *COUNT_NAMES)]
@@ -154,7 +154,9 @@ def champion_model(model_evaluation: dict, mlflow: MLflowResource, state: StateS
             "evaluate again before promoting"
         )
     promotion = registry.promote(version, promoted_at=datetime.now(UTC).isoformat())
-    lineage = version_lineage(registry, promotion.champion, training_sets_dir=state.training_sets_dir())
+    lineage = version_lineage(
+        registry, promotion.champion, training_sets_dir=state.training_sets_dir(), mlflow_ui=mlflow.ui
+    )
     promoted = lineage.promotion
     record = {
         "model_name": registry.model_name,
@@ -171,7 +173,7 @@ def champion_model(model_evaluation: dict, mlflow: MLflowResource, state: StateS
             "alias_moved": promotion.changed,
             "model_uri": f"models:/{registry.model_name}@{CHAMPION}",
             **{name: model_evaluation["metrics"]["challenger"][name] for name in METRIC_NAMES},
-            **lineage_metadata(lineage, mlflow.run_url(lineage.mlflow_run_id) if lineage.mlflow_run_id else None),
+            **lineage_metadata(lineage, lineage.mlflow_run_url),
             "promoted_at": promoted.promoted_at if promoted is not None else "not recorded",
             "champion_history_entry": dg.MetadataValue.json(asdict(promoted) if promoted is not None else {}),
         },

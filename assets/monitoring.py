@@ -11,16 +11,19 @@ The window assets read the log directory directly (it is ``prediction_log``'s st
 partitioned, because a monitoring question is "the last 24 hours", which crosses day boundaries.
 """
 
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
-from assets.common import md_table
+from assets.common import PARTITIONS_START, md_table
 from ml_platform.features.engineering import CUMULATIVE_FEATURES, DRIFT_FEATURES
+from ml_platform.mlflow_ui import artifact_file_url
 from ml_platform.monitoring.alerts import AlertRule
-from ml_platform.monitoring.dashboard import render_markdown, render_png
+from ml_platform.monitoring.dashboard import render_markdown, render_png, render_png_bytes
 from ml_platform.monitoring.drift import METHOD_TITLES, compute_drift, render_drift_html
 from ml_platform.monitoring.health import (
     TrainingReference,
@@ -56,8 +59,20 @@ from resources.storage import StateStorage
 
 # The days of the prediction log. Unlike the transaction stream (DAILY_PARTITIONS), today is a
 # partition too (end_offset=1): the server is writing today's folder, and it can be compacted and
-# inspected before the day is over.
-PREDICTION_LOG_PARTITIONS = dg.DailyPartitionsDefinition(start_date="2025-01-01", end_offset=1, timezone="UTC")
+# inspected before the day is over. They start with the transactions' days (assets.common.partitions_start),
+# so "Materialize all" proposes the days since the data began, not every day since a fixed date.
+PREDICTION_LOG_PARTITIONS = dg.DailyPartitionsDefinition(
+    start_date=PARTITIONS_START.isoformat(), end_offset=1, timezone="UTC"
+)
+
+
+# The names monitoring files have in their MLflow runs (ml_platform.monitoring.artifacts).
+DRIFT_REPORT_ARTIFACT = "drift_report.html"
+DASHBOARD_ARTIFACT = "dashboard.png"
+DASHBOARD_PREVIEW_ARTIFACT = "dashboard_preview.png"
+PREVIEW_DPI = 40  # 480x320: a thumbnail that fits the metadata table's value column
+# The dashboard images kept, on disk and as MLflow monitoring runs: two days of the hourly monitor.
+HEALTH_IMAGES_KEPT = 48
 
 
 class WindowConfig(dg.Config):
@@ -71,7 +86,7 @@ class DriftReportConfig(WindowConfig):
     the scores the check uses are computed on every row). Only the newest ``keep_reports`` are kept."""
 
     html_sample_rows: int = 20_000
-    keep_reports: int = 48
+    keep_reports: int = Field(default=48, ge=1, description="drift reports kept, on disk and in MLflow")
 
 
 def _window(config: WindowConfig) -> Window:
@@ -182,7 +197,8 @@ def prediction_log(context: dg.AssetExecutionContext, monitoring: MonitoringReso
         dg.AssetCheckSpec(
             "drift_score",
             asset="drift_report",
-            description="share of features whose distribution drifted from the training data (WARN)",
+            description="share of features whose distribution drifted from the test split of the champion's "
+            "training set (WARN)",
         )
     ],
     description="The window's traffic against the test split of the champion's own training set (the stored "
@@ -243,6 +259,14 @@ def drift_report(
         sample_rows=config.html_sample_rows,
     )
     _prune(paths.reports_dir, "drift-*.html", config.keep_reports)
+    report_links = _logged_to_mlflow(
+        context,
+        mlflow,
+        {DRIFT_REPORT_ARTIFACT: html},
+        metrics={"drift_score": report.drift_score, "drifted_features": len(report.drifted_features)},
+        tags={"model_version": str(judged), "window": window.label},
+        keep=config.keep_reports,
+    )
     top = ", ".join(f"{f.feature} ({f.score:.3g})" for f in report.top(3) if f.drifted) or "none"
     pushed = _push(monitoring, registry.model_name, {"drift_score": report.drift_score})
     yield dg.MaterializeResult(
@@ -262,7 +286,7 @@ def drift_report(
             "not_scored": ", ".join(CUMULATIVE_FEATURES) + " (grow with each customer's history by construction)",
             "window": window.label,
             "report": dg.MetadataValue.path(str(html)),
-            "report_url": dg.MetadataValue.url(html.resolve().as_uri()),
+            **{("report_url" if key == DRIFT_REPORT_ARTIFACT else key): value for key, value in report_links.items()},
             "compute_seconds": report.seconds,
             "model_version": judged,
             **reference_metadata(source),
@@ -281,6 +305,41 @@ def drift_report(
             **reference_metadata(source),
         },
     )
+
+
+def _logged_to_mlflow(
+    context: dg.AssetExecutionContext,
+    mlflow: MLflowResource,
+    files: dict[str, Path],
+    *,
+    metrics: dict[str, float | None],
+    tags: dict[str, str],
+    keep: int,
+) -> dict[str, object]:
+    """``files`` logged to a monitoring run of their own in MLflow (ml_platform.monitoring.artifacts), so a
+    browser opens them from the MLflow UI: metadata with each file's link (by artifact name) and the run.
+    The asset's newest ``keep`` runs are kept, as its local files are.
+    A store that does not take them is reported, never fatal: the figures and checks do not depend on it."""
+    asset = context.asset_key.to_user_string()
+    try:
+        run = mlflow.log_monitoring_run(
+            run_name=f"{asset} {_stamp(context)}",
+            files=files,
+            metrics=metrics,
+            tags={"dagster_run_id": context.run.run_id, "dagster_asset": asset, **tags},
+            series=asset,
+            keep=keep,
+        )
+    except Exception as error:  # any artifact store's error (S3, GCS, a full disk): say it, keep the asset
+        message = f"not logged to MLflow ({mlflow.public_uri}): {type(error).__name__}: {error}"
+        context.log.warning(f"{asset}: {', '.join(files)} {message}")
+        return {name: message for name in files}
+    links: dict[str, object] = {name: mlflow.artifact_link(run, name) for name in files}
+    links["mlflow_monitoring_run"] = run.run_id
+    links["mlflow_runs_pruned"] = run.pruned if run.prune_error is None else f"pruning failed: {run.prune_error}"
+    if run.prune_error is not None:
+        context.log.warning(f"{asset}: older monitoring runs not pruned: {run.prune_error}")
+    return links
 
 
 def _push(monitoring: MonitoringResource, model: str, values: dict[str, float | None]) -> dict[str, object]:
@@ -547,7 +606,9 @@ def _no_latency(metrics: ServingMetrics, window: Window) -> str | None:
     description="The monitoring dashboard in one place: model, status, deployed when, "
     "uptime, latency percentiles, throughput, errors, live accuracy/precision/recall/F1 against the "
     "baseline, drift score and top drifted features, the histogram of prediction scores, alerts firing. "
-    "`ml-platform status` prints the same summary.",
+    "`ml-platform status` prints the same summary. Its model_version is the version it judged (the champion "
+    "when it ran): check judges_the_champion says whether that is still the champion, freshness_check whether "
+    "the summary is older than two hours (the monitor job runs hourly).",
 )
 def model_health(
     context: dg.AssetExecutionContext,
@@ -585,14 +646,38 @@ def model_health(
         )
     except PrometheusError as error:
         raise dg.Failure(f"model_health: {error}") from error
-    png = render_png(health, paths.reports_dir / f"health-{_stamp(context)}.png")
-    _prune(paths.reports_dir, "health-*.png", 48)
+    png = render_png(health, paths.reports_dir / f"health-{_stamp(context)}.png", rules)
+    _prune(paths.reports_dir, "health-*.png", HEALTH_IMAGES_KEPT)
+    # Dagster's table shows a Markdown value in place only when it is under 1,000 characters; the dashboard
+    # with its image inside is ~50 kB ("[Show Markdown]"). So a thumbnail is logged beside the dashboard and
+    # shown in place by a line of Markdown (the image as the MLflow server serves it, a link to the full one).
+    with tempfile.TemporaryDirectory(prefix="ml-platform-health-") as scratch:
+        thumbnail = Path(scratch) / DASHBOARD_PREVIEW_ARTIFACT
+        thumbnail.write_bytes(render_png_bytes(health, rules, dpi=PREVIEW_DPI))
+        png_links = _logged_to_mlflow(
+            context,
+            mlflow,
+            {DASHBOARD_ARTIFACT: png, DASHBOARD_PREVIEW_ARTIFACT: thumbnail},
+            metrics={"alerts_firing": len(health.alerts), "predictions": len(health.prediction_scores)},
+            tags={"model_version": str(health.model_version), "status": health.status, "window": window.label},
+            keep=HEALTH_IMAGES_KEPT,
+        )
+    png_links.pop(DASHBOARD_PREVIEW_ARTIFACT)
+    markdown = render_markdown(health, dashboard_png=render_png_bytes(health, rules))
+    preview = {}
+    run = png_links.get("mlflow_monitoring_run")
+    if mlflow.ui is not None and isinstance(run, str):
+        image = artifact_file_url(mlflow.ui, run, DASHBOARD_PREVIEW_ARTIFACT)
+        full = png_links[DASHBOARD_ARTIFACT].value
+        preview["dashboard_preview"] = dg.MetadataValue.md(f"[![{health.status}]({image})]({full})")
     metadata: dict[str, object] = {
+        **preview,
         "status": health.status,
         "model_version": health.model_version if health.model_version is not None else "none",
         "alerts_firing": len(health.alerts),
-        "dashboard": dg.MetadataValue.md(render_markdown(health)),
+        "dashboard": dg.MetadataValue.md(markdown),
         "dashboard_png": dg.MetadataValue.path(str(png)),
+        **{("dashboard_url" if key == DASHBOARD_ARTIFACT else key): value for key, value in png_links.items()},
         "window": window.label,
         "predictions": len(health.prediction_scores),
         **reference_metadata(reference),

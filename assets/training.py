@@ -150,6 +150,8 @@ def lineage_metadata(lineage: VersionLineage, mlflow_run_url: str | None) -> dic
         metadata["training_set_file"] = dg.MetadataValue.path(lineage.training_set_file)
     if mlflow_run_url is not None:
         metadata["mlflow_run"] = dg.MetadataValue.url(mlflow_run_url)
+    if lineage.mlflow_version_url is not None:
+        metadata["mlflow_model_version"] = dg.MetadataValue.url(lineage.mlflow_version_url)
     return metadata
 
 
@@ -248,13 +250,19 @@ def trained_model(
     run_id = metadata.get("mlflow_run_id")
     run_url = None
     if run_id is not None:
-        run_id_value = getattr(run_id, "value", run_id)
-        run_url = mlflow.run_url(str(run_id_value))
-        metadata["mlflow_run"] = dg.MetadataValue.url(run_url)
+        run_url = mlflow.run_url(str(getattr(run_id, "value", run_id)))
+        if run_url is not None:
+            metadata["mlflow_run"] = dg.MetadataValue.url(run_url)
     version = metadata.get("model_version")
     if version is not None:
+        number = int(getattr(version, "value", version))
+        # The registered version, not the logged model's id (models:/m-...) the training job reports.
+        logged = metadata.pop("model_uri", None)
+        if logged is not None:
+            metadata["logged_model_uri"] = logged
+        metadata["model_uri"] = f"models:/{mlflow.model_name}/{number}"
         lineage = version_lineage(
-            mlflow.registry(), int(getattr(version, "value", version)), training_sets_dir=state.training_sets_dir()
+            mlflow.registry(), number, training_sets_dir=state.training_sets_dir(), mlflow_ui=mlflow.ui
         )
         metadata.update(lineage_metadata(lineage, run_url))
     return dg.MaterializeResult(metadata=metadata)

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 from ml_platform.data.schema import TIMESTAMP_COLUMN
+from ml_platform.mlflow_ui import model_version_url, run_url
 from ml_platform.registry import (
     CHAMPION,
     CODE_VERSION_TAG,
@@ -62,8 +62,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # The run tag the orchestrator sets on a training run: the Dagster run that trained it (read for versions
 # registered before DAGSTER_RUN_ID_TAG was set on the version).
 RUN_TAG_DAGSTER_RUN_ID = "dagster_run_id"
-# The MLflow UI and the Dagster UI of the local profile (`make mlflow-ui`, `make dev`).
-LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"
+# The Dagster UI of the local profile (`make dev`); the MLflow UI's links are made by ml_platform.mlflow_ui.
 LOCAL_DAGSTER_UI = "http://127.0.0.1:3000"
 LINEAGE_FORMAT = 1
 NOT_RECORDED = "not recorded"
@@ -194,6 +193,7 @@ class VersionLineage:
     model_digest: str | None
     promotion: ChampionHistoryEntry | None  # None: never promoted
     notes: tuple[str, ...] = ()  # why something recorded could not be read or found
+    mlflow_version_url: str | None = None  # the registered version's page in the MLflow UI
 
     @property
     def total_rows(self) -> int | None:
@@ -209,7 +209,8 @@ def version_lineage(
     dagster_ui: str | None = None,
 ) -> VersionLineage:
     """The lineage of ``version`` (default: the champion). URLs are made from the UI bases given (none:
-    no URL); ``training_sets_dir`` is where the stored training set file is looked for.
+    no URL; ``mlflow_ui``: :attr:`ml_platform.settings.Settings.mlflow_ui`); ``training_sets_dir`` is where
+    the stored training set file is looked for.
     :class:`UnknownVersion` names the version (or the missing champion) when there is none."""
     from mlflow.exceptions import MlflowException
 
@@ -240,7 +241,7 @@ def version_lineage(
             run_readable = True
             run_tags = dict(run.data.tags)
             if mlflow_ui:
-                mlflow_run_url = f"{mlflow_ui.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+                mlflow_run_url = run_url(mlflow_ui, run.info.experiment_id, run_id)
 
     digest = tags.get(TRAINING_SET_DIGEST_TAG) or None
     training_set_file = None
@@ -279,6 +280,7 @@ def version_lineage(
         model_digest=tags.get(MODEL_DIGEST_TAG) or None,
         promotion=history.get(int(version)),
         notes=tuple(notes),
+        mlflow_version_url=model_version_url(mlflow_ui, registry.model_name, version) if mlflow_ui else None,
     )
 
 
@@ -303,19 +305,6 @@ def _recorded_rows_by_day(document: object) -> dict[str, int] | None:
     return dict(sorted(counts.items()))
 
 
-def mlflow_ui_base(tracking_uri: str, profile: str = "local") -> str | None:
-    """The MLflow UI of a store: a tracking server's own address (without credentials); the local UI
-    (``make mlflow-ui``) for the local profile's store; None when it is not known."""
-    parts = urlsplit(tracking_uri)
-    if parts.scheme in ("http", "https"):
-        host = parts.hostname or ""
-        netloc = f"[{host}]" if ":" in host else host
-        if parts.port is not None:
-            netloc += f":{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-    return LOCAL_MLFLOW_UI if profile == "local" else None
-
-
 # ---- output -------------------------------------------------------------------------------------------
 def lineage_document(lineage: VersionLineage) -> dict[str, object]:
     """The stable JSON shape (``format`` :data:`LINEAGE_FORMAT`): every key is always there; null is "not
@@ -325,7 +314,8 @@ def lineage_document(lineage: VersionLineage) -> dict[str, object]:
     ``{"format", "model", "version", "aliases": [..],
     "training_set": {"digest", "file", "newest_transaction"},
     "raw_partitions": {"first_day", "last_day", "count", "total_rows", "rows_by_day": {"YYYY-MM-DD": rows}},
-    "code_version", "dagster_run": {"id", "url"}, "mlflow_run": {"id", "url"}, "model_digest",
+    "code_version", "dagster_run": {"id", "url"}, "mlflow_run": {"id", "url"}, "mlflow_model_version": {"url"},
+    "model_digest",
     "promotion": {"promoted", "promoted_at", "rolled_back_at", "rollback_reason"},
     "not_recorded": [..], "notes": [..]}``
     """
@@ -350,6 +340,7 @@ def lineage_document(lineage: VersionLineage) -> dict[str, object]:
         "code_version": lineage.code_version,
         "dagster_run": {"id": lineage.dagster_run_id, "url": lineage.dagster_run_url},
         "mlflow_run": {"id": lineage.mlflow_run_id, "url": lineage.mlflow_run_url},
+        "mlflow_model_version": {"url": lineage.mlflow_version_url},
         "model_digest": lineage.model_digest,
         "promotion": {
             "promoted": promotion is not None,
@@ -413,6 +404,7 @@ def lineage_text(lineage: VersionLineage) -> str:
         f"  code version:        {shown(lineage.code_version)}",
         f"  dagster run:         {with_url(lineage.dagster_run_id, lineage.dagster_run_url)}",
         f"  mlflow run:          {with_url(lineage.mlflow_run_id, lineage.mlflow_run_url)}",
+        *([f"  mlflow version:      {lineage.mlflow_version_url}"] if lineage.mlflow_version_url else []),
         f"  model digest:        {shown(lineage.model_digest)}",
         f"  promoted:            {promotion.promoted_at if promotion else 'never'}",
     ]

@@ -52,6 +52,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
             artifact_root=settings.mlflow_artifact_root,
             model_name=settings.model_name,
             experiment_name=settings.experiment_name,
+            ui_url=settings.mlflow_ui or "",
         ),
         "feast": FeastResource(
             repo_dir=str(settings.feast_dir),

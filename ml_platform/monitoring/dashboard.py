@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ml_platform.monitoring.alerts import DEFAULT_RULES, Alert
+from ml_platform.monitoring.alerts import DEFAULT_RULES, Alert, AlertRule
 from ml_platform.monitoring.drift import METHOD_TITLES, DriftReport
+from ml_platform.monitoring.images import INLINE_DPI, figure_png, markdown_image
 from ml_platform.monitoring.performance import LIVE_METRICS, VARIANT_METRICS, LivePerformance, VariantComparison
 from ml_platform.monitoring.serving_metrics import ServingMetrics
 
 STATUSES: tuple[str, ...] = ("healthy", "degraded", "down", "no model")
 HISTOGRAM_BINS = 10
-_BAR_WIDTH = 30
+# Bar colours of the PNG: a figure within its rule, and one its alert rule fires on.
+OK_COLOUR = "#3b7dd8"
+ALERT_COLOUR = "#d84b3b"
 
 
 @dataclass
@@ -112,9 +115,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 # ---- Markdown ------------------------------------------------------------------------------------
-def render_markdown(health: ModelHealth) -> str:
-    """Markdown tables: model, serving, live performance vs baseline, drift, score histogram, alerts."""
+def render_markdown(health: ModelHealth, *, dashboard_png: bytes | None = None) -> str:
+    """Markdown tables: model, serving, live performance vs baseline, drift, score histogram (a PNG inline),
+    alerts; with ``dashboard_png`` (:func:`render_png_bytes`) the dashboard image first, inline too."""
     lines = [f"## {health.model_name} {_version(health)}: {health.status}", ""]
+    if dashboard_png is not None:
+        lines += [markdown_image(dashboard_png, f"dashboard of {health.model_name} {_version(health)}"), ""]
     lines += _table(
         ["model", "version", "status", "deployed", "uptime", "endpoint"],
         [
@@ -196,14 +202,8 @@ def render_markdown(health: ModelHealth) -> str:
     lines += ["", f"### Prediction scores ({len(health.prediction_scores)} predictions)", ""]
     if len(health.prediction_scores):
         counts, edges = score_histogram(health.prediction_scores)
-        peak = max(int(counts.max()), 1)
-        lines += _table(
-            ["score", "count", ""],
-            [
-                [f"{edges[i]:.1f}-{edges[i + 1]:.1f}", str(int(count)), "#" * math.ceil(_BAR_WIDTH * count / peak)]
-                for i, count in enumerate(counts)
-            ],
-        )
+        described = ", ".join(f"{edges[i]:.1f}-{edges[i + 1]:.1f}: {int(n)}" for i, n in enumerate(counts))
+        lines.append(markdown_image(score_histogram_png(health.prediction_scores), f"scores per bin {described}"))
     else:
         lines.append("No predictions in the window.")
     lines += ["", "### Alerts", ""]
@@ -275,14 +275,43 @@ def render_terminal(health: ModelHealth) -> str:
 
 
 # ---- PNG -----------------------------------------------------------------------------------------
-def render_png(health: ModelHealth, path: str | Path) -> Path:
-    """Four panels (latency percentiles, live metrics vs baseline, drift per feature, score histogram)
-    drawn with matplotlib's Agg renderer (no display, no pyplot state), written atomically."""
+def _figure(width: float, height: float, dpi: float = 100):
+    """A matplotlib figure on the Agg renderer (no display, no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(12, 8), dpi=100)
+    figure = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(figure)
+    return figure
+
+
+def score_histogram_png(scores: np.ndarray, dpi: float = INLINE_DPI) -> bytes:
+    """The histogram of prediction scores (:data:`HISTOGRAM_BINS` bins over [0, 1]) as a small PNG."""
+    figure = _figure(6, 2.4)
+    axis = figure.subplots()
+    counts, edges = score_histogram(np.asarray(scores, dtype="float64").reshape(-1))
+    axis.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color=OK_COLOUR, edgecolor="white")
+    axis.set_xlim(0, 1)
+    axis.set_xlabel("fraud probability")
+    axis.set_ylabel("predictions")
+    figure.tight_layout()
+    return figure_png(figure, dpi=dpi)
+
+
+def latency_colours(values: Sequence[float], rule: AlertRule) -> list[str]:
+    """The colour of each latency percentile bar (p50, p95, p99): the alert colour only for the p99 bar
+    and only when ``rule`` (the p99 latency rule) fires on it; the others are not what the rule judges."""
+    return [
+        ALERT_COLOUR if name == "p99" and rule.fires(value) else OK_COLOUR
+        for name, value in zip(("p50", "p95", "p99"), values, strict=True)
+    ]
+
+
+def dashboard_figure(health: ModelHealth, rules: Mapping[str, AlertRule] | None = None):
+    """Four panels (latency percentiles, live metrics vs baseline, drift per feature, score histogram);
+    ``rules`` (default :data:`DEFAULT_RULES`) are the alert rules in force, which colour the p99 bar and
+    draw its threshold."""
+    figure = _figure(12, 8)
     (latency_axis, metrics_axis), (drift_axis, histogram_axis) = figure.subplots(2, 2)
     figure.suptitle(f"{health.model_name} {_version(health)}: {health.status}", fontsize=14)
 
@@ -291,9 +320,9 @@ def render_png(health: ModelHealth, path: str | Path) -> Path:
     if serving is not None and _known(serving.latency_p99_ms):
         names = ["p50", "p95", "p99"]
         values = [serving.latency_p50_ms, serving.latency_p95_ms, serving.latency_p99_ms]
-        bars = latency_axis.bar(names, values, color=["#3b7dd8", "#f0a030", "#d84b3b"])
+        rule = (rules or DEFAULT_RULES).get("latency_p99", DEFAULT_RULES["latency_p99"])
+        bars = latency_axis.bar(names, values, color=latency_colours(values, rule))
         latency_axis.bar_label(bars, labels=[f"{v:.1f}" for v in values])
-        rule = DEFAULT_RULES["latency_p99"]
         latency_axis.axhline(
             rule.threshold, color="black", linestyle="--", linewidth=1, label=f"p99 alert ({rule.describe()})"
         )
@@ -322,7 +351,7 @@ def render_png(health: ModelHealth, path: str | Path) -> Path:
     )
     if drift is not None and drift.features:
         ordered = list(reversed(drift.features))
-        colours = ["#d84b3b" if f.drifted else "#3b7dd8" for f in ordered]
+        colours = [ALERT_COLOUR if f.drifted else OK_COLOUR for f in ordered]
         drift_axis.barh([f.feature for f in ordered], [f.score for f in ordered], color=colours)
         drift_axis.axvline(ordered[0].threshold, color="black", linestyle="--", linewidth=1, label="threshold")
         drift_axis.legend(loc="lower right", fontsize=8)
@@ -333,22 +362,35 @@ def render_png(health: ModelHealth, path: str | Path) -> Path:
     histogram_axis.set_title(f"Prediction scores ({len(health.prediction_scores)})")
     if len(health.prediction_scores):
         counts, edges = score_histogram(health.prediction_scores, bins=20)
-        histogram_axis.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#3b7dd8")
+        histogram_axis.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color=OK_COLOUR)
         histogram_axis.set_yscale("log" if counts.max() > 100 * max(np.median(counts), 1) else "linear")
         histogram_axis.set_xlabel("fraud probability")
     else:
         _no_data(histogram_axis, "no predictions")
 
     figure.tight_layout()
+    return figure
+
+
+def render_png(health: ModelHealth, path: str | Path, rules: Mapping[str, AlertRule] | None = None) -> Path:
+    """The dashboard (:func:`dashboard_figure`) at full size (1200x800), written atomically to ``path``."""
+    png = figure_png(dashboard_figure(health, rules))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        figure.savefig(temporary, format="png")
+        temporary.write_bytes(png)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def render_png_bytes(
+    health: ModelHealth, rules: Mapping[str, AlertRule] | None = None, dpi: float = INLINE_DPI
+) -> bytes:
+    """The dashboard as PNG bytes at ``dpi`` (default small, 720x480: for Markdown, see images)."""
+    return figure_png(dashboard_figure(health, rules), dpi=dpi)
 
 
 def _no_data(axis, text: str) -> None:

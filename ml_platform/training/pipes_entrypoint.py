@@ -28,13 +28,14 @@ def main() -> None:
 def report(pipes: PipesContext, result: dict[str, object]) -> None:
     importance = result.pop("feature_importance", None) or {}
     metadata: dict[str, object] = {key: value for key, value in result.items() if value is not None}
-    if importance:
-        rows = "\n".join(
-            f"| {name} | {share:.4f} |" for name, share in sorted(importance.items(), key=lambda kv: -kv[1])
-        )
+    if importance:  # a Dagster table (records and schema, as Pipes carries one), shares to 4 significant digits
+        ranked = sorted(importance.items(), key=lambda kv: -kv[1])
         metadata["feature_importance"] = {
-            "raw_value": "| feature | gain share |\n|---|---|\n" + rows,
-            "type": "md",
+            "raw_value": {
+                "records": [{"feature": name, "gain share": float(f"{share:.4g}")} for name, share in ranked],
+                "schema": [{"name": "feature", "type": "string"}, {"name": "gain share", "type": "float"}],
+            },
+            "type": "table",
         }
     pipes.report_asset_materialization(metadata=metadata)
 

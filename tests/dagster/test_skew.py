@@ -30,6 +30,7 @@ from tests.support.runs import (
     materializations,
     wait_until_logged,
 )
+from tests.support.tables import table_rows
 
 pytestmark = pytest.mark.xdist_group("graph")  # the session's one graph world: see tests/conftest.py
 ROWS_PER_DAY = 300
@@ -80,10 +81,9 @@ def ingest(defs, first: date, last: date) -> None:
     assert launch("refresh_features", start=first, end=last, defs=defs).success
 
 
-def markdown_rows(table: str) -> dict[str, list[str]]:
-    """A markdown table's body rows, by their first cell."""
-    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.splitlines()[2:]]
-    return {row[0]: row[1:] for row in rows}
+def markdown_rows(table) -> dict[str, list[str]]:
+    """A table's body rows, by their first cell (table metadata now, see tests/support/tables.py)."""
+    return table_rows(table)
 
 
 def judge(defs, instance):

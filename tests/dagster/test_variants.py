@@ -29,6 +29,7 @@ from ml_platform.registry import CHALLENGER, CHAMPION
 from ml_platform.serving.client import ModelServerClient
 from runs.launch import launch
 from tests.support.runs import drifted_transactions, endpoint, materializations, send_with_labels, wait_until_logged
+from tests.support.tables import table_rows
 
 pytestmark = pytest.mark.xdist_group("graph")  # the session's one graph world: see tests/conftest.py
 ADMIN_TOKEN = "variants-adm1n"
@@ -151,10 +152,9 @@ def drifted(clean, versions, settings, instance, tmp_path_factory):
     return {"log": log, "result": result, "checks": checks, "sent": len(transactions)}
 
 
-def markdown_rows(table: str) -> dict[str, list[str]]:
-    """A markdown table's body rows, by their first cell."""
-    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.splitlines()[2:]]
-    return {row[0]: row[1:] for row in rows}
+def markdown_rows(table) -> dict[str, list[str]]:
+    """A table's body rows, by their first cell (table metadata now, see tests/support/tables.py)."""
+    return table_rows(table)
 
 
 def expected_figures(log: pd.DataFrame, labels: pd.DataFrame, variant: str) -> dict[str, float]:

@@ -38,6 +38,7 @@ from tests.support.bodies import GOOD
 from tests.support.prometheus import instant, run_prometheus, run_pushgateway, wait_for, wait_for_scrapes_after
 from tests.support.servers import Running, free_port, make_config, serve
 from tests.support.serving_world import build_serving_world
+from tests.support.tables import table_rows
 
 RULES_FILE = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules.yml"
 NO_ROWS = pd.DataFrame({"latency_ms": pd.Series(dtype="float64"), "model_version": pd.Series(dtype="int64")})
@@ -310,7 +311,7 @@ def test_the_asset_reports_prometheus_as_its_source_and_judges_its_numbers(traff
     )
     assert metadata["prometheus"] == traffic.url
     for running in traffic.replicas:
-        assert address(running) in metadata["requests_by_replica"]
+        assert address(running) in table_rows(metadata["requests_by_replica"])
     checks = {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
     assert not checks["error_rate"].passed  # 3 of 27 is above 1%
     assert checks["error_rate"].metadata["value"].value == 3 / 27

@@ -210,6 +210,7 @@ def test_lineage_of_the_champion_as_text(world):
         f"  dagster run:         {DAGSTER_RUN}  http://127.0.0.1:3000/runs/{DAGSTER_RUN}",
         f"  mlflow run:          {first['mlflow_run_id']}  "
         f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{first['mlflow_run_id']}",
+        f"  mlflow version:      http://127.0.0.1:5000/#/models/fraud_detector/versions/{first['model_version']}",
         f"  model digest:        {model_digest}",
         "  promoted:            2024-04-01T00:00:00+00:00",
         "  rolled back:         no",
@@ -238,6 +239,9 @@ def test_lineage_as_json(world):
         "code_version": LAUNCHER_VERSION,
         "dagster_run": {"id": DAGSTER_RUN, "url": f"http://127.0.0.1:3000/runs/{DAGSTER_RUN}"},
         "mlflow_run": {"id": run_id, "url": f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id}"},
+        "mlflow_model_version": {
+            "url": f"http://127.0.0.1:5000/#/models/fraud_detector/versions/{first['model_version']}"
+        },
         "model_digest": registry.version_tags(first["model_version"])[MODEL_DIGEST_TAG],
         "promotion": {
             "promoted": True,
@@ -263,6 +267,7 @@ def test_a_version_registered_before_lineage_reads_as_not_recorded(world):
         "  code version:        not recorded",
         "  dagster run:         not recorded",
         f"  mlflow run:          {old.run_id}  http://127.0.0.1:5000/#/experiments/{experiment}/runs/{old.run_id}",
+        f"  mlflow version:      http://127.0.0.1:5000/#/models/fraud_detector/versions/{old.version}",
         "  model digest:        not recorded",
         "  promoted:            2024-04-02T00:00:00+00:00",
         "  rolled back:         2024-04-03T00:00:00+00:00 (accuracy dropped)",
