@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 
 from assets.deployment import ENVIRONMENT_TAG
-from ml_platform.registry import CHAMPION, PREVIOUS, ROLLED_BACK_AT_TAG, TRAINING_DATA_END_TAG
+from ml_platform.registry import CHAMPION, MODEL_DIGEST_TAG, PREVIOUS, ROLLED_BACK_AT_TAG, TRAINING_DATA_END_TAG
 from ml_platform.serving.client import ModelServerClient
 from resources.alerts import WEBHOOK_ENV_VAR, AlertResource
 from resources.deployment import DeploymentEnvironments, KubernetesDeployment
@@ -59,10 +59,18 @@ def another_version(bootstrap_result, defs, registry):
     stop); the champion and previous aliases are put back as they were after the module."""
     aliases = registry.aliases()
     champion = aliases[CHAMPION]
-    weak = {"trained_model": {"n_estimators": 1, "max_depth": 1, "early_stopping_rounds": 0}}
-    launch("retrain", weak, defs=defs)  # registers the challenger; the gates stop it there
-    versions = {int(v.version) for v in registry.client.search_model_versions(f"name='{registry.model_name}'")}
-    yield max(versions - {champion})
+    champion_digest = registry.version_tags(champion).get(MODEL_DIGEST_TAG)
+    # An earlier module may have left a weak model as champion: the weak retrain must give another model.
+    for depth in (1, 2, 3):
+        weak = {"trained_model": {"n_estimators": 1, "max_depth": depth, "early_stopping_rounds": 0}}
+        launch("retrain", weak, defs=defs)  # registers the challenger; the gates stop it there
+        versions = {int(v.version) for v in registry.client.search_model_versions(f"name='{registry.model_name}'")}
+        other = max(versions - {champion})
+        if registry.version_tags(other).get(MODEL_DIGEST_TAG) != champion_digest:
+            break
+    else:
+        pytest.fail(f"three weak retrains all gave the champion v{champion}'s own model")
+    yield other
     registry.set_alias(CHAMPION, champion)
     if aliases.get(PREVIOUS) is not None:
         registry.set_alias(PREVIOUS, aliases[PREVIOUS])
