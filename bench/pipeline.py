@@ -1,8 +1,8 @@
 """End-to-end pipeline benchmark: empty state directory -> champion model, on 1,000,000 transactions.
 
 Two contestants, each in a fresh Python process (so imports count), each from an empty state directory:
-- platform: the whole asset graph as `make demo` runs it (one Dagster run over the daily partitions,
-  training through Pipes, MLflow registry, Feast point-in-time join);
+- platform: the whole asset graph as `make demo` runs it (a Dagster run over the daily partitions, then one
+  from training to promotion; training through Pipes, MLflow registry, Feast point-in-time join);
 - bare core: the same core functions called one after another in a plain script, no orchestration
   (the floor: what the work costs without Dagster, Pipes and the IO manager).
 
@@ -35,14 +35,14 @@ CUSTOMERS = 20_000
 def platform_child(days: int, per_day: int) -> dict:
     """The asset graph, as `make demo` runs it; compute figures come from each asset's metadata."""
     from ml_platform.settings import Settings
-    from runs.launch import launch, quiet_warnings
+    from runs.launch import launch_graph, quiet_warnings
 
     settings = Settings.from_env()
     settings.apply_environment()
     settings.prepare()
     quiet_warnings()
     params = {"raw_transactions": {"transactions_per_day": per_day, "n_customers": CUSTOMERS}}
-    result = launch("bootstrap", params, start=FIRST_DAY, end=FIRST_DAY + timedelta(days=days - 1))
+    result = launch_graph(params, start=FIRST_DAY, end=FIRST_DAY + timedelta(days=days - 1))
     if not result.success:
         raise SystemExit("platform run failed")
     compute: dict[str, float] = {}
@@ -67,7 +67,7 @@ def bare_child(days: int, per_day: int) -> dict:
 
     from ml_platform.data.synthetic import SyntheticConfig, generate_transactions
     from ml_platform.data.validation import validate_transactions
-    from ml_platform.evaluation.metrics import classification_metrics
+    from ml_platform.evaluation.metrics import classification_metrics, pr_auc_standard_error
     from ml_platform.features.engineering import compute_customer_stats
     from ml_platform.features.store import (
         FeatureRepo,
@@ -81,6 +81,7 @@ def bare_child(days: int, per_day: int) -> dict:
     from ml_platform.settings import Settings
     from ml_platform.training.dataset import assemble_training_set, split_xy
     from ml_platform.training.train import TrainingParams, fit, model_signature, predict_probability
+    from runs import progress
 
     settings = Settings.from_env()
     settings.apply_environment()
@@ -91,6 +92,7 @@ def bare_child(days: int, per_day: int) -> dict:
         started = time.perf_counter()
         value = fn(*args, **kwargs)
         compute[name] = compute.get(name, 0.0) + time.perf_counter() - started
+        progress.current().line(f"bare core: {name} in {time.perf_counter() - started:.1f} s")  # to stderr
         return value
 
     config = SyntheticConfig(n_customers=CUSTOMERS, transactions_per_day=per_day)
@@ -126,29 +128,38 @@ def bare_child(days: int, per_day: int) -> dict:
         figures={},
     )
     x_test, y_test = split_xy(training_set, "test")
-    timed(
-        "model_evaluation",
-        lambda: classification_metrics(y_test, predict_probability(trained.booster, x_test), trained.threshold),
-    )
+
+    def evaluate():  # what model_evaluation computes: the test metrics and PR AUC's bootstrap standard error
+        probability = predict_probability(trained.booster, x_test)
+        metrics = classification_metrics(y_test, probability, trained.threshold)
+        return metrics, pr_auc_standard_error(y_test, probability)
+
+    timed("model_evaluation", evaluate)
     registry.promote(registered.version, promoted_at=datetime.now(UTC).isoformat())
     return {"compute": compute, "rows": len(training_set), "champion": registered.version}
 
 
 def run_contestant(mode: str, days: int, per_day: int) -> dict:
+    from runs.progress import child_environment, current
+
     home = Path(tempfile.mkdtemp(prefix=f"ml_platform_bench_{mode}_"))
-    env = {**os.environ, "ML_PLATFORM_HOME": str(home), "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "ML_PLATFORM_HOME": str(home), "PYTHONWARNINGS": "ignore", **child_environment()}
+    current().line(f"{mode}: a fresh process on an empty state directory ({home})")
     started = time.perf_counter()
+    # The child's stderr is this process's: its progress (a line per step, counting from the benchmark's start)
+    # shows as it happens; its stdout is the figures.
     completed = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--days", str(days), "--per-day", str(per_day)],
         env=env,
         cwd=REPO,
-        capture_output=True,
+        stdout=subprocess.PIPE,
         text=True,
     )
     wall = time.perf_counter() - started
     if completed.returncode != 0:
-        sys.stderr.write(completed.stdout[-4000:] + completed.stderr[-4000:])
+        sys.stderr.write(completed.stdout[-4000:])
         raise SystemExit(f"{mode} run failed (exit {completed.returncode}); its state is kept in {home}")
+    current().line(f"{mode}: done in {wall:.1f} s")
     figures = json.loads(completed.stdout.strip().splitlines()[-1])
     figures["wall"] = wall
     shutil.rmtree(home, ignore_errors=True)

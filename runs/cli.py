@@ -7,7 +7,8 @@ added to the core's typer app, whose Dagster-free commands are in ``ml_platform/
 
 from __future__ import annotations
 
-import json
+import math
+from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,16 +16,30 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from ml_platform.cli import app, fail, prepared_settings
+from ml_platform.cli import (
+    EXIT_FAILED,
+    JSON_DOCUMENTS,
+    VERBOSITY_HOOKS,
+    CommandError,
+    app,
+    emit_json,
+    fail,
+    prepared_settings,
+)
 from ml_platform.settings import DEPLOYMENT_ENVIRONMENTS, Settings
 from runs.launch import (
     CliError,
+    asset_figures,
     deployment_outcome,
+    failure_causes,
     failure_report,
     job_assets,
     launch,
+    launch_graph,
     load_definitions,
     quiet_warnings,
+    reach_partitions_back_to,
+    set_run_log_level,
     summarize,
 )
 
@@ -32,7 +47,7 @@ PIPELINES = {
     "training": "retrain",  # training_set -> trained_model -> model_evaluation -> champion_model
     "features": "refresh_features",  # customer_stats -> feature_store -> online_features
     "ingest": "ingest",  # raw_transactions -> validated_transactions, per day
-    "all": "bootstrap",  # the whole graph over a range of days
+    "all": "bootstrap",  # the whole graph over a range of days, in two runs (runs.launch.launch_graph)
 }
 PARTITIONED_PIPELINES = {"ingest", "features", "all"}
 FEATURE_VIEWS = ("customer_stats",)
@@ -40,6 +55,8 @@ ENVIRONMENTS = DEPLOYMENT_ENVIRONMENTS
 # The run tag naming a deploy's or a rollback's environment (assets.deployment.ENVIRONMENT_TAG; not imported
 # from there, which would load the code location for every command).
 ENVIRONMENT_TAG = "ml_platform/environment"
+# A failed step logs an ERROR with its stack trace; the command explains the failure itself (--verbose: both).
+VERBOSITY_HOOKS.append(lambda verbose: set_run_log_level("WARNING" if verbose else "CRITICAL"))
 
 
 def load_params(path: Path | None, pipeline_assets: set[str]) -> dict[str, Any]:
@@ -67,24 +84,33 @@ def load_params(path: Path | None, pipeline_assets: set[str]) -> dict[str, Any]:
 
 
 def _print_result(result, title: str) -> None:
-    """The run's outcome and one line of figures per materialized asset; exit 1 when it failed."""
+    """The run's outcome and one line of figures per materialized asset; a failed run raises
+    :func:`run_failed` (exit 1)."""
     if not result.success:
-        typer.secho(f"{title}: FAILED (run {result.run_id})", fg="red", err=True)
-        typer.echo(failure_report(result), err=True)
-        raise typer.Exit(1)
-    typer.secho(f"{title}: succeeded (run {result.run_id})", fg="green")
+        raise run_failed(result, title)
+    typer.secho(f"{title}: succeeded ({_runs_shown(result)})", fg="green")
     width = max((len(name) for name, _ in summarize(result)), default=0)
     for name, figures in summarize(result):
         typer.echo(f"  {name:<{width}}  {figures}")
 
 
-def _run_cli(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)``, with a :class:`CliError` printed as an error and exit status 2."""
-    try:
-        return fn(*args, **kwargs)
-    except CliError as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(2) from error
+def _runs_shown(result) -> str:
+    """``run <id>``, or ``runs <id>, <id>`` for the graph's runs (the last one trained the model)."""
+    run_ids = getattr(result, "run_ids", [result.run_id])
+    return f"run{'s' if len(run_ids) > 1 else ''} {', '.join(run_ids)}"
+
+
+def run_failed(result, title: str, document: dict[str, Any] | None = None) -> CommandError:
+    """A failed run as the command's failure (exit 1): each failed step down to the user's own error, each
+    failed check (``--verbose`` shows the run's log with the steps' stack traces above it). ``document``:
+    what ``--json`` prints with it."""
+    return CommandError(
+        f"{title}: FAILED (run {result.run_id})",
+        causes=failure_causes(result) or ["the run failed"],
+        hint=f"`ml-platform --verbose ...` shows the stack traces; `make dev` opens run {result.run_id} in the UI",
+        exit_code=EXIT_FAILED,
+        document=document,
+    )
 
 
 def _last_complete_days(days: int) -> tuple[date, date]:
@@ -108,12 +134,20 @@ def demo(
     drift: Annotated[float, typer.Option(min=0.0, help="The drift knob of the loop's new days.")] = 0.3,
     drift_days: Annotated[int, typer.Option(min=1, help="How many of the DAYS are the loop's drifted days.")] = 4,
     keep_serving: Annotated[bool, typer.Option(help="Leave the model server running after the loop.")] = False,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Model server port (default: ML_PLATFORM_SERVING_PORT, else 8080)."),
+    ] = None,
 ) -> None:
     """Materialize the whole graph headless over the last DAYS days and print what it produced; with
-    --loop (the default) the last DRIFT_DAYS of them arrive later, drifted, and the platform reacts."""
+    --loop (the default) the last DRIFT_DAYS of them arrive later, drifted, and the platform reacts.
+
+    Exit status: 0 done, 1 a run failed or the loop did not close, 2 bad options or a loop closed before."""
     settings = prepared_settings()
     if loop and drift_days >= days:
         fail(f"--drift-days {drift_days} must be fewer than --days {days} (the rest is the clean history)")
+    reach_partitions_back_to(_last_complete_days(days)[0])  # before the definitions are built
+    defs = _serving_on(settings, port)
     if loop:
         import dagster as dg
 
@@ -133,7 +167,7 @@ def demo(
         f"materializing the whole graph over {start} .. {history_end} ({(history_end - start).days + 1} daily "
         "partitions) ..."
     )
-    result = _run_cli(launch, "bootstrap", {"raw_transactions": data}, start=start, end=history_end)
+    result = launch_graph({"raw_transactions": data}, start=start, end=history_end, defs=defs)
     if loop and not result.success and _only_the_gates_failed(result, settings):
         # A state directory used before: the new model did not beat the champion of the last demo, which
         # stays (as a gate should have it); the loop goes on with that champion.
@@ -157,12 +191,11 @@ def demo(
             drift_days=drift_days,
             drift=drift,
         )
-        closed = ClosedLoop(settings, load_definitions(), echo=typer.echo)
+        closed = ClosedLoop(settings, defs, echo=typer.echo)
         try:
             report = closed.run_scenario(plan)
         except LoopError as error:
-            typer.secho(f"the loop did not close: {error}", fg="red", err=True)
-            raise typer.Exit(1) from error
+            raise CommandError("the loop did not close", exit_code=EXIT_FAILED) from error
         finally:
             if not keep_serving:
                 closed.stop_server()
@@ -173,6 +206,19 @@ def demo(
                 "the model server was stopped (--keep-serving leaves it running; `ml-platform deploy` restarts it)"
             )
     typer.echo("open the UI with `make dev` (http://127.0.0.1:3000) to see every materialization and check")
+
+
+def _serving_on(settings: Settings, port: int | None):
+    """The code location, its deployments serving on ``port`` (None: the settings' port,
+    ML_PLATFORM_SERVING_PORT else 8080)."""
+    if port is None or port == settings.serving_port:
+        return load_definitions()
+    from dataclasses import replace
+
+    quiet_warnings()
+    from definitions import build_definitions
+
+    return build_definitions(replace(settings, serving_port=port))
 
 
 def _only_the_gates_failed(result, settings: Settings) -> bool:
@@ -194,32 +240,109 @@ def _only_the_gates_failed(result, settings: Settings) -> bool:
     )
 
 
+RUN_KEYS = ("pipeline", "job", "start", "end", "run_id", "run_ids", "success", "assets", "failures", "note")
+JSON_DOCUMENTS["run"] = lambda: dict.fromkeys(RUN_KEYS)
+INGEST_HINT = (
+    "`ml-platform run --pipeline ingest --start YYYY-MM-DD --end YYYY-MM-DD` and then `ml-platform run --pipeline "
+    "features`; or `ml-platform demo`, which does it all"
+)
+
+
 @app.command()
 def run(
     pipeline: Annotated[str, typer.Option(help=f"One of: {', '.join(PIPELINES)}.")] = "training",
     params: Annotated[Path | None, typer.Option(help="YAML: asset name -> that asset's config.")] = None,
     start: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD) for ingest/features/all.")] = None,
     end: Annotated[str | None, typer.Option(help="Last day, inclusive (YYYY-MM-DD) for ingest/features/all.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout (see the README).")] = False,
 ) -> None:
     """Run a pipeline with parameters from a file. Without --start/--end, ingest and all take yesterday and
-    features every stored day its running stats have not reached yet."""
+    features every stored day its running stats have not reached yet.
+
+    Exit status: 0 the run succeeded (or there was nothing to do), 1 the run failed, 2 bad options or a
+    missing input (training before any features: nothing is launched)."""
     settings = prepared_settings()
     if pipeline not in PIPELINES:
-        typer.secho(f"error: unknown pipeline {pipeline!r}; expected one of {', '.join(PIPELINES)}", fg="red", err=True)
-        raise typer.Exit(2)
+        fail(f"unknown pipeline {pipeline!r}; expected one of {', '.join(PIPELINES)}")
     job_name = PIPELINES[pipeline]
+    document = {**dict.fromkeys(RUN_KEYS), "pipeline": pipeline, "job": job_name}
     first = last = None
     if pipeline == "features" and not start and not end:
-        first, last = _days_without_features(settings)
+        days = _days_without_features(settings)
+        if days is None:
+            note = "features are up to date: customer_stats has every stored day"
+            if as_json:
+                emit_json(
+                    {
+                        **document,
+                        "success": True,
+                        "run_ids": [],
+                        "assets": {},
+                        "failures": [],
+                        "note": note,
+                        "error": None,
+                    }
+                )
+            else:
+                typer.echo(note)
+            return
+        first, last = days
     elif pipeline in PARTITIONED_PIPELINES:
-        first, last = _run_cli(_parse_range, start, end)
+        first, last = _parse_range(start, end)
     elif start or end:
-        typer.secho(f"error: --start/--end apply to {' and '.join(PARTITIONED_PIPELINES)} only", fg="red", err=True)
-        raise typer.Exit(2)
+        fail(f"--start/--end apply to {' and '.join(PARTITIONED_PIPELINES)} only")
+    if first is not None:
+        reach_partitions_back_to(first)  # before the definitions are built
     defs = load_definitions()
-    run_params = _run_cli(load_params, params, job_assets(job_name, defs))
-    result = _run_cli(launch, job_name, run_params, start=first, end=last, defs=defs)
-    _print_result(result, f"pipeline {pipeline}")
+    run_params = load_params(params, job_assets(job_name, defs))
+    if pipeline == "training":
+        _check_training_inputs(settings)
+    if pipeline == "all":
+        result = launch_graph(run_params, start=first, end=last, defs=defs)
+    else:
+        result = launch(job_name, run_params, start=first, end=last, defs=defs)
+    document.update(
+        start=first and first.isoformat(),
+        end=last and last.isoformat(),
+        run_id=result.run_id,
+        run_ids=getattr(result, "run_ids", [result.run_id]),
+        success=result.success,
+        assets=_jsonable(asset_figures(result)),
+        failures=failure_causes(result),
+    )
+    if not as_json:
+        _print_result(result, f"pipeline {pipeline}")
+    elif not result.success:
+        raise run_failed(result, f"pipeline {pipeline}", document)
+    else:
+        emit_json({**document, "error": None})
+
+
+def _check_training_inputs(settings: Settings) -> None:
+    """The training pipeline's inputs, before any run: stored transactions and their customers' features;
+    a usage error naming the one missing and the command that makes it."""
+    from ml_platform.features.store import FeatureRepo, offline_days
+
+    if not _stored_days(settings.data_dir, "validated_transactions"):
+        fail("no transactions yet: no day of validated_transactions is stored to train on", INGEST_HINT)
+    if not offline_days(FeatureRepo.from_settings(settings)):
+        fail(
+            "no features yet: customer_stats has no stored day to join the transactions with",
+            "`ml-platform run --pipeline features` makes them from the stored days (or `ml-platform demo`)",
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    """Run metadata as JSON values: numbers, text, booleans and None as they are, anything else as text."""
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return str(value)
 
 
 def _parse_range(start: str | None, end: str | None) -> tuple[date, date]:
@@ -244,35 +367,26 @@ def materialize_features(
     """Rebuild a feature view from every stored day, in one run from the first, and load the online store."""
     settings = prepared_settings()
     if feature_view not in FEATURE_VIEWS:
-        typer.secho(
-            f"error: unknown feature view {feature_view!r}; expected one of {', '.join(FEATURE_VIEWS)}",
-            fg="red",
-            err=True,
-        )
-        raise typer.Exit(2)
+        fail(f"unknown feature view {feature_view!r}; expected one of {', '.join(FEATURE_VIEWS)}")
     days = _stored_days(settings.data_dir, "validated_transactions")
     if not days:
-        typer.secho("error: no stored day of validated_transactions; run the ingest pipeline first", fg="red", err=True)
-        raise typer.Exit(2)
-    result = _run_cli(launch, "refresh_features", start=days[0], end=days[-1])
+        fail("no stored day of validated_transactions to make features from", INGEST_HINT)
+    result = launch("refresh_features", start=days[0], end=days[-1])
     _print_result(result, f"feature view {feature_view}")
 
 
-def _days_without_features(settings: Settings) -> tuple[date, date]:
+def _days_without_features(settings: Settings) -> tuple[date, date] | None:
     """The stored days of validated_transactions after the newest day customer_stats has reached: the
-    range a features run continues with (the days in between have no transactions of their own)."""
+    range a features run continues with (the days in between have no transactions of their own); None
+    when customer_stats has every stored day. A usage error when no day is stored at all."""
     from ml_platform.features.store import FeatureRepo, offline_days
 
+    stored = _stored_days(settings.data_dir, "validated_transactions")
+    if not stored:
+        fail("no transactions yet: no day of validated_transactions is stored to make features from", INGEST_HINT)
     reached = offline_days(FeatureRepo.from_settings(settings))
-    days = [
-        day for day in _stored_days(settings.data_dir, "validated_transactions") if not reached or day > reached[-1]
-    ]
-    if not days:
-        typer.echo(
-            f"features are up to date: customer_stats has every stored day (through {reached[-1] if reached else '-'})"
-        )
-        raise typer.Exit(0)
-    return days[0], days[-1]
+    days = [day for day in stored if not reached or day > reached[-1]]
+    return (days[0], days[-1]) if days else None
 
 
 def _stored_days(data_dir: Path, asset: str) -> list[date]:
@@ -289,13 +403,20 @@ def _stored_days(data_dir: Path, asset: str) -> list[date]:
     return days
 
 
+STATUS_KEYS = ("model", "tracking_uri", "window", "aliases", "history", "health", "healthy")
+JSON_DOCUMENTS["status"] = lambda: dict.fromkeys(STATUS_KEYS)
+
+
 @app.command()
 def status(
     window: Annotated[str, typer.Option(help='Trailing window of traffic to judge: "24h", "7d", "90m".')] = "24h",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout (see the README).")] = False,
 ) -> None:
     """Where the registry stands (champion, challenger, previous: the rollback target), the champion
     history, and the champion's health: status, uptime, latency, errors, live accuracy against its
-    baseline, drift and the alerts firing."""
+    baseline, drift and the alerts firing.
+
+    Exit status: 0 healthy, 1 degraded, down or an alert firing, 2 bad input or no registered model yet."""
     settings = prepared_settings()
     quiet_warnings()
     from ml_platform.monitoring.dashboard import render_terminal
@@ -310,13 +431,11 @@ def status(
     registry = Registry.from_settings(settings)
     aliases = registry.aliases()
     if not aliases:
-        typer.echo(f"{settings.model_name}: no registered model yet (run `make demo`)")
-        raise typer.Exit(0)
-    typer.echo(f"{settings.model_name} ({settings.public_tracking_uri})")
-    for alias in (CHAMPION, CHALLENGER, PREVIOUS):
-        version = aliases.get(alias)
-        typer.echo(f"  {alias:<10} {'v' + str(version) if version is not None else '-'}")
-    _echo_champion_history(registry.champion_history())
+        fail(
+            f"{settings.model_name}: no registered model yet in {settings.public_tracking_uri}",
+            "`ml-platform demo` trains, registers and promotes one (or `ml-platform run --pipeline training`)",
+        )
+    history = registry.champion_history()
     defs = load_definitions()
     monitoring, deployment = defs.resources["monitoring"], defs.resources["deployment"]
     try:
@@ -339,8 +458,56 @@ def status(
         )
     except PrometheusError as error:
         fail(f"serving metrics: {error}")
-    typer.echo("")
-    typer.echo(render_terminal(health), nl=False)
+    healthy = health.status == "healthy" and not health.alerts
+    if as_json:
+        emit_json(
+            {
+                "model": settings.model_name,
+                "tracking_uri": settings.public_tracking_uri,
+                "window": span.label,
+                "aliases": {alias: aliases.get(alias) for alias in (CHAMPION, CHALLENGER, PREVIOUS)},
+                "history": [_jsonable(asdict(entry)) for entry in history],
+                "health": _health_document(health),
+                "healthy": healthy,
+                "error": None,
+            }
+        )
+    else:
+        typer.echo(f"{settings.model_name} ({settings.public_tracking_uri})")
+        for alias in (CHAMPION, CHALLENGER, PREVIOUS):
+            version = aliases.get(alias)
+            typer.echo(f"  {alias:<10} {'v' + str(version) if version is not None else '-'}")
+        _echo_champion_history(history)
+        typer.echo("")
+        typer.echo(render_terminal(health), nl=False)
+    raise typer.Exit(0 if healthy else EXIT_FAILED)
+
+
+def _health_document(health) -> dict[str, Any]:
+    """The champion's health (``ModelHealth``) as JSON: what ``status`` prints, no histogram."""
+    performance, drift = health.performance, health.drift
+    return _jsonable(
+        {
+            "status": health.status,
+            "model_version": health.model_version,
+            "deployed_at": health.deployed_at,
+            "uptime_seconds": health.uptime_seconds,
+            "endpoint": health.endpoint,
+            "serving": health.serving.to_dict() if health.serving else None,
+            "performance": None
+            if performance is None
+            else {
+                "labeled_rows": performance.labeled_rows,
+                "unlabeled_rows": performance.unlabeled_rows,
+                "metrics": performance.metrics,
+                "baseline": performance.baseline,
+            },
+            "drift": None
+            if drift is None
+            else {"drift_score": drift.drift_score, "drifted_features": drift.drifted_features},
+            "alerts": [alert.to_dict() for alert in health.alerts],
+        }
+    )
 
 
 HISTORY_ROWS = 10
@@ -387,7 +554,7 @@ def deploy(
         str, typer.Option(help=f"One of: {', '.join(ENVIRONMENTS)}; default: the profile's deployment environment.")
     ] = "",
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object (environment, version, smoke verdict, run) only.")
+        bool, typer.Option("--json", help="One JSON object on stdout: environment, version, smoke verdict, run.")
     ] = False,
 ) -> None:
     """Deploy a model version to an environment through the Dagster `deploy` job, then smoke-test it.
@@ -396,8 +563,10 @@ def deploy(
     a rollback can undo it. local: the managed server process (it follows the champion alias).
     staging/prod: the Kubernetes overlay applied with the version pinned, waiting for the rollout. Either
     way the run records model_deployment with its smoke check, which the rollback sensor watches. Prints
-    the environment, the version and the smoke verdict; exit 1 when the deploy or the smoke check failed.
-    """
+    the environment, the version and the smoke verdict.
+
+    Exit status: 0 deployed and smoke-checked, 1 the deploy or the smoke check failed, 2 bad options or
+    nothing to deploy (no champion and no --version)."""
     settings = prepared_settings()
     environment = env or settings.deployment_environment
     if environment not in ENVIRONMENTS:
@@ -405,36 +574,40 @@ def deploy(
     if model and model != settings.model_name:
         fail(f"this platform serves model {settings.model_name!r} (ML_PLATFORM_MODEL_NAME), not {model!r}")
     quiet_warnings()
+    from ml_platform.registry import CHAMPION, Registry
+
+    registry = Registry.from_settings(settings)
     if version is not None:
         from mlflow.exceptions import MlflowException
 
-        from ml_platform.registry import Registry
-
         try:
-            Registry.from_settings(settings).model_version(version)
+            registry.model_version(version)
         except MlflowException as error:  # the version does not exist
             fail(f"{settings.model_name} v{version} cannot be deployed: {error}")
+    elif registry.version_for_alias(CHAMPION) is None:
+        fail(
+            f"nothing to deploy: {settings.model_name} has no champion yet",
+            "`ml-platform run --pipeline training` trains one (or `ml-platform demo`); or name a registered "
+            "version with --version N",
+        )
     config = {"environment": environment, "version": version or 0}
-    result = _run_cli(launch, "deploy", {"model_deployment": config}, tags={ENVIRONMENT_TAG: environment})
+    result = launch("deploy", {"model_deployment": config}, tags={ENVIRONMENT_TAG: environment})
     outcome = deployment_outcome(result)
     outcome["environment"] = outcome["environment"] or environment
     if outcome["version"] is None:
         outcome["version"] = version
-    if as_json:
-        typer.echo(json.dumps(outcome, sort_keys=True))
-        if not result.success:
-            typer.echo(failure_report(result), err=True)
-            raise typer.Exit(1)
-        return
-    _print_deployment(result, outcome, f"deploy to {environment}")
+    if not as_json:
+        _print_deployment(result, outcome, f"deploy to {environment}")
+    elif not result.success:
+        raise run_failed(result, f"deploy to {environment}", outcome)
+    else:
+        emit_json({**outcome, "error": None})
 
 
 def _print_deployment(result, outcome: dict, title: str) -> None:
-    """The run's outcome, the environment, the version and the smoke verdict; exit 1 when the run failed."""
-    if not result.success:
-        typer.secho(f"{title}: FAILED (run {result.run_id})", fg="red", err=True)
-        typer.echo(failure_report(result), err=True)
-    else:
+    """The run's outcome, the environment, the version and the smoke verdict; a failed run raises
+    :func:`run_failed` (exit 1) after them."""
+    if result.success:
         typer.secho(f"{title}: succeeded (run {result.run_id})", fg="green")
     version = outcome["version"]
     pinned = {True: " (pinned)", False: " (follows the champion alias)"}.get(outcome["pinned"], "")
@@ -445,7 +618,13 @@ def _print_deployment(result, outcome: dict, title: str) -> None:
     verdict = {True: "passed", False: "FAILED", None: "not run"}[outcome["smoke_passed"]]
     typer.echo(f"  smoke        {verdict}{': ' + outcome['smoke'] if outcome['smoke'] else ''}")
     if not result.success:
-        raise typer.Exit(1)
+        raise run_failed(result, title)
+
+
+DEPLOYMENT_KEYS = ("success", "run_id", "environment", "version", "endpoint", "pinned", "smoke_passed", "smoke")
+JSON_DOCUMENTS["deploy"] = lambda: dict.fromkeys(DEPLOYMENT_KEYS)
+ROLLBACK_KEYS = ("success", "run_id", "environment", "from_version", "to_version", "endpoint", "next_version")
+JSON_DOCUMENTS["rollback"] = lambda: dict.fromkeys(ROLLBACK_KEYS)
 
 
 @app.command()
@@ -454,22 +633,46 @@ def rollback(
     env: Annotated[
         str, typer.Option(help=f"One of: {', '.join(ENVIRONMENTS)}; default: the profile's deployment environment.")
     ] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout (see the README).")] = False,
 ) -> None:
     """Put the last different known-good champion back (the 'previous' alias), redeploy it to the environment
     (a rollout of that version where the environment pins) and verify what is serving. Run again, it goes
-    back one more known-good version; exit 1 when none is left."""
+    back one more known-good version.
+
+    Exit status: 0 rolled back and verified, 1 the rollback failed or no known-good version is left to
+    roll back to (then nothing is changed), 2 bad options."""
     settings = prepared_settings()
     environment = env or settings.deployment_environment
     if environment not in ENVIRONMENTS:
         fail(f"unknown environment {environment!r}; expected one of {', '.join(ENVIRONMENTS)}")
-    result = _run_cli(
-        launch,
+    quiet_warnings()
+    from ml_platform.registry import CHAMPION, Registry
+
+    registry = Registry.from_settings(settings)
+    if registry.rollback_target() is None:
+        champion = registry.version_for_alias(CHAMPION)
+        raise CommandError(
+            f"cannot roll back {settings.model_name}: the champion is "
+            f"{'v' + str(champion) if champion is not None else 'not set'} and no known-good version remains to "
+            "return to",
+            hint="deploy a version you trust with `ml-platform deploy --version N` (`ml-platform status` lists them)",
+            exit_code=EXIT_FAILED,
+        )
+    result = launch(
         "rollback",
         ops_config={"roll_back_champion": {"reason": reason, "environment": environment}},
         tags={ENVIRONMENT_TAG: environment},
     )
-    _print_result(result, f"rollback in {environment}")
+    document = {**dict.fromkeys(ROLLBACK_KEYS), "success": result.success, "run_id": result.run_id}
+    document["environment"] = environment
+    if not result.success:
+        raise run_failed(result, f"rollback in {environment}", document)
     outcome = result.output_for_node("redeploy_and_verify")
+    document.update({key: outcome.get(key) for key in ("from_version", "to_version", "endpoint", "next_version")})
+    if as_json:
+        emit_json({**_jsonable(document), "error": None})
+        return
+    _print_result(result, f"rollback in {environment}")
     typer.echo(f"  serving v{outcome['to_version']} (was v{outcome['from_version']}) at {outcome['endpoint']}")
     further = outcome.get("next_version")
     typer.echo(
@@ -477,6 +680,37 @@ def rollback(
         if further is not None
         else "  no known-good version is left to roll back to"
     )
+
+
+@app.command("bootstrap")
+def bootstrap_first_look(
+    days: Annotated[
+        int,
+        typer.Option(
+            min=3,
+            help="Days of history, ending the day before yesterday. With a multiple of 20 the drift check's "
+            "reference (the 15% test split) is whole days; others can show hour_of_day drift on clean traffic.",
+        ),
+    ] = 20,
+    transactions_per_day: Annotated[int, typer.Option(min=10)] = 1_000,
+    customers: Annotated[int, typer.Option(min=10)] = 1_000,
+    keep_serving: Annotated[bool, typer.Option(help="Leave the model server running afterwards.")] = False,
+) -> None:
+    """The first look (`make dev` runs it): on an EMPTY state directory, the demo's graph on small data, the
+    champion served, a day of live traffic with its labels, a monitoring run, the server stopped again; so
+    the UI opens on a champion, evaluated checks and the monitoring group. Any other state is left as it is.
+    Progress goes to stderr, a line per finished step."""
+    settings = prepared_settings()
+    quiet_warnings()
+    from runs.first_look import FirstLookError, bootstrap
+    from runs.progress import current
+
+    options = {"days": days, "transactions_per_day": transactions_per_day, "customers": customers}
+    try:
+        look = bootstrap(settings, current(), keep_serving=keep_serving, **options)
+    except FirstLookError as error:
+        fail(f"the first look failed: {error}")
+    typer.echo(look.summary())
 
 
 if __name__ == "__main__":  # pragma: no cover

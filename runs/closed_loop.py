@@ -24,6 +24,7 @@ from ml_platform.monitoring.traffic import send_traffic
 from ml_platform.monitoring.window import Window, read_predictions
 from ml_platform.serving.client import ModelServerClient, ModelServerError, WaitTimedOut
 from ml_platform.settings import Settings
+from runs import progress
 from runs.launch import failure_report, launch
 from runs.sensor_daemon import SensorDaemon, SensorDaemonError, Tick
 from sensors.monitoring import REASON_TAG, REMEDIATION_CHECKS, SENSOR_TAG, TRIGGER_TAG, cursor_after_latest
@@ -254,10 +255,13 @@ class ClosedLoop:
             declined = other.skip_reason and not other.skip_reason.startswith("no new failed evaluation")
             if name not in (sensor_name, "alert_on_failed_checks") and declined:
                 report.skipped[name] = other.skip_reason  # it had a failure to act on, and said why it did not
+        # The daemon's run launcher runs it in a process of its own, which this one's progress does not see.
+        progress.current().line(f"{sensor_name} requested run {tick.run_ids[0][:8]}; waiting for it to finish")
         try:
             [run] = daemon.wait_for_runs(tick.run_ids)
         except SensorDaemonError as error:
             raise LoopError(str(error)) from error
+        progress.current().line(f"{run.job_name} run {run.run_id[:8]} ended {run.status.value}")
         if run.status != dg.DagsterRunStatus.SUCCESS:
             raise LoopError(f"the {run.job_name} run {run.run_id} the daemon launched ended {run.status.value}")
         run_record = self.instance.get_run_record_by_id(run.run_id)

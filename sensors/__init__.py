@@ -41,11 +41,16 @@ retrain = dg.define_asset_job(
     description="training_set -> trained_model -> model_evaluation (gates) -> champion_model -> model_deployment.",
 )
 
-# Everything, raw data to champion, over a range of days in one run (make demo, first start).
+# Everything, raw data to champion, over a range of days (make demo, first start), launched as two runs of
+# this job by runs.launch.launch_graph: the days' assets over the range, then training to promotion in a
+# run of no partition. One run tagged with the range would leave a planned ("Skipped") day of every
+# unpartitioned asset and check behind, as Dagster 1.13 plans them per day of the run.
 bootstrap = dg.define_asset_job(
     "bootstrap",
     selection=dg.AssetSelection.groups("data", "features", "training", "evaluation"),
-    description="The whole graph over a range of days in one run: ingest, features, train, evaluate, promote.",
+    description="The whole graph over a range of days: ingest and features over the days in one run, then "
+    "train, evaluate, promote in a second (`ml-platform run --pipeline all`; from the UI, materialize the "
+    "assets, which a backfill splits the same way).",
 )
 
 # Serve a version in an environment (model_deployment's DeployConfig: the default environment and the

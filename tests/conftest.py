@@ -109,12 +109,13 @@ def registry(defs):
 
 @pytest.fixture(scope="session")
 def bootstrap_run(defs, instance):
-    """raw data -> champion over 14 days, in one run (what `make demo` does), and the registry's aliases
-    right after it (later tests train more versions)."""
-    from runs.launch import launch
+    """raw data -> champion over 14 days (what `make demo` does: the days' assets in one run, training to
+    promotion in a second, ``runs.launch.GraphResult``), and the registry's aliases right after it (later
+    tests train more versions)."""
+    from runs.launch import launch_graph
     from tests.support.runs import FIRST_DAY, LAST_DAY, SMALL_DATA
 
-    result = launch("bootstrap", SMALL_DATA, start=FIRST_DAY, end=LAST_DAY, defs=defs)
+    result = launch_graph(SMALL_DATA, start=FIRST_DAY, end=LAST_DAY, defs=defs)
     assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     return result, defs.resources["mlflow"].registry().aliases()
 

@@ -1,5 +1,6 @@
 """The `ml-platform` command as a user runs it (in process, against the session's state directory)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -75,9 +76,71 @@ def test_materialize_features_and_status(bootstrap_result, registry):
     assert "unknown feature view 'merchant_stats'" in bad.output
 
     status = invoke("status")
-    assert status.exit_code == 0
+    healthy = json.loads(invoke("status", "--json").stdout)["healthy"]
+    assert status.exit_code == (0 if healthy else 1), status.output  # the exit status says the health
     assert f"champion   v{registry.version_for_alias(CHAMPION)}" in status.output
     lines = status.output.splitlines()
     header = lines.index("champion history (newest promotion first)")
     newest = registry.champion_history()[0]
     assert lines[header + 2].split()[:3] == [f"v{newest.version}", *newest.promoted_at[:19].split("T")]
+
+
+BAD_SPLIT = "training_set:\n  train_fraction: 2.0\n"  # fails the run at its first step, with a ValueError
+
+
+def test_a_failed_run_is_one_paragraph_down_to_the_users_own_error(bootstrap_result, tmp_path):
+    params = tmp_path / "bad.yaml"
+    params.write_text(BAD_SPLIT)
+    result = runner.invoke(app, ["run", "--pipeline", "training", "--params", str(params)])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    paragraph = [line for line in result.stderr.splitlines() if not line.startswith("[")]  # progress lines
+    assert paragraph[0].startswith("error: pipeline training: FAILED (run ")
+    assert paragraph[1] == (
+        "step training_set failed: training_set: ValueError: split fractions must be positive and sum to 1, "
+        "got (2.0, 0.15, 0.15)"
+    )
+    assert paragraph[2].startswith("what to do: `ml-platform --verbose ...` shows the stack traces")
+    assert len(paragraph) == 3
+    assert "Traceback" not in result.stderr and "Stack Trace" not in result.stderr
+    assert "\x1b" not in result.output
+
+    verbose = runner.invoke(app, ["--verbose", "run", "--pipeline", "training", "--params", str(params)])
+    assert verbose.exit_code == 1
+    assert "Stack Trace:" in verbose.stderr and "raise ValueError(" in verbose.stderr  # the run's log
+    assert "ValueError: split fractions must be positive" in verbose.stderr.splitlines()[-2]
+
+
+def test_a_failed_run_under_json_is_one_object_with_its_failures(bootstrap_result, tmp_path):
+    params = tmp_path / "bad.yaml"
+    params.write_text(BAD_SPLIT)
+    result = runner.invoke(app, ["run", "--pipeline", "training", "--params", str(params), "--json"])
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)  # the whole of stdout: one object
+    assert set(document) == {
+        "pipeline", "job", "start", "end", "run_id", "run_ids", "success", "assets", "failures", "note", "error"
+    }  # fmt: skip
+    assert (document["pipeline"], document["job"], document["success"]) == ("training", "retrain", False)
+    assert isinstance(document["run_id"], str) and document["assets"] == {}
+    assert document["run_ids"] == [document["run_id"]]
+    assert document["failures"] == [
+        "step training_set failed: training_set: ValueError: split fractions must be positive and sum to 1, "
+        "got (2.0, 0.15, 0.15)"
+    ]
+    error = document["error"]
+    assert error["exit_code"] == 1 and error["causes"] == document["failures"]
+    assert error["message"] == f"pipeline training: FAILED (run {document['run_id']})"
+    assert isinstance(error["hint"], str)
+
+
+def test_a_bad_params_file_is_a_usage_error_with_its_cause(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("trained_model: {n_estimators: [1, 2\n")
+    result = runner.invoke(app, ["run", "--pipeline", "training", "--params", str(params), "--json"])
+    assert result.exit_code == 2
+    error = json.loads(result.stdout)["error"]
+    assert "is not valid YAML" in error["message"] and error["exit_code"] == 2
+    assert "Traceback" not in result.stderr
+    verbose = runner.invoke(app, ["--verbose", "run", "--pipeline", "training", "--params", str(params)])
+    assert verbose.exit_code == 2 and "Traceback (most recent call last)" in verbose.stderr
+    assert "yaml.parser.ParserError" in verbose.stderr or "ParserError" in verbose.stderr

@@ -22,6 +22,7 @@ from ml_platform.predictions import read_prediction_log
 from ml_platform.registry import CHAMPION, Registry
 from ml_platform.settings import Settings
 from tests.support.homes import DAGSTER_DB, MLFLOW_DB, PG_PORT, REPO, Production, pg_query
+from tests.support.runs import FIRST_DAY, LAST_DAY
 
 # This module and test_dagster_instance.py recreate databases on the one PostgreSQL server (127.0.0.1:5432):
 # under pytest-xdist they run on one worker (--dist loadgroup), never at the same time.
@@ -54,28 +55,32 @@ def test_the_production_profile_installs_the_postgres_instance(production, boots
 
 def test_runs_and_events_are_stored_in_postgresql(production, bootstrapped, stored_by_bootstrap):
     runs = stored_by_bootstrap["runs"]
-    assert [(name, status) for _, name, status in runs] == [("bootstrap", "SUCCESS")]
-    run_id = runs[0][0]
-    assert run_id in bootstrapped.stdout
+    # the whole graph is two runs of job bootstrap: the days over the range, then training to promotion
+    assert [(name, status) for _, name, status in runs] == [("bootstrap", "SUCCESS")] * 2
+    run_ids = [run_id for run_id, _, _ in runs]
+    assert all(run_id in bootstrapped.stdout for run_id in run_ids), bootstrapped.stdout
     counts = dict(
         pg_query(
             PG_PORT,
             DAGSTER_DB,
-            "SELECT dagster_event_type, count(*) FROM event_logs WHERE run_id = %s GROUP BY dagster_event_type",
-            (run_id,),
+            "SELECT dagster_event_type, count(*) FROM event_logs WHERE run_id = ANY(%s) GROUP BY dagster_event_type",
+            (run_ids,),
         )
     )
-    assert counts["PIPELINE_SUCCESS"] == 1  # RUN_SUCCESS, under its stored name
+    assert counts["PIPELINE_SUCCESS"] == 2  # RUN_SUCCESS, under its stored name
     assert counts["STEP_SUCCESS"] == 9  # one per asset of the graph (checks run in their assets' steps)
-    assert counts["ASSET_CHECK_EVALUATION"] == 7  # the batch verdict, 4 data checks, 2 gates
+    days = (LAST_DAY - FIRST_DAY).days + 1
+    assert counts["ASSET_CHECK_EVALUATION"] == 5 * days + 2  # the batch verdict and 4 data checks a day, 2 gates
+    left_planned = "SELECT count(*) FROM asset_check_executions WHERE execution_status = 'PLANNED'"
+    assert pg_query(PG_PORT, DAGSTER_DB, left_planned) == [(0,)]  # no day "Skipped" under the gates
     materialized = {
         key
         for (key,) in pg_query(
             PG_PORT,
             DAGSTER_DB,
             "SELECT DISTINCT asset_key FROM event_logs"
-            " WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION'",
-            (run_id,),
+            " WHERE run_id = ANY(%s) AND dagster_event_type = 'ASSET_MATERIALIZATION'",
+            (run_ids,),
         )
     }
     assert {'["trained_model"]', '["champion_model"]', '["online_features"]'} <= materialized

@@ -35,7 +35,7 @@ from definitions import build_definitions
 from ml_platform.deploy.replicas import ReplicaSetTarget
 from ml_platform.settings import Settings
 from runs.closed_loop import ClosedLoop, LoopLeg, LoopPlan, LoopReport
-from runs.launch import launch
+from runs.launch import launch_graph
 from runs.sensor_daemon import SensorDaemon
 from tests.support.prometheus import instant, wait_for_scrapes_after
 from tests.support.replicas import Traffic
@@ -72,7 +72,7 @@ def evaluations_of(result) -> dict[str, dict[str, Any]]:
         e.check_name: {
             "passed": e.passed,
             "description": e.description,
-            "metadata": {k: getattr(v, "value", v) for k, v in e.metadata.items()},
+            "metadata": {k: _plain(v) for k, v in e.metadata.items()},
         }
         for e in result.get_asset_check_evaluations()
     }
@@ -82,8 +82,16 @@ def materialized(result, asset: str) -> dict[str, Any]:
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization
         if materialization.asset_key == dg.AssetKey(asset):
-            return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+            return {k: _plain(v) for k, v in materialization.metadata.items()}
     raise AssertionError(f"the monitoring run did not materialize {asset}")
+
+
+def _plain(entry: Any) -> Any:
+    """A metadata entry as a value the report's JSON holds: a table as its rows (dicts; json would iterate
+    a TableRecord, which refuses it), anything else its value."""
+    if isinstance(entry, dg.TableMetadataValue):
+        return [dict(record.data) for record in entry.records]
+    return getattr(entry, "value", entry)
 
 
 def leg_of(leg: LoopLeg) -> dict[str, Any]:
@@ -145,7 +153,7 @@ def main(report_path: Path) -> None:
     clock = time.time()
 
     defs = build_definitions(settings)
-    result = launch("bootstrap", SMALL_DATA, start=FIRST_DAY, end=LAST_DAY, defs=defs)
+    result = launch_graph(SMALL_DATA, start=FIRST_DAY, end=LAST_DAY, defs=defs)
     assert result.success, "the bootstrap run failed"
     report["phases"]["bootstrap"] = time.time() - clock
 
