@@ -11,7 +11,6 @@ import os
 import socket
 import sqlite3
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import pytest
 import yaml
 
 from ml_platform.deploy.local import LocalProcessTarget
+from tests.support.cli import run_cli
 
-REPO = Path(__file__).resolve().parents[2]
 STATUS_KEYS = {"model", "tracking_uri", "window", "aliases", "history", "health", "healthy"}
 RUN_KEYS = {"pipeline", "job", "start", "end", "run_id", "run_ids", "success", "assets", "failures", "note"}
 DEPLOY_KEYS = {"success", "run_id", "environment", "version", "endpoint", "pinned", "smoke_passed", "smoke"}
@@ -57,15 +56,7 @@ class Home:
             **(settings or {}),
         )
         env.pop("NO_COLOR", None)
-        return subprocess.run(
-            [sys.executable, "-m", "runs.cli", *args],
-            env=env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+        return run_cli(env, *args)
 
     def runs(self) -> int:
         """How many Dagster runs the home's instance holds."""

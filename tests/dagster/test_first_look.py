@@ -11,13 +11,12 @@ import os
 import re
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import dagster as dg
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.cli import run_cli
+
 LINE = re.compile(r"^\[\s*(\d+\.\d)s\] (.+)$")
 MONITORING_ASSETS = ("drift_report", "prediction_drift", "live_performance", "serving_metrics", "feature_skew")
 CHECKS = (
@@ -40,15 +39,7 @@ def _free_port() -> int:
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "runs.cli", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    return run_cli(env, *args)
 
 
 @pytest.fixture(scope="module")
