@@ -92,7 +92,7 @@ class LogStore:
         if self.object_store:
             try:
                 self.fs, root = pafs.FileSystem.from_uri(_with_defaults(str(location)))
-            except (pafs.ArrowInvalid, OSError, ValueError) as error:
+            except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
                 raise LogLocationError(f"{what} {location!r}: {error}") from error
             self.root = root.rstrip("/")
             if not self.root:
