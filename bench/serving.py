@@ -40,6 +40,14 @@ is checked against the in-process probability (within 1e-6: MLServer answers in 
     python bench/serving.py                   # 15 s per contestant, 8 connections
     python bench/serving.py --seconds 30 --connections 16
     python bench/serving.py --online-store both   # entity /predict on SQLite and on Redis (needs redis-server)
+    python bench/serving.py --only v2,v2_batch,mlserver,mlserver_batch --rounds 3   # some contestants, medians
+    python bench/serving.py --only v2,v2_batch --baseline /tmp/before   # ours now and from another source tree
+
+--only runs the named contestants (the keys are listed by --help). --rounds runs them all that many times,
+interleaved (round 1 of each, then round 2 ...), and reports each figure's median: on a shared machine the
+rounds spread other work over every contestant alike. --baseline runs each of our contestants also from
+another checkout of this repository (its directory first on PYTHONPATH), in the same rounds, as
+``<key>_base``, and prints now against then.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -647,6 +656,7 @@ def parse_answer(content: bytes) -> dict:
 
 
 def answered_probability(key: str, answer: dict) -> float | None:
+    key = key.removesuffix(BASELINE_SUFFIX)
     if key == "ours":
         return float(answer["probability"])
     if key in ("mlflow", "invocations"):
@@ -654,6 +664,53 @@ def answered_probability(key: str, answer: dict) -> float | None:
     if key in OIP_LABELS:
         return float(answer["outputs"][0]["data"][0])
     return None
+
+
+ALL_LABELS = {
+    "ours": "ours: ml_platform.serving /predict",
+    "mlflow": "mlflow models serve /invocations",
+    "floor": "floor: bare FastAPI constant",
+    **ENTITY_LABELS,
+    **OIP_LABELS,
+}
+BASELINE_SUFFIX = "_base"
+
+
+def baseline_contestants(chosen: list[Contestant], baseline: Path) -> list[Contestant]:
+    """Our contestants once more, run from the source tree ``baseline`` (first on PYTHONPATH)."""
+    copies = []
+    for contestant in chosen:
+        if "ml_platform.serving" not in contestant.command:
+            continue
+        path = os.pathsep.join(filter(None, (str(baseline), contestant.env.get("PYTHONPATH"))))
+        copies.append(
+            Contestant(
+                **{
+                    **contestant.__dict__,
+                    "key": contestant.key + BASELINE_SUFFIX,
+                    "label": "base: " + contestant.label.removeprefix("ours: "),
+                    "env": {**contestant.env, "PYTHONPATH": path},
+                }
+            )
+        )
+    return copies
+
+
+def median_figures(rounds: list[dict]) -> dict:
+    """One contestant's rounds as one set of figures: each number the median over the rounds that did not
+    fail (a failed round counts as failed), the answer of the first."""
+    good = [r for r in rounds if "error" not in r]
+    if not good:
+        return rounds[0]
+    merged = dict(good[0])
+    for name, value in good[0].items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            merged[name] = statistics.median_low(r[name] for r in good)  # a count: one that was seen
+        elif isinstance(value, float):
+            merged[name] = statistics.median(r[name] for r in good)
+    merged["failed"] = any(r.get("failed") for r in rounds)
+    merged["rounds"] = len(good)
+    return merged
 
 
 def _terminate(signum, frame):  # SIGTERM to the benchmark: unwind through the finally blocks
@@ -677,6 +734,15 @@ def main() -> int:
         default=MLSERVER_VENV,
         help="MLServer's virtualenv, installed there on first use (default: <state dir>/cache/bench/mlserver-1.7.1)",
     )
+    parser.add_argument(
+        "--only",
+        type=lambda text: [key.strip() for key in text.split(",") if key.strip()],
+        help=f"comma-separated contestants to run (default all): {', '.join(ALL_LABELS)}",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each contestant, interleaved; medians shown")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout of this repository: our contestants also run from it"
+    )
     parser.add_argument("--child", choices=["prepare"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     online_stores = ["sqlite", "redis"] if args.online_store == "both" else [args.online_store]
@@ -693,8 +759,14 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    if args.seconds < 1 or args.connections < 1:
-        parser.error("--seconds and --connections must be at least 1")
+    if args.seconds < 1 or args.connections < 1 or args.rounds < 1:
+        parser.error("--seconds, --connections and --rounds must be at least 1")
+    unknown = sorted(set(args.only or []) - set(ALL_LABELS))
+    if unknown:
+        parser.error(f"--only: unknown contestants {', '.join(unknown)}; known: {', '.join(ALL_LABELS)}")
+    if args.baseline is not None and not (args.baseline / "ml_platform" / "serving").is_dir():
+        parser.error(f"--baseline {args.baseline}: not a checkout of this repository (no ml_platform/serving)")
+    selected = set(args.only or ALL_LABELS)
 
     signal.signal(signal.SIGTERM, _terminate)
     load_before = os.getloadavg()[0]
@@ -749,38 +821,46 @@ def main() -> int:
                 "CPUs, so every figure below is low and noisy\n",
                 flush=True,
             )
-        print(f"  MLServer's virtualenv ({' '.join(MLSERVER_PACKAGES)}) ...", end="", flush=True)
-        try:
-            mlserver = ensure_mlserver(args.mlserver_venv)
-            print(f" {args.mlserver_venv}", flush=True)
-        except (RuntimeError, OSError) as error:
-            print(f" failed\n{error}", file=sys.stderr)
-            mlserver = None
-            for key in ("mlserver", "mlserver_fp64", "mlserver_batch", "mlserver_shipped"):
-                results[key] = {"error": f"not installed: {str(error).splitlines()[0]}", "failed": True}
-        everyone = contestants(setup, work, base_env) + entity_contestants(setup, work, base_env)
-        for contestant in everyone + oip_contestants(setup, work, base_env, mlserver):
-            print(f"  {contestant.label} ...", end="", flush=True)
+        mlserver = None
+        if any(key.startswith("mlserver") for key in selected):
+            print(f"  MLServer's virtualenv ({' '.join(MLSERVER_PACKAGES)}) ...", end="", flush=True)
             try:
-                figures = measure(contestant, work, args.seconds, args.connections)
-            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                mlserver = ensure_mlserver(args.mlserver_venv)
+                print(f" {args.mlserver_venv}", flush=True)
+            except (RuntimeError, OSError) as error:
                 print(f" failed\n{error}", file=sys.stderr)
-                figures = {"error": str(error).splitlines()[0], "failed": True}
-            results[contestant.key] = figures
-            print(" done" if "error" in figures else f" ready in {figures['ready_seconds']:.1f} s, done", flush=True)
-            time.sleep(1)  # let the stopped server's sockets and CPU settle before the next one
+                for key in ("mlserver", "mlserver_fp64", "mlserver_batch", "mlserver_shipped"):
+                    results[key] = {"error": f"not installed: {str(error).splitlines()[0]}", "failed": True}
+        everyone = contestants(setup, work, base_env) + entity_contestants(setup, work, base_env)
+        chosen = [c for c in everyone + oip_contestants(setup, work, base_env, mlserver) if c.key in selected]
+        if args.baseline is not None:
+            chosen += baseline_contestants(chosen, args.baseline.resolve())
+        rounds: dict[str, list[dict]] = {}
+        for round_number in range(1, args.rounds + 1):
+            for contestant in chosen:
+                counter = f" (round {round_number}/{args.rounds})" if args.rounds > 1 else ""
+                print(f"  {contestant.label}{counter} ...", end="", flush=True)
+                try:
+                    figures = measure(contestant, work, args.seconds, args.connections)
+                except (RuntimeError, subprocess.TimeoutExpired) as error:
+                    print(f" failed\n{error}", file=sys.stderr)
+                    figures = {"error": str(error).splitlines()[0], "failed": True}
+                rounds.setdefault(contestant.key, []).append(figures)
+                done = " done" if "error" in figures else f" ready in {figures['ready_seconds']:.1f} s, done"
+                rate = "" if "error" in figures else f" ({figures['requests_per_second']:,.0f} requests/s)"
+                print(done + rate, flush=True)
+                time.sleep(1)  # let the stopped server's sockets and CPU settle before the next one
+        results.update({key: median_figures(figures) for key, figures in rounds.items()})
+        base_labels = {c.key: c.label for c in chosen if c.key.endswith(BASELINE_SUFFIX)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if "redis" in online_stores:
             flush_bench_redis()
 
-    labels = {
-        "ours": "ours: ml_platform.serving /predict",
-        "mlflow": "mlflow models serve /invocations",
-        "floor": "floor: bare FastAPI constant",
-    }
-    labels.update({key: ENTITY_LABELS[key] for key in results if key in ENTITY_LABELS})
-    labels.update(OIP_LABELS)
+    labels = {key: label for key, label in ALL_LABELS.items() if key in selected}
+    labels.update(base_labels)
+    if args.rounds > 1:
+        print(f"\nmedians over {args.rounds} interleaved rounds per contestant")
     print(f"\n{'contestant':<38}{'requests/s':>12}{'p50 ms':>9}{'p75 ms':>9}{'p90 ms':>9}{'p99 ms':>9}  errors")
     for key, label in labels.items():
         r = results.get(key, {"error": "not run", "failed": True})
@@ -795,7 +875,7 @@ def main() -> int:
     probabilities = {
         key: answered_probability(key, r["answer"])
         for key, r in results.items()
-        if "answer" in r and key != "floor" and key not in ENTITY_LABELS
+        if "answer" in r and key != "floor" and key.removesuffix(BASELINE_SUFFIX) not in ENTITY_LABELS
     }
     if probabilities:
         agree = ", ".join(f"{key} {p:.6f}" for key, p in probabilities.items())
@@ -803,11 +883,20 @@ def main() -> int:
         apart = {key: abs(p - setup["probability"]) for key, p in probabilities.items()}
         disagree = ", ".join(f"{key} by {gap:.2e}" for key, gap in apart.items() if not gap <= AGREEMENT)
         print(f"  answers within {AGREEMENT:g} of in-process: {'all' if not disagree else 'NOT ' + disagree}")
-    for key in ("v2_batch", "mlserver_batch"):
+    for key in ("v2_batch", "v2_batch" + BASELINE_SUFFIX, "mlserver_batch"):
         if "requests_per_second" in results.get(key, {}):
-            print(f"  {OIP_LABELS[key]}: {results[key]['requests_per_second'] * BATCH_ROWS:,.0f} rows/s")
+            print(f"  {labels[key]}: {results[key]['requests_per_second'] * BATCH_ROWS:,.0f} rows/s")
+    for key in base_labels:
+        now, then = results.get(key.removesuffix(BASELINE_SUFFIX), {}), results[key]
+        if "requests_per_second" in now and "requests_per_second" in then:
+            print(
+                f"  now against the baseline, {ALL_LABELS[key.removesuffix(BASELINE_SUFFIX)]}: "
+                f"{ratio(now, then, 'requests_per_second'):.2f}x the requests/s, p99 {ratio(now, then, 'p99_us'):.2f}x"
+            )
     entity_answers = {
-        key: r["answer"]["probability"] for key, r in results.items() if "answer" in r and key in ENTITY_LABELS
+        key: r["answer"]["probability"]
+        for key, r in results.items()
+        if "answer" in r and key.removesuffix(BASELINE_SUFFIX) in ENTITY_LABELS
     }
     if entity_answers:
         agree = ", ".join(f"{key} {p:.6f}" for key, p in entity_answers.items())
@@ -819,20 +908,21 @@ def main() -> int:
     )
     print(f"  load average after: {os.getloadavg()[0]:.1f} (other work on the box slows every contestant)\n")
 
-    ok = {key: key in results and not results[key]["failed"] for key in labels}
+    ok = {key: key in results and not results[key]["failed"] for key in [*ALL_LABELS, *base_labels]}
     ours, mlflow, floor = (results.get(key, {}) for key in ("ours", "mlflow", "floor"))
     throughput = ratio(ours, mlflow, "requests_per_second") if ok["ours"] and ok["mlflow"] else None
     p99 = ratio(ours, mlflow, "p99_us") if ok["ours"] and ok["mlflow"] else None
     share = ratio(ours, floor, "requests_per_second") if ok["ours"] and ok["floor"] else None
-    print(
-        f"ours vs mlflow: {fmt(throughput, '.1f', 'x')} the requests/s, p99 {fmt(p99, '.3f')} of mlflow's "
-        f"(1/{fmt(None if not p99 else 1 / p99, '.1f')}); ours vs the floor: {fmt(share, '.0%')} of its requests/s"
-    )
-    print(
-        f"targets: >= 10x mlflow's requests/s -> {fmt(throughput, '.1f', 'x')} ({verdict(throughput, 10, ok)}); "
-        f"p99 <= 1/5 of mlflow's -> {fmt(p99, '.3f')} ({verdict(None if p99 is None else 1 / p99, 5, ok)}); "
-        f">= 50% of the floor's requests/s -> {fmt(share, '.0%')} ({verdict(share, 0.5, ok, 'floor')})"
-    )
+    if {"ours", "mlflow", "floor"} <= selected:
+        print(
+            f"ours vs mlflow: {fmt(throughput, '.1f', 'x')} the requests/s, p99 {fmt(p99, '.3f')} of mlflow's "
+            f"(1/{fmt(None if not p99 else 1 / p99, '.1f')}); ours vs the floor: {fmt(share, '.0%')} of its requests/s"
+        )
+        print(
+            f"targets: >= 10x mlflow's requests/s -> {fmt(throughput, '.1f', 'x')} ({verdict(throughput, 10, ok)}); "
+            f"p99 <= 1/5 of mlflow's -> {fmt(p99, '.3f')} ({verdict(None if p99 is None else 1 / p99, 5, ok)}); "
+            f">= 50% of the floor's requests/s -> {fmt(share, '.0%')} ({verdict(share, 0.5, ok, 'floor')})"
+        )
     for key in ENTITY_LABELS:
         if key in results:
             print(entity_targets(key, results, ok))
@@ -850,6 +940,9 @@ def oip_targets(results: dict[str, dict], ok: dict[str, bool]) -> list[str]:
 
     def judged(value: float | None, target: float, key: str, other: str, at_most: bool = False) -> str:
         if value is None:
+            not_run = [name for name in (key, other) if name not in results]
+            if not_run:
+                return f"not run: {', '.join(not_run)}"
             failed = [name for name in (key, other) if not ok.get(name)]
             return f"not measured: {', '.join(failed)} failed"
         return "met" if (value <= target if at_most else value >= target) else "MISSED"

@@ -17,7 +17,7 @@ The server writes it, monitoring reads it, and neither knows the other: both go 
 
 Modules: ``layout`` (folders, file names, columns, the replica's name), ``store`` (the files, local or
 in an object store), ``locks`` (journal ownership), ``writer`` (:class:`PredictionLogger`,
-:class:`PredictionBatch`: journal, conversion, quarantine, recovery), ``reader``
+:class:`PredictionBatch`, :class:`RowIds`: journal, conversion, quarantine, recovery), ``reader``
 (:func:`read_prediction_log`, :func:`read_quarantine`) and ``compaction`` (:func:`compact_day`, and
 the consistent view of a day that readers share).
 """
@@ -26,7 +26,7 @@ from ml_platform.predictions.compaction import CompactionResult, PredictionLogRe
 from ml_platform.predictions.layout import LOG_COLUMNS, REPLICA_ENV, replica_name
 from ml_platform.predictions.reader import read_prediction_log, read_quarantine
 from ml_platform.predictions.store import LogLocationError, LogStore, is_object_store, log_location
-from ml_platform.predictions.writer import PredictionBatch, PredictionLogger, PredictionLogUnavailable
+from ml_platform.predictions.writer import PredictionBatch, PredictionLogger, PredictionLogUnavailable, RowIds
 
 __all__ = [
     "LOG_COLUMNS",
@@ -38,6 +38,7 @@ __all__ = [
     "PredictionLogReadError",
     "PredictionLogUnavailable",
     "PredictionLogger",
+    "RowIds",
     "compact_day",
     "is_object_store",
     "log_location",

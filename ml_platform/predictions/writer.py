@@ -7,7 +7,9 @@ before they return: a process killed right after still leaves the row in the ker
 answered prediction is lost (no fsync: the data only has to outlive the process, not the machine).
 Segments are JSON lines, ASCII only: a row is an array of :meth:`PredictionLogger.log_row`'s 10 values
 (floats as their exact repr); a batch is an object of its fields, its float and boolean columns as
-base64 of their little-endian bytes.
+base64 of their little-endian bytes, its request ids a list, or, for rows numbered under one request
+id (:class:`RowIds`: ``<id>/0``, ``<id>/1``, ...), ``{"base": <id>, "rows": <n>}``; the parquet log
+holds each row's own id either way.
 
 A background thread seals the live segment every ``flush_rows`` rows or ``flush_seconds`` (it opens
 the next one and swaps the descriptor under the lock the request path holds around its write), turns
@@ -38,6 +40,7 @@ is written.
 from __future__ import annotations
 
 import base64
+import binascii
 import collections
 import itertools
 import json
@@ -87,12 +90,60 @@ _BATCH_KEYS = frozenset(
 ROWS_WRITTEN, QUARANTINED, WRITE_ERRORS = "rows_written", "quarantined", "write_errors"
 
 
+_ROW_SUFFIXES = [f"/{index}" for index in range(1_024)]  # made once: concatenating is ~2x cheaper than formatting
+
+
+class RowIds(Sequence[str]):
+    """The request ids of a request's rows numbered under its id: ``<base>/0``, ``<base>/1``, ... (one
+    row: ``<base>`` itself), held as the base and the count. A batch journals them as those two values,
+    not as one string per row; each row's id is made when the journal is converted to parquet."""
+
+    __slots__ = ("base", "rows")
+
+    def __init__(self, base: str, rows: int) -> None:
+        self.base = base
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.rows))]
+        if index < 0:
+            index += self.rows
+        if not 0 <= index < self.rows:
+            raise IndexError(f"row {index} of {self.rows}")
+        return self.base if self.rows == 1 else f"{self.base}/{index}"
+
+    def __iter__(self):
+        return iter(self.tolist())
+
+    def tolist(self) -> list[str]:
+        if self.rows == 1:
+            return [self.base]
+        base = self.base
+        if self.rows > len(_ROW_SUFFIXES):
+            return [f"{base}/{index}" for index in range(self.rows)]
+        return [base + suffix for suffix in _ROW_SUFFIXES[: self.rows]]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RowIds):
+            return (self.base, self.rows) == (other.base, other.rows)
+        return isinstance(other, Sequence) and not isinstance(other, str) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RowIds({self.base!r}, {self.rows})"
+
+
 @dataclass(frozen=True)
 class PredictionBatch:
     """Rows of one request for one model (arrays aligned by row)."""
 
     time: float  # unix seconds
-    request_ids: list[str]
+    request_ids: Sequence[str]  # a list, or RowIds
     customer_ids: list[int | None]
     features: np.ndarray  # (n, 9) float64
     probabilities: np.ndarray
@@ -131,28 +182,58 @@ def _json_encoder() -> Callable[[Any], str]:
 _encode = _json_encoder()
 
 
-def _batch_line(batch: PredictionBatch) -> str:
-    """A batch as one JSON object; its float and boolean columns as base64 of their little-endian bytes
-    (exact, and ~50x cheaper than a float's repr per value on a batch of thousands)."""
+def _batch_line(batch: PredictionBatch) -> bytes:
+    """A batch as one JSON object, its line; its float and boolean columns as base64 of their
+    little-endian bytes (exact, and ~50x cheaper than a float's repr per value on a batch of thousands).
+
+    The base64 texts are put in the line as they are: they hold nothing JSON escapes, so the encoder
+    need not read them (it would take longer over them than base64 takes to make them).
+    """
     n = len(batch)
-    return _encode(
+    head = _encode(
         {
             "time": batch.time,
-            "request_ids": list(batch.request_ids),
+            "request_ids": _ids_entry(batch.request_ids),
             "customer_ids": list(batch.customer_ids),
-            "features": _base64(np.asarray(batch.features, dtype="<f8").reshape(n, len(MODEL_FEATURES))),
-            "probabilities": _base64(np.asarray(batch.probabilities, dtype="<f8").reshape(n)),
-            "is_fraud": _base64(np.asarray(batch.is_fraud, dtype=bool).reshape(n).astype("u1")),
             "threshold": batch.threshold,
             "model_version": batch.model_version,
             "variant": batch.variant,
             "latency_ms": batch.latency_ms,
         }
     )
+    return b"".join(
+        (
+            head[:-1].encode("ascii"),  # without its closing brace
+            b',"features":"',
+            _base64(np.asarray(batch.features, dtype="<f8").reshape(n, len(MODEL_FEATURES))),
+            b'","probabilities":"',
+            _base64(np.asarray(batch.probabilities, dtype="<f8").reshape(n)),
+            b'","is_fraud":"',
+            _base64(np.asarray(batch.is_fraud, dtype=bool).reshape(n).view("u1")),
+            b'"}\n',
+        )
+    )
 
 
-def _base64(array: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
+def _ids_entry(request_ids: Sequence[str]) -> list[str] | dict[str, Any]:
+    if type(request_ids) is RowIds:
+        return {"base": request_ids.base, "rows": request_ids.rows}
+    return list(request_ids)
+
+
+def _ids_of_entry(entry: Any) -> Sequence[str]:
+    """The request ids of a batch's journal entry: a list, or ``{"base", "rows"}`` (:class:`RowIds`)."""
+    if type(entry) is list:
+        return entry
+    if type(entry) is dict and entry.keys() == {"base", "rows"}:
+        base, rows = entry["base"], entry["rows"]
+        if type(base) is str and type(rows) is int and rows >= 1:
+            return RowIds(base, rows)
+    raise ValueError(f"request_ids: expected a list or {{base, rows}}, got {_short(entry)}")
+
+
+def _base64(array: np.ndarray) -> bytes:
+    return binascii.b2a_base64(np.ascontiguousarray(array), newline=False)  # the array's bytes, not copied
 
 
 def _unbase64(text: Any, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -282,7 +363,7 @@ class PredictionLogger:
     # ---- the request path ----------------------------------------------------------------------
     def log(self, batch: PredictionBatch) -> None:
         """Journal the rows of ``batch`` (one write); raises PredictionLogUnavailable when they could not be."""
-        self._append((_batch_line(batch) + "\n").encode(), len(batch), batch)
+        self._append(_batch_line(batch), len(batch), batch)
 
     def log_row(
         self,
@@ -594,9 +675,9 @@ def _parse_line(line: bytes) -> Any:
 
 
 def _decode_batch(entry: dict[str, Any]) -> PredictionBatch:
-    request_ids, customer_ids = entry["request_ids"], entry["customer_ids"]
-    if type(request_ids) is not list or type(customer_ids) is not list or len(customer_ids) != len(request_ids):
-        raise ValueError("expected lists of request_ids and customer_ids of one length")
+    request_ids, customer_ids = _ids_of_entry(entry["request_ids"]), entry["customer_ids"]
+    if type(customer_ids) is not list or len(customer_ids) != len(request_ids):
+        raise ValueError("expected request_ids and a list of customer_ids of one length")
     n = len(request_ids)
     return PredictionBatch(
         time=entry["time"],
@@ -738,6 +819,11 @@ def _rows_columns(rows: list[list]) -> dict[str, Any]:
 
 
 def _batch_columns(batch: PredictionBatch) -> dict[str, Any]:
+    """A batch's columns: arrays, its strings and integers as arrow arrays (checked here; a row chunk's
+    are lists, checked when the table is made): a batch's one version and variant are not made into a
+    Python value per row, nor its customer ids when it has none."""
+    import pyarrow as pa
+
     n = len(batch)
     for name, value, kind in (
         ("time", batch.time, "number"),
@@ -753,18 +839,53 @@ def _batch_columns(batch: PredictionBatch) -> dict[str, Any]:
         is_fraud = np.asarray(batch.is_fraud, dtype=bool).reshape(n)
     except (TypeError, ValueError) as error:
         raise _RowError(f"batch: {error}") from None
+    if type(batch.request_ids) is RowIds:  # strings when their base is one
+        _check("request_id", [batch.request_ids.base], "string")
+        request_ids = batch.request_ids.tolist()
+    else:
+        request_ids = list(batch.request_ids)
+        _check("request_id", request_ids, "string")
+    customer_ids = list(batch.customer_ids)
+    if len(request_ids) != n or len(customer_ids) != n:
+        raise _RowError(f"batch: {n} rows, {len(request_ids)} request ids, {len(customer_ids)} customer ids")
+    if customer_ids.count(None) == n:
+        customers = pa.nulls(n, pa.int64())
+    else:
+        _check("customer_id", customer_ids, "integer", nullable=True)
+        customers = _arrow_values("customer_id", customer_ids, pa.int64())
     return {
         "time": np.full(n, batch.time, dtype="float64"),
-        "request_id": list(batch.request_ids),
-        "customer_id": list(batch.customer_ids),
+        "request_id": _arrow_values("request_id", request_ids, pa.string()),
+        "customer_id": customers,
         "features": features,
         "probability": probabilities,
         "is_fraud": is_fraud,
         "threshold": np.full(n, batch.threshold, dtype="float64"),
-        "model_version": [batch.model_version] * n,
-        "variant": [batch.variant] * n,
+        "model_version": _arrow_repeated("model_version", batch.model_version, pa.int64(), n),
+        "variant": _arrow_repeated("variant", batch.variant, pa.string(), n),
         "latency_ms": np.full(n, batch.latency_ms, dtype="float64"),
     }
+
+
+def _arrow_values(name: str, values: list, arrow_type):
+    """``values`` as an arrow array of ``arrow_type``; :class:`_RowError` naming ``name`` for a value it
+    cannot hold (a lone surrogate, an integer beyond int64)."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(values, type=arrow_type)
+    except (pa.ArrowException, ValueError, OverflowError) as error:
+        raise _RowError(f"{name}: {error}") from None
+
+
+def _arrow_repeated(name: str, value: Any, arrow_type, n: int):
+    """``value`` ``n`` times as an arrow array of ``arrow_type`` (:class:`_RowError` as :func:`_arrow_values`)."""
+    import pyarrow as pa
+
+    try:
+        return pa.repeat(pa.scalar(value, type=arrow_type), n)
+    except (pa.ArrowException, ValueError, OverflowError) as error:
+        raise _RowError(f"{name}: {error}") from None
 
 
 def _items_table(items: list):
@@ -791,16 +912,16 @@ def _items_table(items: list):
     def joined(name: str) -> np.ndarray:
         return chunks[0][name] if len(chunks) == 1 else np.concatenate([chunk[name] for chunk in chunks])
 
-    def listed(name: str) -> list:
-        return [value for chunk in chunks for value in chunk[name]]
-
     def arrow(name: str, kind: str, arrow_type, nullable: bool = False):
-        values = listed(name)
-        _check(name, values, kind, nullable)
-        try:
-            return pa.array(values, type=arrow_type)
-        except (pa.ArrowException, ValueError, OverflowError) as error:  # a lone surrogate, an int beyond int64
-            raise _RowError(f"{name}: {error}") from None
+        """The column over the chunks: a batch's is an arrow array already; a row chunk's list is checked."""
+        arrays = []
+        for chunk in chunks:
+            values = chunk[name]
+            if not isinstance(values, pa.Array):
+                _check(name, values, kind, nullable)
+                values = _arrow_values(name, values, arrow_type)
+            arrays.append(values)
+        return arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
 
     seconds = joined("time")
     if not np.isfinite(seconds).all():

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ml_platform.features.engineering import MODEL_FEATURES
-from ml_platform.predictions import PredictionBatch, PredictionLogger
+from ml_platform.predictions import PredictionBatch, PredictionLogger, RowIds
 from ml_platform.registry import Registry
 from ml_platform.serving.config import ServerConfig
 from ml_platform.serving.metrics import Metrics
@@ -279,20 +279,29 @@ class ModelServer:
         """
         n = len(features)
         if n == 1:
-            values = features[0].tolist()
-            probability = handle.predict_row(values)
-            latency_ms = (time.perf_counter() - started) * 1000.0
-            threshold = handle.threshold
-            self.metrics.count_predictions(variant, 1)
-            self.logger.log_row(
-                time.time(), request_id, None, values, probability, probability >= threshold, threshold,
-                handle.version, variant, latency_ms,
-            )  # fmt: skip
-            return np.array([probability])
+            return np.array(
+                [self.score_row(handle, variant, features[0].tolist(), request_id=request_id, started=started)]
+            )
         probabilities = handle.predict(features)
         latency_ms = (time.perf_counter() - started) * 1000.0
-        self.log_external(handle, variant, features, probabilities, row_ids(request_id, n), latency_ms)
+        # the rows' ids are <request_id>/<row>, journaled as the id and the count
+        self.log_external(handle, variant, features, probabilities, RowIds(request_id, n), latency_ms)
         return probabilities
+
+    def score_row(
+        self, handle: ModelHandle, variant: str, values: Sequence[float | None], *, request_id: str, started: float
+    ) -> float:
+        """P(fraud) of one row (``values`` in :data:`MODEL_FEATURES` order, None or NaN: missing) by one
+        model, through its one-row buffer; the row logged as it is given, and counted."""
+        probability = handle.predict_row(values)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        threshold = handle.threshold
+        self.metrics.count_predictions(variant, 1)
+        self.logger.log_row(
+            time.time(), request_id, None, values, probability, probability >= threshold, threshold,
+            handle.version, variant, latency_ms,
+        )  # fmt: skip
+        return probability
 
     def score_one(
         self,
@@ -374,11 +383,24 @@ class ModelServer:
             )
         )
 
-    def log_external(self, handle: ModelHandle, variant: str, features, probabilities, request_ids, latency_ms):
-        """Log rows scored outside :meth:`score`."""
+    def log_external(
+        self, handle: ModelHandle, variant: str, features, probabilities, request_ids: Sequence[str], latency_ms
+    ):
+        """Log rows scored outside :meth:`score` (every row: no selection, no customer ids)."""
         n = len(request_ids)
-        features = np.asarray(features, dtype="float64").reshape(n, len(MODEL_FEATURES))
         probabilities = np.asarray(probabilities, dtype="float64").reshape(-1)
-        self._log(
-            time.time(), handle, variant, np.arange(n), features, probabilities, [None] * n, request_ids, latency_ms
+        self.metrics.count_predictions(variant, n)
+        self.logger.log(
+            PredictionBatch(
+                time=time.time(),
+                request_ids=request_ids,
+                customer_ids=[None] * n,
+                features=np.asarray(features, dtype="float64").reshape(n, len(MODEL_FEATURES)),
+                probabilities=probabilities,
+                is_fraud=probabilities >= handle.threshold,
+                threshold=handle.threshold,
+                model_version=handle.version,
+                variant=variant,
+                latency_ms=latency_ms,
+            )
         )

@@ -4,6 +4,7 @@ crash, quarantine of rows the schema cannot hold, and the reader."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import fcntl
 import json
 import os
@@ -24,6 +25,7 @@ from ml_platform.predictions import (
     PredictionBatch,
     PredictionLogger,
     PredictionLogUnavailable,
+    RowIds,
     read_prediction_log,
     read_quarantine,
 )
@@ -478,6 +480,44 @@ def test_torn_bad_and_foreign_lines_of_a_dead_segment_are_quarantined(tmp_path):
     assert reasons[3].startswith("request_id: ") and "surrogates not allowed" in reasons[3]
     assert logger.quarantined == 4 and logger.rows_written == 2 and not dead.exists()
     logger.close()
+
+
+def test_rows_numbered_under_one_id_are_journaled_as_it_and_logged_with_their_own(tmp_path):
+    """A batch whose rows are <id>/0, <id>/1, ... (RowIds: a v2 or /invocations request) journals the id
+    and the count, not an id per row; the log, converted from memory or from a dead process's segment,
+    holds each row's own id. A compact entry that is not an id and a count is quarantined, named."""
+    ids = RowIds("req", 3)
+    assert len(ids) == 3 and list(ids) == ["req/0", "req/1", "req/2"] and ids[-1] == "req/2"
+    assert ids[1:] == ["req/1", "req/2"] and ids == ["req/0", "req/1", "req/2"] and list(RowIds("one", 1)) == ["one"]
+    with pytest.raises(IndexError):
+        ids[3]
+    numbered = dataclasses.replace(batch(3, datetime.fromtimestamp(WHEN, UTC)), request_ids=ids)
+
+    logger = PredictionLogger(tmp_path / "live", flush_rows=1_000, flush_seconds=3600)
+    logger.start()
+    logger.log(numbered)
+    (segment,) = segments(tmp_path / "live")
+    line = segment.read_bytes()
+    assert json.loads(line)["request_ids"] == {"base": "req", "rows": 3} and b"req/" not in line
+    assert logger.flush()
+    logger.close()
+
+    journal = tmp_path / "dead" / "journal"
+    journal.mkdir(parents=True)
+    bad = json.loads(line)
+    bad["request_ids"] = {"base": 5, "rows": 3}
+    (journal / f"{time.time_ns():020d}-deadbeef-000000.jsonl").write_bytes(line + json.dumps(bad).encode() + b"\n")
+    recovering = PredictionLogger(tmp_path / "dead", flush_rows=1_000, flush_seconds=3600)
+    recovering.start()
+    assert recovering.flush()
+    recovering.close()
+    for log_dir in (tmp_path / "live", tmp_path / "dead"):
+        log = read_prediction_log(log_dir)
+        assert log["request_id"].tolist() == ["req/0", "req/1", "req/2"], log_dir
+        np.testing.assert_array_equal(log[list(MODEL_FEATURES)].to_numpy(), numbered.features)
+        assert log["probability"].tolist() == numbered.probabilities.tolist()
+    (quarantined,) = read_quarantine(tmp_path / "dead")
+    assert quarantined["reason"].startswith("batch: request_ids: expected a list or {base, rows}, got ")
 
 
 def test_logging_after_close_is_refused(tmp_path):

@@ -1,6 +1,7 @@
 """What every protocol shares: reading a JSON body, rendering a JSON answer, the inline-scoring bound.
 
-Reading a body never raises anything but an :class:`ApiError` (4xx): :func:`parse_json` turns every way
+Answers are rendered by orjson (:func:`encode_json`). Reading a body never raises anything but an
+:class:`ApiError` (4xx): :func:`parse_json` turns every way
 ``json.loads`` can fail on bytes (syntax, encoding, a nesting deep enough to exhaust the recursion limit,
 an integer past Python's int-string conversion limit) into a 400 that names the problem, refuses
 bodies nested deeper than :data:`MAX_JSON_DEPTH` before parsing them at all, and refuses strings that
@@ -14,6 +15,7 @@ import re
 import sys
 from typing import Any
 
+import orjson
 from fastapi.responses import Response
 
 from ml_platform.serving.schemas import ApiError, field_path
@@ -30,9 +32,7 @@ INLINE_ROWS = 256
 # anything walking the parsed value (validation, repr in an error message) recurse without bound.
 MAX_JSON_DEPTH = 64
 
-# FastAPI's own rendering of a returned dict (jsonable_encoder, then JSONResponse's json.dumps) gives
-# the same bytes for the plain values the routes answer with, at several times the cost.
-encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 _NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'"[]{}')))
 _OBJECTS_AS_ARRAYS = bytes.maketrans(b"{}", b"[]")
@@ -40,9 +40,23 @@ _OBJECTS_AS_ARRAYS = bytes.maketrans(b"{}", b"[]")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
+def encode_json(value: Any) -> bytes:
+    """``value`` (plain JSON values, numpy arrays of numbers among them) as compact UTF-8 JSON text.
+
+    What FastAPI's own rendering (``jsonable_encoder``, then ``json.dumps``) gives for the values the
+    routes answer with, the same values in the same order, at a fraction of the cost: a float is written
+    as the shortest text that reads back as the same float, as ``json.dumps`` writes it, though in
+    exponent notation orjson writes ``1e-5`` where ``json.dumps`` writes ``1e-05``; a float64 array's
+    values are written as its floats. Every route and fast path renders its answers here, so the two
+    ways to one answer give the same bytes. (A NaN or an infinity, which no answer holds, would be
+    written as null where ``json.dumps(allow_nan=False)`` raises.)
+    """
+    return orjson.dumps(value, option=_ORJSON_OPTIONS)
+
+
 def json_response(content: Any, status_code: int = 200) -> Response:
     """``content`` (plain JSON values) as the JSON answer FastAPI would render, rendered directly."""
-    return Response(encode_json(content).encode(), status_code=status_code, media_type="application/json")
+    return Response(encode_json(content), status_code=status_code, media_type="application/json")
 
 
 def reject_constant(name: str) -> float:
@@ -76,7 +90,8 @@ def refused_before_parsing(body: bytes) -> bool:
     than :data:`MAX_JSON_DEPTH`, or an escape of a UTF-16 surrogate (a lone one is refused; pairs are
     fine, but telling them apart needs the parsed strings). A fast handler that parses with json.loads
     must leave such a body to its route, so both answer it alike. A few bytes operations, no parsing."""
-    if b"\\u" in body and _SURROGATE_ESCAPE.search(body) is not None:
+    # a backslash is looked for first: one memchr, where looking for the two bytes walks the body slowly
+    if b"\\" in body and _SURROGATE_ESCAPE.search(body) is not None:
         return True
     return body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and nested_deeper_than(body)
 
@@ -109,7 +124,7 @@ def parse_json(body: bytes) -> Any:
         digits = sys.get_int_max_str_digits()
         problem = f"a number with more than {digits} digits" if "digits" in str(error) else str(error)
         raise ApiError(400, f"body: not valid JSON: {problem}", "body") from None
-    if b"\\u" in body and _SURROGATE_ESCAPE.search(body) is not None:
+    if b"\\" in body and _SURROGATE_ESCAPE.search(body) is not None:
         _refuse_lone_surrogates(payload)
     return payload
 

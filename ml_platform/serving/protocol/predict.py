@@ -180,7 +180,7 @@ def fast_routes(server: ModelServer) -> dict[str, FastHandler]:
         result = server.score_one(
             deployment, features, customer_id=customer_id, request_id=request_id or new_request_id(), started=started
         )
-        return FastAnswer(encode_json(result).encode(), result["variant"])
+        return FastAnswer(encode_json(result), result["variant"])
 
     async def answer_transaction(deployment, transaction: TransactionRequest, started: float) -> FastAnswer | None:
         try:
@@ -194,7 +194,7 @@ def fast_routes(server: ModelServer) -> dict[str, FastHandler]:
             request_id=transaction.request_id or new_request_id(),
             started=started,
         )
-        return FastAnswer(encode_json(result).encode(), result["variant"])
+        return FastAnswer(encode_json(result), result["variant"])
 
     return {"/predict": fast_predict}
 

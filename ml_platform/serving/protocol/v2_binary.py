@@ -45,6 +45,11 @@ NUMPY_TYPES: dict[str, np.dtype] = {
 _MAX_DIGITS = 18
 
 
+def header_sent(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether the raw (ASGI, lower-case) request headers hold the JSON header's length (binary data follows)."""
+    return any(key == _HEADER_BYTES for key, _ in headers)
+
+
 def header_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
     """The JSON header's length from the raw (ASGI, lower-case) request headers; None without the header."""
     values = [value for key, value in headers if key == _HEADER_BYTES]
@@ -89,5 +94,5 @@ def decode(buffer: memoryview, datatype: str) -> np.ndarray:
 
 def encode_answer(header: dict, tensors: list[bytes]) -> tuple[bytes, int]:
     """A binary answer: the JSON header, then the outputs' bytes; and the JSON header's length."""
-    head = encode_json(header).encode()
+    head = encode_json(header)
     return head + b"".join(tensors), len(head)
