@@ -1,5 +1,8 @@
 """Group training: the point-in-time training set and the trained model (through Pipes)."""
 
+import importlib
+import threading
+
 import dagster as dg
 import pandas as pd
 from pydantic import Field
@@ -245,7 +248,13 @@ def trained_model(
             "dagster_asset": "trained_model",
         },
     )
+    # Training runs in another process (or pod); this one only waits for it, so it imports XGBoost meanwhile,
+    # which model_evaluation loads the new version with next: about a second, spent while the training
+    # process starts up on one core. Joined before this step goes on, so no other import races it.
+    warm_up = threading.Thread(target=importlib.import_module, args=("xgboost",), name="import-xgboost", daemon=True)
+    warm_up.start()
     result = training_compute.train(context, job)
+    warm_up.join()
     metadata = dict(result.metadata or {})
     run_id = metadata.get("mlflow_run_id")
     run_url = None

@@ -8,7 +8,9 @@ Two contestants, each in a fresh Python process (so imports count), each from an
 
 Printed for each: wall time, the time spent in the compute itself (data generation, validation,
 feature computation, the point-in-time join, training, evaluation), and the share outside it
-(orchestration, imports, storage I/O, tracking). Targets for the platform: under 90 s, overhead under 25%.
+(orchestration, imports, storage I/O, tracking), and the platform overhead over the bare core: (platform wall -
+bare wall) / platform wall, what the orchestration costs beyond the same work done plainly. Targets for the
+platform: under 90 s, both overheads under 25%.
 
     python bench/pipeline.py                      # 1,000,000 transactions over 30 days
     python bench/pipeline.py --transactions 200000 --days 10
@@ -206,14 +208,24 @@ def main() -> None:
     )
     print(f"  {'outside compute':<24}{results['platform']['overhead']:>10.1%}{results['bare']['overhead']:>11.1%}")
     print(f"  {'champion version':<24}{results['platform']['champion']:>10}{results['bare']['champion']:>11}")
-    platform = results["platform"]
-    wall_verdict = "met" if platform["wall"] < 90 else "MISSED"
-    overhead_verdict = "met" if platform["overhead"] < 0.25 else "MISSED"
+    platform, bare = results["platform"], results["bare"]
+    # The platform's own cost: its wall beyond the bare core's for the same work (imports, storage, tracking
+    # and compute that both pay cancel out), as a share of the platform's wall.
+    over_bare = (platform["wall"] - bare["wall"]) / platform["wall"]
+    print(f"  {'platform over bare core':<24}{over_bare:>10.1%}")
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "MISSED"
+
     print(
-        f"\ntargets (platform): wall < 90 s -> {platform['wall']:.1f} s ({wall_verdict}); "
-        f"outside compute < 25% -> {platform['overhead']:.1%} ({overhead_verdict})"
+        f"\ntargets (platform): wall < 90 s -> {platform['wall']:.1f} s ({verdict(platform['wall'] < 90)}); "
+        f"outside compute < 25% -> {platform['overhead']:.1%} ({verdict(platform['overhead'] < 0.25)}); "
+        f"overhead over the bare core < 25% -> {over_bare:.1%} ({verdict(over_bare < 0.25)})"
     )
-    print(f"platform cost over the bare core: +{platform['wall'] - results['bare']['wall']:.1f} s")
+    print(
+        f"platform cost over the bare core: +{platform['wall'] - bare['wall']:.1f} s "
+        f"((platform wall - bare wall) / platform wall = {over_bare:.1%})"
+    )
 
 
 if __name__ == "__main__":
