@@ -146,6 +146,76 @@ def test_files_are_what_pandas_to_parquet_writes(tmp_path):
     )  # r11, r13, row-1, row-3
 
 
+def test_consecutive_batches_are_written_as_pandas_writes_them_and_a_bad_one_costs_only_its_rows(tmp_path):
+    """Batches in a row are converted column by column over all of them: the file is still what
+    DataFrame.to_parquet writes for them (their own times, versions, variants, ids numbered or listed,
+    customer ids or none); a batch the schema cannot hold has its rows quarantined, its neighbours not."""
+    import pyarrow.parquet as pq
+
+    from ml_platform.predictions.writer import batches_to_frame
+
+    rng = np.random.default_rng(7)
+    when = datetime(2026, 3, 14, 12, 30, 15, 123456, tzinfo=UTC)
+    good = []
+    for index in range(6):
+        n = 2 + index
+        probabilities = rng.random(n)
+        good.append(
+            PredictionBatch(
+                time=when.timestamp() + index * 0.001237,
+                request_ids=RowIds(f"q{index}", n) if index % 2 else [f"l{index}-{i}" for i in range(n)],
+                customer_ids=[None] * n if index % 3 == 0 else [None if i % 2 else 1_000 * index + i for i in range(n)],
+                features=np.where(rng.random((n, 9)) < 0.1, np.nan, rng.normal(size=(n, 9))),
+                probabilities=probabilities,
+                is_fraud=probabilities >= 0.5,
+                threshold=0.25 + index / 100,
+                model_version=3 + index % 2,
+                variant="challenger" if index % 2 else "champion",
+                latency_ms=0.5 + index,
+            )
+        )
+    logger = PredictionLogger(tmp_path / "log", flush_rows=1_000, flush_seconds=3600)
+    logger.start()
+    for item in good:
+        logger.log(item)
+    assert logger.flush()
+    (written,) = (tmp_path / "log" / "date=2026-03-14").glob("part-*.parquet")
+    reference = tmp_path / "reference.parquet"
+    batches_to_frame(good).to_parquet(reference, index=False)
+    assert pq.read_schema(written).equals(pq.read_schema(reference), check_metadata=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(written), pd.read_parquet(reference))
+    assert pd.read_parquet(written)["request_id"].tolist()[2:5] == ["q1/0", "q1/1", "q1/2"]
+
+    bad = dataclasses.replace(good[2], variant="bad-\ud800", request_ids=RowIds("bad", 4))
+    for item in (good[0], good[1], bad, good[3]):
+        logger.log(item)
+    assert logger.flush()
+    logger.close()
+    quarantined = read_quarantine(tmp_path / "log")
+    assert [json.loads(record["row"])[1] for record in quarantined] == ["bad/0", "bad/1", "bad/2", "bad/3"]
+    assert {record["reason"].split(":")[0] for record in quarantined} == {"variant"}
+    assert logger.rows_written == 27 + 2 + 3 + 5 and logger.quarantined == 4
+
+
+def test_times_become_the_nanoseconds_pandas_makes_of_them():
+    """The log's times are converted as pd.to_datetime(seconds, unit="s") converts them, to the nanosecond,
+    and a time beyond the years the log's timestamps hold is a named row error."""
+    from ml_platform.predictions.writer import _nanoseconds, _RowError
+
+    rng = np.random.default_rng(3)
+    seconds = np.concatenate(
+        [
+            1.7e9 + rng.random(50_000) * 1e7,  # now-ish, sub-microsecond fractions
+            rng.uniform(-9.1e9, 9.1e9, 50_000),  # the range datetime64[ns] holds, both signs
+            rng.uniform(-3.0, 3.0, 50_000),
+            [0.0, -0.0, 1e-10, -1e-10, 0.9999999999, -0.9999999995, 1.0000000005, 1773491415.123456789],
+        ]
+    )
+    np.testing.assert_array_equal(_nanoseconds(seconds), pd.to_datetime(seconds, unit="s", utc=True).asi8)
+    with pytest.raises(_RowError, match="^time: "):
+        _nanoseconds(np.array([1.7e9, 1e11]))
+
+
 def test_rows_wait_for_the_writer_without_waking_it(tmp_path):
     """Logging does not wake the writer per row: nothing is written before flush_rows, flush_seconds or flush()."""
     logger = PredictionLogger(tmp_path, flush_rows=50, flush_seconds=60)
