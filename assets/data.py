@@ -27,7 +27,7 @@ from ml_platform.data.schema import LABEL_COLUMN, TIMESTAMP_COLUMN
 from ml_platform.data.sources import SOURCES, load_transactions
 from ml_platform.data.synthetic import SyntheticConfig
 from ml_platform.data.validation import CheckOutcome, failure_message, validate_transactions
-from ml_platform.storage import split_by_day, write_table
+from ml_platform.storage import rows_per_day, write_table
 from resources.storage import StateStorage
 
 CHECKS = ("schema", "no_nulls", "value_ranges", "unique_ids")
@@ -230,7 +230,7 @@ def validated_transactions(context: dg.AssetExecutionContext, raw_transactions: 
         yield from per_day_check_results(context, results)
         raise dg.Failure(description=failure_message(outcomes), metadata={"failed_checks": len(failed)})
     transactions = raw_transactions
-    per_day = pd.Series({day: len(rows) for day, rows in split_by_day(transactions, TIMESTAMP_COLUMN).items()})
+    per_day = pd.Series(rows_per_day(transactions, TIMESTAMP_COLUMN))
     yield dg.Output(
         transactions,
         metadata={

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported where used: settings (and so every command's start) imports this module
+    import numpy as np
     import pandas as pd
 
 TABLE_SUFFIX = ".parquet"
@@ -160,15 +161,32 @@ def read_record(path: Path) -> object:
     return json.loads(path.read_text())
 
 
-def split_by_day(frame: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
-    """Rows grouped by the UTC day of ``column``, keyed like daily partitions (YYYY-MM-DD).
+_DAY_NANOSECONDS = 86_400_000_000_000
 
-    Groups on integer day numbers: formatting a million timestamps as strings costs seconds.
-    """
+
+def _day_numbers(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """The UTC day of each row's ``column`` as whole days since 1970-01-01: grouping on these integers is cheap
+    (formatting a million timestamps as strings costs seconds)."""
     import pandas as pd
 
-    day_numbers = pd.DatetimeIndex(pd.to_datetime(frame[column], utc=True)).asi8 // 86_400_000_000_000
-    return {
-        pd.Timestamp(int(day) * 86_400, unit="s").strftime("%Y-%m-%d"): part
-        for day, part in frame.groupby(day_numbers, sort=True)
-    }
+    return pd.DatetimeIndex(pd.to_datetime(frame[column], utc=True)).asi8 // _DAY_NANOSECONDS
+
+
+def _day_name(day_number: int) -> str:
+    import pandas as pd
+
+    return pd.Timestamp(int(day_number) * 86_400, unit="s").strftime("%Y-%m-%d")
+
+
+def split_by_day(frame: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
+    """Rows grouped by the UTC day of ``column``, keyed like daily partitions (YYYY-MM-DD)."""
+    return {_day_name(day): part for day, part in frame.groupby(_day_numbers(frame, column), sort=True)}
+
+
+def rows_per_day(frame: pd.DataFrame, column: str) -> dict[str, int]:
+    """How many rows fall on each UTC day of ``column`` (days with rows only, oldest first), keyed like
+    :func:`split_by_day`, without building each day's frame."""
+    import numpy as np
+
+    days, counts = np.unique(_day_numbers(frame, column), return_counts=True)
+    return {_day_name(day): int(count) for day, count in zip(days, counts, strict=True)}

@@ -15,6 +15,8 @@ from ml_platform.storage import (
     content_path,
     file_lock,
     read_record,
+    rows_per_day,
+    split_by_day,
     store_file_content_addressed,
     write_record,
     write_table,
@@ -238,6 +240,43 @@ def test_write_table_round_trips_and_leaves_no_temporary_file(tmp_path):
     write_table(frame.iloc[:1], path)  # overwrite in place
     pd.testing.assert_frame_equal(pd.read_parquet(path), frame.iloc[:1])
     assert [p.name for p in path.parent.iterdir()] == ["table.parquet"]
+
+
+def shuffled_days() -> pd.DataFrame:
+    """Rows of three UTC days (one of them a timestamp a second before midnight) in no order, with strings,
+    ints, floats with a NaN and a category, and frame attrs: what a range run hands the IO manager."""
+    frame = pd.DataFrame(
+        {
+            "id": [f"t{i}" for i in range(7)],
+            "n": [5, 3, 9, 1, 7, 2, 8],
+            "x": [0.5, float("nan"), 2.25, 3.0, -1.5, 0.0, 9.75],
+            "kind": pd.Categorical(["a", "b", "a", "c", "b", "a", "c"]),
+            "event_timestamp": pd.to_datetime(
+                [
+                    "2024-03-02T10:00:00Z",
+                    "2024-03-01T23:59:59Z",
+                    "2024-03-04T00:00:00Z",
+                    "2024-03-02T01:00:00Z",
+                    "2024-03-01T00:00:00Z",
+                    "2024-03-04T12:00:00Z",
+                    "2024-03-02T05:00:00Z",
+                ],
+                utc=True,
+            ),
+        },
+        index=[10, 4, 7, 2, 99, 0, 5],
+    )
+    frame.attrs = {"source": "test"}
+    return frame
+
+
+def test_rows_per_day_counts_what_split_by_day_splits():
+    frame = shuffled_days()
+    assert rows_per_day(frame, "event_timestamp") == {"2024-03-01": 2, "2024-03-02": 3, "2024-03-04": 2}
+    assert rows_per_day(frame, "event_timestamp") == {
+        day: len(part) for day, part in split_by_day(frame, "event_timestamp").items()
+    }
+    assert rows_per_day(frame.iloc[0:0], "event_timestamp") == {}
 
 
 def test_write_record_round_trips_and_leaves_no_temporary_file(tmp_path):
