@@ -982,10 +982,12 @@ def entity_targets(key: str, results: dict[str, dict], ok: dict[str, bool]) -> s
         return f"targets for {ENTITY_LABELS[key]}: MISSED: it failed"
     throughput = ratio(entity, results["mlflow"], "requests_per_second") if ok["mlflow"] else None
     p99 = ratio(entity, results["ours"], "p99_us") if ok["ours"] else None
-    throughput_verdict = (
-        "not measured: mlflow failed" if throughput is None else ("met" if throughput >= 10 else "MISSED")
-    )
-    p99_verdict = "not measured: ours failed" if p99 is None else "met" if p99 <= 2 else "MISSED"
+
+    def missing(other: str) -> str:  # left out by --only, or run and failed
+        return f"not run: {other}" if other not in results else f"not measured: {other} failed"
+
+    throughput_verdict = missing("mlflow") if throughput is None else ("met" if throughput >= 10 else "MISSED")
+    p99_verdict = missing("ours") if p99 is None else "met" if p99 <= 2 else "MISSED"
     return (
         f"targets for {ENTITY_LABELS[key]}: >= 10x mlflow's requests/s -> {fmt(throughput, '.1f', 'x')} "
         f"({throughput_verdict}); p99 <= 2x ours' with the features -> {fmt(p99, '.2f', 'x')} ({p99_verdict})"
