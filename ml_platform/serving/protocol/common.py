@@ -11,6 +11,7 @@ are not Unicode text (lone surrogate escapes such as ``"\\ud800"``) with a 422 n
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from typing import Any
@@ -52,6 +53,34 @@ def encode_json(value: Any) -> bytes:
     written as null where ``json.dumps(allow_nan=False)`` raises.)
     """
     return orjson.dumps(value, option=_ORJSON_OPTIONS)
+
+
+# Integers above this are not all exactly floats; a fast path leaves them to the route's conversion.
+_EXACT_INT = 2**53
+
+
+def plain_numbers(values: list) -> bool:
+    """True when every value is a finite float, an integer within +-2**53 (exactly a float) or null: the
+    values a fast path may score as float64 as they are (null: missing), since the validated route
+    accepts exactly these unchanged. Anything else (bool, str, list, NaN, a huge integer) is the route's
+    to judge and name."""
+    for value in values:
+        kind = type(value)
+        if kind is float:
+            if not math.isfinite(value):
+                return False
+        elif kind is int:
+            if not -_EXACT_INT <= value <= _EXACT_INT:
+                return False
+        elif value is not None:
+            return False
+    return True
+
+
+def plain_request_id(value: Any) -> bool:
+    """True for an absent request id (None) or a string of 1 to 200 printable characters: what the routes
+    accept as given (a lone surrogate or a control character is not printable; the route names those)."""
+    return value is None or (type(value) is str and 0 < len(value) <= 200 and value.isprintable())
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:

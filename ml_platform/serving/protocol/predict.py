@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -24,7 +23,15 @@ from starlette.concurrency import run_in_threadpool
 from ml_platform.features.engineering import MODEL_FEATURES
 from ml_platform.serving.middleware import FastAnswer, FastHandler
 from ml_platform.serving.online import feature_vectors, transaction_features, transaction_frame
-from ml_platform.serving.protocol.common import INLINE_ROWS, encode_json, json_object, json_response, reject_constant
+from ml_platform.serving.protocol.common import (
+    INLINE_ROWS,
+    encode_json,
+    json_object,
+    json_response,
+    plain_numbers,
+    plain_request_id,
+    reject_constant,
+)
 from ml_platform.serving.schemas import (
     FEATURE_ORDER_TEXT,
     INT64_MAX,
@@ -43,8 +50,6 @@ from ml_platform.serving.server import ModelServer, new_request_id, row_ids
 _log = logging.getLogger(__name__)
 
 N_FEATURES = len(MODEL_FEATURES)
-# Integers above this are not all exactly floats; the fast path leaves them to pydantic's conversion.
-_EXACT_INT = 2**53
 # A one-row body is ~150-400 bytes; a body larger than this goes to the route without a look.
 FAST_BODY_BYTES = 4_096
 
@@ -211,24 +216,14 @@ def _plain_features(payload: dict[str, Any]) -> tuple[list[float | int | None], 
     features = payload.get("features")
     if type(features) is not list or len(features) != N_FEATURES or "instances" in payload:
         return None
-    for value in features:
-        kind = type(value)
-        if kind is float:
-            if not math.isfinite(value):
-                return None
-        elif kind is int:
-            if not -_EXACT_INT <= value <= _EXACT_INT:
-                return None
-        elif value is not None:  # bool, str, list, ... : pydantic names the problem
-            return None
+    if not plain_numbers(features):  # bool, str, list, NaN, ... : pydantic names the problem
+        return None
     customer_id = payload.get("customer_id")
     if customer_id is not None and (type(customer_id) is not int or not INT64_MIN <= customer_id <= INT64_MAX):
         return None
     request_id = payload.get("request_id")
-    if request_id is not None and (
-        type(request_id) is not str or not 0 < len(request_id) <= 200 or not request_id.isprintable()
-    ):
-        return None  # the route names the problem (a lone surrogate or a control character is not printable)
+    if not plain_request_id(request_id):
+        return None  # the route names the problem
     return features, customer_id, request_id
 
 

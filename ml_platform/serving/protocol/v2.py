@@ -32,7 +32,14 @@ from ml_platform.features.engineering import MODEL_FEATURES
 from ml_platform.serving.middleware import FastAnswer, FastHandler
 from ml_platform.serving.models import Deployment, ModelHandle
 from ml_platform.serving.protocol import v2_binary
-from ml_platform.serving.protocol.common import INLINE_ROWS, encode_json, json_object, nested_deeper_than
+from ml_platform.serving.protocol.common import (
+    INLINE_ROWS,
+    encode_json,
+    json_object,
+    nested_deeper_than,
+    plain_numbers,
+    plain_request_id,
+)
 from ml_platform.serving.schemas import FEATURE_ORDER_TEXT, ApiError, RequestId, validate
 from ml_platform.serving.server import CHALLENGER_VARIANT, ModelServer, new_request_id
 
@@ -341,7 +348,6 @@ def _json_answer(
 
 _PLAIN_KEYS = frozenset(("id", "inputs"))
 _PLAIN_TENSOR_KEYS = frozenset(("name", "shape", "datatype", "data"))
-_EXACT_INT = 2**53  # integers up to this are exactly floats
 
 
 def _plain_row(payload: dict[str, Any]) -> tuple[list[float | int | None], str | None] | None:
@@ -369,20 +375,10 @@ def _plain_row(payload: dict[str, Any]) -> tuple[list[float | int | None], str |
         return None
     if len(data) != N_FEATURES:
         return None
-    for value in data:
-        kind = type(value)
-        if kind is float:
-            if not math.isfinite(value):
-                return None
-        elif kind is int:
-            if not -_EXACT_INT <= value <= _EXACT_INT:
-                return None
-        elif value is not None:
-            return None
+    if not plain_numbers(data):
+        return None
     request_id = payload.get("id")
-    if request_id is not None and (
-        type(request_id) is not str or not 0 < len(request_id) <= 200 or not request_id.isprintable()
-    ):
+    if not plain_request_id(request_id):
         return None
     return data, request_id
 
