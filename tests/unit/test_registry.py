@@ -338,8 +338,8 @@ def test_training_job_without_a_training_set_raises(mlflow_dir, tmp_path):
 
 
 def test_a_retry_reuses_its_version_even_when_the_training_set_is_gone(mlflow_dir, training_set_path, tmp_path):
-    """The run-key lookup and the reading of the training set happen side by side; a retry that finds its
-    version returns it, and the file's absence (which fails a first attempt) does not matter then."""
+    """A retry that finds its run key's version returns it before it looks at the training set: the file's
+    absence, which fails a first attempt, does not matter then."""
     first = run_training_job(job_for(mlflow_dir, training_set_path, "job-3333"), log=lambda _: None)
     retry = run_training_job(job_for(mlflow_dir, tmp_path / "gone.parquet", "job-3333"), log=lambda _: None)
     assert retry["reused_existing_version"] is True
