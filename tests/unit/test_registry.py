@@ -337,11 +337,12 @@ def test_training_job_without_a_training_set_raises(mlflow_dir, tmp_path):
         run_training_job(job_for(mlflow_dir, tmp_path / "missing.parquet", "job-2222"), log=lambda _: None)
 
 
-def test_a_retry_reuses_its_version_even_when_the_training_set_is_gone(mlflow_dir, training_set_path, tmp_path):
+def test_a_retry_reuses_its_version_even_when_the_training_set_is_gone(training_set_path, tmp_path):
     """A retry that finds its run key's version returns it before it looks at the training set: the file's
-    absence, which fails a first attempt, does not matter then."""
-    first = run_training_job(job_for(mlflow_dir, training_set_path, "job-3333"), log=lambda _: None)
-    retry = run_training_job(job_for(mlflow_dir, tmp_path / "gone.parquet", "job-3333"), log=lambda _: None)
+    absence, which fails a first attempt, does not matter then. (A store of its own: the module's store
+    holds the versions another test counts.)"""
+    first = run_training_job(job_for(tmp_path, training_set_path, "job-3333"), log=lambda _: None)
+    retry = run_training_job(job_for(tmp_path, tmp_path / "gone.parquet", "job-3333"), log=lambda _: None)
     assert retry["reused_existing_version"] is True
     assert (retry["model_version"], retry["mlflow_run_id"]) == (first["model_version"], first["mlflow_run_id"])
 
