@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hashlib
 import itertools
@@ -109,6 +110,7 @@ class ModelServer:
         self.started_at = time.monotonic()
         self.draining = False
         self._random = random.Random()
+        self.row_queue = RowQueue(self)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -275,7 +277,7 @@ class ModelServer:
 
         What :meth:`score` does with ``handle`` given, without building an answer per row: the protocols
         that render their own answers (v2 infer, ``/invocations``) call this. One row goes through the
-        model's one-row buffer and the log's one-row entry (:meth:`score_one`'s way), more as one matrix.
+        model's one-row buffer and the log's one-row entry (:meth:`score_row`), more as one matrix.
         """
         n = len(features)
         if n == 1:
@@ -303,7 +305,15 @@ class ModelServer:
         )  # fmt: skip
         return probability
 
-    def score_one(
+    async def score_row_soon(
+        self, handle: ModelHandle, variant: str, values: Sequence[float | None], *, request_id: str, started: float
+    ) -> float:
+        """:meth:`score_row`'s answer, scored with the other one-row requests of this event-loop turn in one
+        call (:class:`RowQueue`): bit for bit the same probability, logged and counted the same."""
+        probability, _ = await self.row_queue.submit(handle, variant, values, None, request_id, started, None)
+        return probability
+
+    async def score_one_soon(
         self,
         deployment: Deployment,
         features: Sequence[float | None],
@@ -314,13 +324,25 @@ class ModelServer:
     ) -> dict[str, Any]:
         """One row, as :meth:`score` answers and logs it (routing, shadow and all), without its arrays.
 
-        The single-row hot path of ``/predict``: ``features`` is the request's own list (None for a
-        missing value), scored through the model's one-row buffer and logged as it is.
+        The single-row path of ``/predict``: ``features`` is the request's own list (None for a missing
+        value), logged as it is. The row is scored with the other one-row requests of this event-loop
+        turn, in one call per model (:class:`RowQueue`); a row alone goes through the model's one-row buffer.
         """
+        model, variant, shadow = self._pick_one(deployment, customer_id)
+        probability, latency_ms = await self.row_queue.submit(
+            model, variant, features, customer_id, request_id, started, shadow
+        )
+        return one_answer(request_id, probability, model, variant, latency_ms)
+
+    def _pick_one(self, deployment: Deployment, customer_id: int | None) -> tuple[ModelHandle, str, ModelHandle | None]:
+        """The model that answers one row (the routing's split), its variant, and the shadow model or None."""
         routing = self.routing
         challenger = deployment.challenger
-        model, variant = deployment.champion, self.primary_variant
-        if challenger is not None and routing.mode == "split" and routing.challenger_weight > 0.0:
+        if challenger is None:
+            return deployment.champion, self.primary_variant, None
+        if routing.mode == "shadow":
+            return deployment.champion, self.primary_variant, challenger
+        if routing.mode == "split" and routing.challenger_weight > 0.0:
             weight = routing.challenger_weight
             if weight >= 1.0:
                 picked = True
@@ -329,42 +351,8 @@ class ModelServer:
             else:
                 picked = self._random.random() < weight
             if picked:
-                model, variant = challenger, CHALLENGER_VARIANT
-        probability = model.predict_row(features)
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        now = time.time()
-        threshold = model.threshold
-        is_fraud = probability >= threshold
-        self.metrics.count_predictions(variant, 1)
-        self.logger.log_row(
-            now, request_id, customer_id, features, probability, is_fraud, threshold, model.version, variant, latency_ms
-        )
-        if routing.mode == "shadow" and challenger is not None:
-            shadow_started = time.perf_counter()
-            shadow = challenger.predict_row(features)
-            shadow_ms = (time.perf_counter() - shadow_started) * 1000.0
-            self.metrics.count_predictions(SHADOW_VARIANT, 1)
-            self.logger.log_row(
-                now,
-                request_id,
-                customer_id,
-                features,
-                shadow,
-                shadow >= challenger.threshold,
-                challenger.threshold,
-                challenger.version,
-                SHADOW_VARIANT,
-                shadow_ms,
-            )
-        return {
-            "request_id": request_id,
-            "probability": probability,
-            "is_fraud": is_fraud,
-            "threshold": threshold,
-            "model_version": model.version,
-            "variant": variant,
-            "latency_ms": round(latency_ms, 3),
-        }
+                return challenger, CHALLENGER_VARIANT, None
+        return deployment.champion, self.primary_variant, None
 
     def _log(self, now, model, variant, rows, features, probabilities, customer_ids, request_ids, latency_ms):
         self.metrics.count_predictions(variant, len(rows))
@@ -404,3 +392,159 @@ class ModelServer:
                 latency_ms=latency_ms,
             )
         )
+
+
+def one_answer(request_id: str, probability: float, model: ModelHandle, variant: str, latency_ms: float) -> dict:
+    """The answer for one row, as ``/predict`` renders it."""
+    threshold = model.threshold
+    return {
+        "request_id": request_id,
+        "probability": probability,
+        "is_fraud": probability >= threshold,
+        "threshold": threshold,
+        "model_version": model.version,
+        "variant": variant,
+        "latency_ms": round(latency_ms, 3),
+    }
+
+
+class _QueuedRow:
+    """A one-row request waiting for its turn: who scores it, what is logged of it, and its answer
+    (the probability and the latency in ms)."""
+
+    __slots__ = ("model", "variant", "values", "customer_id", "request_id", "started", "shadow", "answer")
+
+    def __init__(self, model, variant, values, customer_id, request_id, started, shadow, answer) -> None:
+        self.model: ModelHandle = model
+        self.variant: str = variant
+        self.values: Sequence[float | None] = values
+        self.customer_id: int | None = customer_id
+        self.request_id: str = request_id
+        self.started: float = started
+        self.shadow: ModelHandle | None = shadow
+        self.answer: asyncio.Future[tuple[float, float]] = answer
+
+
+class RowQueue:
+    """One-row requests of one event-loop turn, scored in one XGBoost call per model.
+
+    Under load, the requests of several connections are read in the same turn of the event loop, and
+    each asks for one row. An XGBoost call costs about ten times what one more row in it costs (it
+    builds its context per call), so scoring the turn's rows in one call pays that once per turn rather
+    than once per request. The first row of a turn schedules the scoring for the next turn
+    (``loop.call_soon``): a request waits at most one turn, and a row alone is scored alone, through the
+    model's one-row buffer.
+
+    A row in a matrix gets the same probability, bit for bit, as the row alone: XGBoost sums each row's
+    trees in the same order whatever the rows around it (tests/serving/test_row_queue.py checks it).
+    Each row is logged as :meth:`ModelServer.score` logs a row (its own id, customer, latency; the
+    shadow model's answer too); a row whose scoring or log write fails gets that error, not an answer.
+    """
+
+    def __init__(self, server: ModelServer) -> None:
+        self.server = server
+        # the rows waiting for the next turn, per event loop (a server runs one; tests may call from another)
+        self._waiting: dict[asyncio.AbstractEventLoop, list[_QueuedRow]] = {}
+
+    def submit(
+        self,
+        model: ModelHandle,
+        variant: str,
+        values: Sequence[float | None],
+        customer_id: int | None,
+        request_id: str,
+        started: float,
+        shadow: ModelHandle | None,
+    ) -> asyncio.Future[tuple[float, float]]:
+        """The row's (probability, latency in ms), once the rows of this turn are scored and logged."""
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        waiting = self._waiting.get(loop)
+        if waiting is None:
+            waiting = self._waiting[loop] = []
+            loop.call_soon(self._score, loop)
+        waiting.append(_QueuedRow(model, variant, values, customer_id, request_id, started, shadow, answer))
+        return answer
+
+    def _score(self, loop: asyncio.AbstractEventLoop) -> None:
+        rows = self._waiting.pop(loop)
+        try:
+            self._score_rows(rows)
+        except Exception as error:  # a fault here must not leave a request waiting: each gets the error
+            _log.exception("scoring the queued one-row requests failed")
+            for row in rows:
+                if not row.answer.done():
+                    row.answer.set_exception(error)
+
+    def _score_rows(self, rows: list[_QueuedRow]) -> None:
+        errors: dict[int, Exception] = {}  # a row's position -> why it has no answer
+        answers: list[tuple[float, float] | None] = [None] * len(rows)
+        log_row, count = self.server.logger.log_row, self.server.metrics.count_predictions
+        for model, positions in _by_model(rows, lambda row: row.model):
+            try:
+                probabilities = _predict(model, [rows[at].values for at in positions])
+            except Exception as error:
+                errors.update(dict.fromkeys(positions, error))
+                continue
+            ended, now = time.perf_counter(), time.time()
+            threshold, version = model.threshold, model.version
+            for at, probability in zip(positions, probabilities, strict=True):
+                row = rows[at]
+                latency_ms = (ended - row.started) * 1000.0
+                try:
+                    log_row(now, row.request_id, row.customer_id, row.values, probability, probability >= threshold,
+                            threshold, version, row.variant, latency_ms)  # fmt: skip
+                except Exception as error:
+                    errors[at] = error
+                    continue
+                count(row.variant, 1)
+                answers[at] = (probability, latency_ms)
+        shadowed = [at for at, row in enumerate(rows) if row.shadow is not None and at not in errors]
+        for shadow, positions in _by_model([rows[at] for at in shadowed], lambda row: row.shadow):
+            positions = [shadowed[at] for at in positions]
+            shadow_started = time.perf_counter()
+            try:
+                probabilities = _predict(shadow, [rows[at].values for at in positions])
+            except Exception as error:
+                errors.update(dict.fromkeys(positions, error))
+                continue
+            shadow_ms = (time.perf_counter() - shadow_started) * 1000.0
+            now, threshold = time.time(), shadow.threshold
+            for at, probability in zip(positions, probabilities, strict=True):
+                row = rows[at]
+                try:
+                    log_row(now, row.request_id, row.customer_id, row.values, probability, probability >= threshold,
+                            threshold, shadow.version, SHADOW_VARIANT, shadow_ms)  # fmt: skip
+                except Exception as error:
+                    errors[at] = error
+                    continue
+                count(SHADOW_VARIANT, 1)
+        for at, row in enumerate(rows):
+            if row.answer.done():  # its request was cancelled meanwhile
+                continue
+            error = errors.get(at)
+            if error is not None:
+                row.answer.set_exception(error)
+            else:
+                row.answer.set_result(answers[at])
+
+
+def _by_model(rows: list[_QueuedRow], model_of) -> list[tuple[ModelHandle, list[int]]]:
+    """The rows' positions grouped by the model ``model_of`` gives (nearly always one group)."""
+    groups: dict[int, tuple[ModelHandle, list[int]]] = {}
+    for at, row in enumerate(rows):
+        model = model_of(row)
+        group = groups.get(id(model))
+        if group is None:
+            groups[id(model)] = (model, [at])
+        else:
+            group[1].append(at)
+    return list(groups.values())
+
+
+def _predict(model: ModelHandle, rows: list[Sequence[float | None]]) -> list[float]:
+    """P(fraud) of each row: one row through the model's one-row buffer, more as one float64 matrix
+    (numpy reads None as NaN, as the buffer does)."""
+    if len(rows) == 1:
+        return [model.predict_row(rows[0])]
+    return model.predict(np.array(rows, dtype="float64")).tolist()

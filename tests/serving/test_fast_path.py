@@ -4,11 +4,12 @@
   answers bit for bit what ``booster.inplace_predict`` answers, missing values included.
 - A server with the fast path and one without it answer the same bytes (but ``latency_ms``) for the
   same good bodies, the same status and error for every bad one, and log the same rows.
-- :meth:`ModelServer.score_one` routes, answers and logs as :meth:`ModelServer.score` does for one row.
+- :meth:`ModelServer.score_one_soon` routes, answers and logs a row alone as :meth:`ModelServer.score` does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
@@ -216,7 +217,7 @@ def test_fast_path_logs_what_the_route_logs(main_server, slow_server):
     ],
     ids=["champion-only", "sticky-0.3", "random-0.5", "all-challenger", "shadow"],
 )
-def test_score_one_routes_answers_and_logs_as_score(settings, ab_model, tmp_path, routing, answering):
+def test_a_row_alone_is_routed_answered_and_logged_as_score_does(settings, ab_model, tmp_path, routing, answering):
     config = make_config(settings, tmp_path, model_name=ab_model.model_name, feast=None)
     handles = []
     for version in (1, 2):
@@ -230,10 +231,14 @@ def test_score_one_routes_answers_and_logs_as_score(settings, ab_model, tmp_path
     customers = [None if index % 5 == 0 else index * 7919 for index in range(len(rows))]
 
     server._random = random.Random(3)
-    single = [
-        server.score_one(deployment, as_json_row(row), customer_id=c, request_id=f"one-{i}", started=0.0)
-        for i, (row, c) in enumerate(zip(rows, customers, strict=True))
-    ]
+
+    async def one_by_one() -> list[dict]:  # each row alone in its loop turn: the one-row buffer
+        return [
+            await server.score_one_soon(deployment, as_json_row(row), customer_id=c, request_id=f"one-{i}", started=0.0)
+            for i, (row, c) in enumerate(zip(rows, customers, strict=True))
+        ]
+
+    single = asyncio.run(one_by_one())
     server._random = random.Random(3)
     general = [
         server.score(deployment, row[None, :], customer_ids=[c], request_ids=[f"gen-{i}"], started=0.0)[0]

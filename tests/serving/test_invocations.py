@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import io
 import json
 import math
@@ -477,10 +479,13 @@ def test_fast_path_answers_what_the_route_answers(served, slow_server, rows):
     scope = {"headers": [(b"content-type", b"application/json"), (b"x-request-id", b"fast-direct")]}
     with served.client() as fast, slow_server.client() as slow:
         for name, body in fast_bodies(rows).items():
-            assert handler(body, time.perf_counter(), scope) is not None, name  # the fast path takes it
+            taken = handler(body, time.perf_counter(), scope)
+            if inspect.isawaitable(taken):  # one row: scored in the next loop turn with that turn's rows
+                taken = asyncio.run(taken)
+            assert taken is not None, name  # the fast path takes it
             answers = [post(client, JSON_TYPE, body) for client in (fast, slow)]
             assert [a.status_code for a in answers] == [200, 200], (name, [a.text for a in answers])
-            assert answers[0].content == answers[1].content, name
+            assert answers[0].content == answers[1].content == taken.content, name
             assert answers[0].headers["content-type"] == answers[1].headers["content-type"] == JSON_TYPE
         for name, (content_type, body) in bad_bodies(rows).items():
             assert handler(body, time.perf_counter(), {"headers": [(b"content-type", content_type.encode())]}) is None

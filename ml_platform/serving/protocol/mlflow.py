@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -128,7 +128,9 @@ def fast_routes(server: ModelServer) -> dict[str, FastHandler]:
     the parser refuses returns None: the route answers it, errors included.
     """
 
-    def fast_invocations(body: bytes, started: float, scope: Mapping[str, Any]) -> FastAnswer | None:
+    def fast_invocations(
+        body: bytes, started: float, scope: Mapping[str, Any]
+    ) -> FastAnswer | None | Awaitable[FastAnswer]:
         deployment = server.deployment
         if deployment is None or len(body) > FAST_BODY_BYTES:
             return None
@@ -147,6 +149,16 @@ def fast_routes(server: ModelServer) -> dict[str, FastHandler]:
             return None
         if len(features) > min(FAST_MAX_ROWS, server.config.max_batch_rows):  # the route answers 413 over the limit
             return None
+        if len(features) == 1:
+            return answer_row(deployment, features[0].tolist(), request_id or new_request_id(), started)
         return FastAnswer(score(server, deployment, features, request_id, started), server.primary_variant)
+
+    async def answer_row(deployment, values: list[float], request_id: str, started: float) -> FastAnswer:
+        # scored with the other one-row requests of this loop turn, in one call: the same probability
+        variant = server.primary_variant
+        probability = await server.score_row_soon(
+            deployment.champion, variant, values, request_id=request_id, started=started
+        )
+        return FastAnswer(encode_predictions([probability]), variant)
 
     return {"/invocations": fast_invocations}

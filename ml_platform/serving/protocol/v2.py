@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -117,7 +118,14 @@ def fast_routes(server: ModelServer) -> dict[str, FastHandler]:
     """
     name = server.config.model_name
 
-    def fast_infer(body: bytes, started: float, scope) -> FastAnswer | None:
+    async def answer_row(handle: ModelHandle, values: list, request_id: str, started: float) -> FastAnswer:
+        variant = server.primary_variant
+        # scored with the other one-row requests of this loop turn, as one matrix (bit for bit the same)
+        probability = await server.score_row_soon(handle, variant, values, request_id=request_id, started=started)
+        content = encode_json(_json_answer(name, handle, request_id, [probability]))
+        return FastAnswer(content, variant, b"application/json", (), INFER_ROUTE)
+
+    def fast_infer(body: bytes, started: float, scope) -> FastAnswer | None | Awaitable[FastAnswer]:
         deployment = server.deployment
         if deployment is None or len(body) > FAST_BODY_BYTES:
             return None
@@ -127,18 +135,25 @@ def fast_routes(server: ModelServer) -> dict[str, FastHandler]:
         plain = None if payload is None else _plain_row(payload)
         if plain is not None:
             values, request_id = plain
-            handle, variant = deployment.champion, server.primary_variant
-            request_id = request_id or new_request_id()
-            probability = server.score_row(handle, variant, values, request_id=request_id, started=started)
-            content = encode_json(_json_answer(name, handle, request_id, [probability]))
-            return FastAnswer(content, variant, b"application/json", (), INFER_ROUTE)
+            return answer_row(deployment.champion, values, request_id or new_request_id(), started)
         try:
             infer = _read_infer(server, body, headers, name, None, nesting_checked=True, payload=payload)
         except ApiError:
             return None
+        if len(infer.features) == 1:
+            return answer_one(infer, started)
         if len(infer.features) > INLINE_ROWS:
             return None
         content, media_type, headers = _answer(server, infer, started)
+        return FastAnswer(content, infer.variant, media_type, headers, INFER_ROUTE)
+
+    async def answer_one(infer: _Infer, started: float) -> FastAnswer:
+        request_id = infer.request_id or new_request_id()
+        values = infer.features[0].tolist()
+        probability = await server.score_row_soon(
+            infer.handle, infer.variant, values, request_id=request_id, started=started
+        )
+        content, media_type, headers = _rendered(infer, request_id, np.array([probability]))
         return FastAnswer(content, infer.variant, media_type, headers, INFER_ROUTE)
 
     return {f"/v2/models/{name}/infer": fast_infer}
@@ -314,9 +329,18 @@ def _checked_infer(
 
 def _answer(server: ModelServer, infer: _Infer, started: float) -> tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...]]:
     """Score the rows as one matrix, log every row, and render the answer: (body, content type, headers)."""
-    handle, features, variant = infer.handle, infer.features, infer.variant
     request_id = infer.request_id or new_request_id()
-    probabilities = server.score_pinned(handle, variant, features, request_id=request_id, started=started)
+    probabilities = server.score_pinned(
+        infer.handle, infer.variant, infer.features, request_id=request_id, started=started
+    )
+    return _rendered(infer, request_id, probabilities)
+
+
+def _rendered(
+    infer: _Infer, request_id: str, probabilities: np.ndarray
+) -> tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...]]:
+    """The answer to ``infer`` with these probabilities: (body, content type, headers)."""
+    handle = infer.handle
     if infer.binary_output:
         raw = probabilities.astype("<f8", copy=False).tobytes()
         answer = _json_answer(infer.name, handle, request_id, None, len(probabilities))
