@@ -13,15 +13,24 @@ Where the GPU is asked for:
   (:func:`training_step_tags`).
 """
 
+import contextlib
+import os
+import signal
+import subprocess
 import sys
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
-from typing import Any
+from typing import IO, Any, cast
 
 import dagster as dg
+from dagster._core.errors import DagsterPipesExecutionError  # what the plain client raises; not exported
+from pydantic import Field, PrivateAttr
 
 from ml_platform.settings import Settings, normalize_tracking_uri, redact, without_password
 from ml_platform.training.job import TrainingJob
+from ml_platform.training.pipes_entrypoint import WAIT_FOR_BOOTSTRAP, bootstrap_message
 
 ENTRYPOINT = ["-m", "ml_platform.training.pipes_entrypoint"]
 POD_PYTHON = "python"  # the interpreter on PATH in the training image
@@ -90,19 +99,168 @@ def _connectable(job: TrainingJob) -> TrainingJob:
     return replace(job, tracking_uri=normalize_tracking_uri(job.tracking_uri))
 
 
+class PrewarmedTrainingProcess:
+    """A training process started before its job: it imports what training uses (XGBoost, MLflow and its SQL
+    stores, matplotlib; ``pipes_entrypoint --wait-for-bootstrap``) while the run's earlier steps compute,
+    then waits on its stdin for the Pipes bootstrap of the one job it serves (:meth:`hand_over`).
+
+    Its environment is this process's when it starts; :meth:`hand_over` sends what changed since, so the
+    job sees the environment a process started at that moment would see. A library that reads a variable
+    on import has read it at the start, though: the run's environment is set before the run starts.
+    """
+
+    def __init__(self, command: Sequence[str]) -> None:
+        self.command = [*command, WAIT_FOR_BOOTSTRAP]
+        self.environment = dict(os.environ)
+        self.process = subprocess.Popen(self.command, env=self.environment, stdin=subprocess.PIPE)
+        self.started = time.monotonic()
+        self.handed_over = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def hand_over(self, environment: Mapping[str, str], cwd: str, log) -> subprocess.Popen | None:
+        """Give this process its job: ``environment`` (with the Pipes bootstrap variables) and the working
+        directory, on its stdin. None, logged, when it cannot take the job (it has exited: a warning; it
+        already took one, as a retried step finds it: info): the caller starts a fresh process instead."""
+        if self.handed_over:
+            log.info(f"the pre-warmed training process (pid {self.pid}) already ran a job; starting a fresh one")
+            return None
+        self.handed_over = True
+        code = self.process.poll()
+        if code is None:
+            stdin = cast(IO[bytes], self.process.stdin)  # a pipe: started with stdin=PIPE
+            try:
+                stdin.write(bootstrap_message(environment, self.environment, cwd))
+                stdin.close()
+            except OSError as error:  # BrokenPipeError: it exited in the meantime
+                code = self.process.poll()
+                log.warning(
+                    f"the pre-warmed training process (pid {self.pid}) did not take its job ({error}; exit code "
+                    f"{code}); training in a fresh process"
+                )
+                self.discard()
+                return None
+            log.info(f"training in the process pre-warmed {time.monotonic() - self.started:.1f} s ago (pid {self.pid})")
+            return self.process
+        log.warning(
+            f"the pre-warmed training process (pid {self.pid}) had exited with code {code} before its job "
+            "came; training in a fresh process"
+        )
+        return None
+
+    def discard(self) -> None:
+        """End the process if it is still running (its job never came, or the run is being torn down while
+        it trains), and reap it."""
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            with contextlib.suppress(OSError):  # a broken pipe: the process is gone already
+                self.process.stdin.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class PrewarmedPipesSubprocessClient(dg.PipesSubprocessClient):
+    """``dg.PipesSubprocessClient`` that hands the Pipes session to a :class:`PrewarmedTrainingProcess` when it
+    can take it, and otherwise starts ``command`` as the plain client does.
+
+    The session is Dagster's own (``open_pipes_session`` with the plain client's context injector and message
+    reader: a temporary file each), and so are the failure on a non-zero exit and the forwarding of an
+    interruption: the step's logs, its materialization and its errors are those of the plain client. Only
+    where the process comes from differs.
+    """
+
+    def __init__(self, prewarmed: PrewarmedTrainingProcess | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.prewarmed = prewarmed
+
+    def run(  # ty: ignore[invalid-method-override]
+        self,
+        *,
+        context: dg.OpExecutionContext | dg.AssetExecutionContext,
+        extras: dict[str, Any] | None = None,
+        command: str | Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> dg.PipesClientCompletedInvocation:
+        with dg.open_pipes_session(
+            context=context,
+            context_injector=self.context_injector,
+            message_reader=self.message_reader,
+            extras=extras,
+        ) as pipes_session:
+            environment = {**os.environ, **self.env, **(env or {}), **pipes_session.get_bootstrap_env_vars()}
+            workdir = cwd or self.cwd
+            process = None
+            if self.prewarmed is not None:
+                process = self.prewarmed.hand_over(environment, os.path.abspath(workdir or os.getcwd()), context.log)
+            if process is None:
+                stdio = None if self.forward_stdio else subprocess.PIPE
+                process = subprocess.Popen(command, cwd=workdir, env=environment, stdout=stdio, stderr=stdio)
+            try:
+                process.wait()
+                if process.returncode != 0:
+                    raise DagsterPipesExecutionError(
+                        f"External execution process failed with code {process.returncode}"
+                    )
+            except dg.DagsterExecutionInterruptedError:
+                if self.forward_termination:
+                    context.log.info("[pipes] execution interrupted, sending SIGINT to subprocess.")
+                    process.send_signal(signal.SIGINT)
+                    process.wait(timeout=self.termination_timeout_seconds)
+                raise
+        return dg.PipesClientCompletedInvocation(pipes_session)
+
+
 class LocalTrainingCompute(TrainingCompute):
-    """A Pipes subprocess on this machine; uses the local GPU when XGBoost can see one."""
+    """A Pipes subprocess on this machine; uses the local GPU when XGBoost can see one.
+
+    With ``prewarm`` (the default) the process is started when a run that will train initializes this
+    resource (at the run's start in process; at the training step's start under the multiprocess
+    executor), so its interpreter and imports are paid while the steps before training compute; it
+    serves that one training and is ended when the run ends without it. A process that is gone by then
+    is replaced by a fresh one, as ``prewarm=False`` always starts one.
+    """
 
     python_executable: str = ""  # empty: the interpreter running Dagster
+    prewarm: bool = Field(
+        default=True,
+        description="Start the training process when the run starts (it imports what training uses while the "
+        "steps before it compute) and hand it its job when training is due; false: start it then.",
+    )
+    _prewarmed: PrewarmedTrainingProcess | None = PrivateAttr(default=None)
+
+    def command(self) -> list[str]:
+        return [self.python_executable or sys.executable, *ENTRYPOINT]
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if not self.prewarm:
+            return
+        try:
+            self._prewarmed = PrewarmedTrainingProcess(self.command())
+        except OSError as error:  # e.g. python_executable missing: training, when due, fails with the cause
+            if context.log is not None:
+                context.log.warning(
+                    f"could not pre-warm the training process ({error}); it starts when training is due"
+                )
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        prewarmed, self._prewarmed = self._prewarmed, None
+        if prewarmed is not None:
+            prewarmed.discard()
 
     def train(self, context: dg.AssetExecutionContext, job: TrainingJob) -> dg.MaterializeResult:
-        command = [self.python_executable or sys.executable, *ENTRYPOINT]
-        client = dg.PipesSubprocessClient()
+        client = PrewarmedPipesSubprocessClient(self._prewarmed)
         extras = {"job": asdict(_connectable(job))}
         return _run_reporting_cause(
             context,
             "the training subprocess",
-            lambda: client.run(command=command, context=context, extras=extras).get_materialize_result(),
+            lambda: client.run(command=self.command(), context=context, extras=extras).get_materialize_result(),
         )
 
 
