@@ -94,7 +94,9 @@ class InplacePredictor:
         state = self._thread_state()
         interface = json.dumps(rows.__array_interface__).encode()
         self._check_call(self._predict(self._handle, interface, self._config, state.proxy, *state.out_refs))
-        size = int(np.prod([state.out_shape[i] for i in range(state.out_dims.value)]))  # n for a binary model
+        size = 1  # n for a binary model (its output shape is [n]); a product of dims, without numpy's overhead
+        for dim in range(state.out_dims.value):
+            size *= state.out_shape[dim]
         return np.ctypeslib.as_array(state.out_values, shape=(size,)).astype("float64")
 
     def predict_row(self, values: Sequence[float | None]) -> float:
