@@ -144,6 +144,8 @@ class _OnlineReader:
         self._awaitable = provider_store.async_supported.read
         self._waiting: list[tuple[int, asyncio.Future]] = []  # customers asked for, not read yet
         self._drainer: asyncio.Task | None = None  # the task reading them, while there are any
+        # a store read in place (SQLite): the customers asked for in this turn of each event loop
+        self._this_turn: dict[asyncio.AbstractEventLoop, list[tuple[int, asyncio.Future]]] = {}
         if repo.online_store_kind == "sqlite":
             # Feast's SQLite store keeps one connection per store object: one object per thread.
             self._store_class = type(provider_store)
@@ -187,11 +189,18 @@ class _OnlineReader:
         return [MISSING_STATS if found is None else self._decode(found) for _, found in rows]
 
     async def read_one_async(self, customer_id: int) -> Stats:
-        """One customer, awaited on the event loop: batched with the others asked for meanwhile (a store
-        without an asyncio read is read in place)."""
-        if not self._awaitable:
-            return self.read([customer_id])[0]
+        """One customer, awaited on the event loop: batched with the others asked for meanwhile. A store
+        without an asyncio read (SQLite) is read in the loop's next turn, once for every customer asked
+        for in this turn (one query: Feast's SQLite read selects all its keys at once)."""
         loop = asyncio.get_running_loop()
+        if not self._awaitable:
+            answer = loop.create_future()
+            turn = self._this_turn.get(loop)
+            if turn is None:
+                turn = self._this_turn[loop] = []
+                loop.call_soon(self._read_turn, loop)
+            turn.append((customer_id, answer))
+            return await answer
         drainer = self._drainer
         if drainer is not None and drainer.get_loop() is not loop:  # another loop than before: start anew
             self._waiting, drainer = [], None
@@ -201,21 +210,28 @@ class _OnlineReader:
             self._drainer = loop.create_task(self._drain())
         return await answer
 
+    def _read_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read in place every customer asked for in the loop's last turn, and give each waiter its stats."""
+        batch = self._this_turn.pop(loop)
+        unique = list(dict.fromkeys(customer_id for customer_id, _ in batch))
+        try:
+            stats = self.read(unique)
+        except Exception as error:  # each waiter gets it
+            _answer(batch, error=error)
+            return
+        _answer(batch, dict(zip(unique, stats, strict=True)))
+
     async def _drain(self) -> None:
         """One read per round for everyone waiting; who asks during a read waits for the next round."""
         while self._waiting:
             batch, self._waiting = self._waiting, []
             unique = list(dict.fromkeys(customer_id for customer_id, _ in batch))
             try:
-                found = dict(zip(unique, await self.read_async(unique), strict=True))
+                stats = await self.read_async(unique)
             except Exception as error:  # each waiter gets it (FeatureStoreUnavailable names the store)
-                for _, answer in batch:
-                    if not answer.done():
-                        answer.set_exception(error)
+                _answer(batch, error=error)
                 continue
-            for customer_id, answer in batch:
-                if not answer.done():  # not when its request was cancelled meanwhile
-                    answer.set_result(found[customer_id])
+            _answer(batch, dict(zip(unique, stats, strict=True)))
 
     def _keys(self, customer_ids: list[int]) -> list:
         values = self._to_proto(list(customer_ids), self._value_type)
@@ -235,9 +251,35 @@ class _OnlineReader:
         decoded = []
         for name in STORED_FEATURES:
             proto = found.get(name)
-            value = None if proto is None else self._to_python(proto)
+            if proto is None:
+                decoded.append(math.nan)
+                continue
+            kind = proto.WhichOneof("val")
+            if kind in _SCALAR_NUMBERS:  # the stats' own types: the field itself, as Feast's decoder returns it
+                decoded.append(float(getattr(proto, kind)))
+                continue
+            value = self._to_python(proto)  # anything else (none set, another type): Feast's decoder
             decoded.append(math.nan if value is None else float(value))
         return tuple(decoded)  # type: ignore[return-value]
+
+
+# The value kinds of the stored stats (Int64 and Float64 fields; 32-bit ones too), which
+# ``feast_value_type_to_python_type`` returns as the proto's field, unchanged.
+_SCALAR_NUMBERS = frozenset(("double_val", "int64_val", "float_val", "int32_val"))
+
+
+def _answer(
+    batch: list[tuple[int, asyncio.Future]], found: dict[int, Stats] | None = None, *, error: Exception | None = None
+) -> None:
+    """Give each waiter of ``batch`` its customer's stats from ``found``, or ``error`` (not to a waiter whose
+    request was cancelled meanwhile)."""
+    for customer_id, answer in batch:
+        if answer.done():
+            continue
+        if error is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(found[customer_id])  # type: ignore[index]
 
 
 def _connection_errors(repo: FeatureRepo) -> tuple[type[BaseException], ...]:

@@ -23,7 +23,13 @@ from ml_platform.data.schema import CATEGORIES, CHANNELS, TIMESTAMP_COLUMN
 from ml_platform.features.engineering import MODEL_FEATURES, STORED_FEATURES
 from ml_platform.features.store import FeatureRepo, open_store
 from ml_platform.predictions import read_prediction_log
-from ml_platform.serving.online import OnlineFeatures, feature_vectors, transaction_features, transaction_frame
+from ml_platform.serving.online import (
+    FeatureStoreUnavailable,
+    OnlineFeatures,
+    feature_vectors,
+    transaction_features,
+    transaction_frame,
+)
 from ml_platform.serving.schemas import TransactionRequest
 from tests.support.bodies import TRANSACTION
 from tests.support.feature_loads import FIRST_LOAD, SECOND_LOAD, expected_features, expected_online, materialize
@@ -221,6 +227,37 @@ def test_stats_are_what_get_online_features_returns(main_server, latest_stats):
     pd.testing.assert_frame_equal(
         features.stats(customer_ids[:20]), pd.DataFrame(expected[:20], columns=list(STORED_FEATURES))
     )
+
+
+def test_the_customers_of_one_loop_turn_are_read_in_one_query(main_server, latest_stats, monkeypatch):
+    """SQLite is read in the loop's next turn for every customer asked for in this one: one read for all
+    (repeats and unknown customers included), each waiter with its own customer's stats."""
+    features: OnlineFeatures = main_server.server.features
+    known = latest_stats.index[::11][:40].tolist()
+    customer_ids = [*known, UNKNOWN_CUSTOMER, known[3], known[3], 0]
+    expected = expected_online(features.store, customer_ids)
+    # a reader of this test's own: the server's, on its own loop, keeps serving the other tests
+    reader = type(features._reader)(features.repo, features.store)
+    reads: list[list[int]] = []
+    read = reader.read
+    monkeypatch.setattr(reader, "read", lambda ids: reads.append(list(ids)) or read(ids))
+
+    async def one_turn():
+        return await asyncio.gather(*(reader.read_one_async(c) for c in customer_ids))
+
+    np.testing.assert_array_equal(np.array(asyncio.run(one_turn())), expected)
+    assert reads == [list(dict.fromkeys(customer_ids))]  # one read, each customer once
+
+    def unreachable(ids):
+        raise FeatureStoreUnavailable("the online store (test) is unreachable")
+
+    monkeypatch.setattr(reader, "read", unreachable)
+
+    async def failing_turn():
+        return await asyncio.gather(*(reader.read_one_async(c) for c in known[:3]), return_exceptions=True)
+
+    errors = asyncio.run(failing_turn())
+    assert [type(error) for error in errors] == [FeatureStoreUnavailable] * 3  # every waiter gets the error
 
 
 # ---- a materialization is seen by the next request ------------------------------------------------
