@@ -45,7 +45,7 @@ class FastAnswer(NamedTuple):
 
 
 # (body, started (perf_counter), ASGI scope) -> the answer, or None to let the route answer; or an
-# awaitable of either, for a handler that waits on I/O first (a feature store read)
+# awaitable of either, for a handler that waits first (a feature store read, the loop turn's other rows)
 FastHandler = Callable[[bytes, float, Mapping[str, Any]], FastAnswer | None | Awaitable[FastAnswer | None]]
 
 

@@ -158,14 +158,14 @@ def fast_routes(server: ModelServer) -> dict[str, FastHandler]:
     or a transaction with a ``customer_id`` that :class:`TransactionRequest` accepts (the request a
     payment system sends; :func:`_plain_transaction`), whose customer stats are read from the online
     store (:meth:`OnlineFeatures.customer_async`) into :func:`transaction_features`, the one-row twin of
-    :func:`model_features` the route uses. Each is scored by :meth:`ModelServer.score_one_soon`
-    (with the other one-row requests of the loop turn, in one C call into XGBoost; the row logged as a
-    tuple) and answered with the bytes the route would
-    send. Everything else (batches, every invalid body, no model loaded yet, no feature store or one
-    that failed the read) returns None and goes through the FastAPI route, which answers it completely,
-    errors included. Measured in-process, the route costs ~2.5x the fast path per request for features
-    (routing, request object, dependency solving) and ~11x for a transaction (CPU per request: pandas
-    frames around the store read, a thread hop), and the fast path is most of the traffic.
+    :func:`model_features` the route uses. Each is scored by :meth:`ModelServer.score_one_soon` (with
+    the other one-row requests of the loop turn, in one C call into XGBoost; the row logged as a tuple)
+    and answered with the bytes the route would send. Everything else (batches, every invalid body, no
+    model loaded yet, no feature store or one that failed the read) returns None and goes through the
+    FastAPI route, which answers it completely, errors included. Measured in-process, the route costs
+    ~2.5x the fast path per request for features (routing, request object, dependency solving) and ~11x
+    for a transaction (CPU per request: pandas frames around the store read, a thread hop), and the fast
+    path is most of the traffic.
     """
 
     def fast_predict(body: bytes, started: float, scope) -> FastAnswer | None | Awaitable[FastAnswer | None]:
