@@ -1,4 +1,4 @@
-"""Feast's online store on the Redis that CI runs (127.0.0.1:6379, a database index of its own), and the
+"""Feast's online store on the Redis that CI runs (127.0.0.1:6379, a database index per test), and the
 model server's view of it: values round-trip, unknown customers come back empty, a Redis that is down
 fails at once with a message naming it and is read again once it is back (blocking and asyncio reads);
 the stats read are what ``get_online_features`` returns, also right after a materialization; and
@@ -25,7 +25,14 @@ from tests.support.servers import LATENCY, counted_fast_reads, free_port, make_c
 from tests.support.serving_world import ServingWorld, build_serving_world
 
 pytestmark = pytest.mark.integration
-CI_REDIS_PORT, REDIS_DB = 6379, 13  # db 13: this test's alone, flushed first
+CI_REDIS_PORT = 6379
+# A database index per test, each flushed before and after it: the two xdist workers may run these tests at
+# the same time, and a shared index would let one test's rows show up in another's count.
+REDIS_DBS = {
+    "test_online_features_round_trip_through_redis": 13,
+    "test_reads_are_get_online_features_after_each_materialization": 14,
+    "test_entity_predict_on_redis_answers_alike_and_follows_materializations": 15,
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +42,12 @@ def world(tmp_path_factory) -> ServingWorld:
 
 
 @pytest.fixture
-def ci_redis():
+def ci_redis(request):
+    """A client on this test's own database of CI's Redis (``REDIS_DBS``), empty."""
     import redis
 
-    client = redis.Redis(host="127.0.0.1", port=CI_REDIS_PORT, db=REDIS_DB, socket_connect_timeout=2, retry=None)
+    db = REDIS_DBS[request.node.originalname]
+    client = redis.Redis(host="127.0.0.1", port=CI_REDIS_PORT, db=db, socket_connect_timeout=2, retry=None)
     try:
         client.ping()
     except redis.exceptions.ConnectionError as error:
@@ -49,6 +58,11 @@ def ci_redis():
     client.flushdb()
     yield client
     client.flushdb()
+
+
+def address(client) -> str:
+    """Feast's connection string for the database ``client`` is on."""
+    return f"127.0.0.1:{CI_REDIS_PORT},db={client.connection_pool.connection_kwargs['db']}"
 
 
 def stats_rows() -> pd.DataFrame:
@@ -65,7 +79,7 @@ def stats_rows() -> pd.DataFrame:
 
 
 def test_online_features_round_trip_through_redis(ci_redis, tmp_path):
-    repo = FeatureRepo(tmp_path, tmp_path / "offline", "it_redis", f"127.0.0.1:{CI_REDIS_PORT},db={REDIS_DB}")
+    repo = FeatureRepo(tmp_path, tmp_path / "offline", "it_redis", address(ci_redis))
     store = open_store(repo)
     store.apply(feature_definitions(repo))
     rows = stats_rows()
@@ -103,7 +117,7 @@ def test_a_redis_that_is_down_fails_at_once_naming_it(tmp_path):
 
 
 def test_reads_are_get_online_features_after_each_materialization(ci_redis, tmp_path):
-    repo = FeatureRepo(tmp_path, tmp_path / "offline", "it_reload", f"127.0.0.1:{CI_REDIS_PORT},db={REDIS_DB}")
+    repo = FeatureRepo(tmp_path, tmp_path / "offline", "it_reload", address(ci_redis))
     materialize(repo, FIRST_LOAD)
     features = OnlineFeatures(repo)
     features.open()
@@ -175,9 +189,7 @@ def test_entity_predict_on_redis_answers_alike_and_follows_materializations(ci_r
     """The small world's champion served with a Redis online store: fast path and route (two servers) answer
     the same bytes and log the same rows, before and after a materialization, and both refuse an
     event time out of range with 422."""
-    repo = FeatureRepo(
-        tmp_path / "feast", tmp_path / "offline", "it_entity", f"127.0.0.1:{CI_REDIS_PORT},db={REDIS_DB}"
-    )
+    repo = FeatureRepo(tmp_path / "feast", tmp_path / "offline", "it_entity", address(ci_redis))
     materialize(repo, FIRST_LOAD)
     bodies = [
         {"customer_id": c, "amount": a, "category": k, "channel": h, "event_timestamp": "2026-03-05T08:00:00+01:00"}
