@@ -6,6 +6,9 @@ Two contestants, each in a fresh Python process (so imports count), each from an
 - bare core: the same core functions called one after another in a plain script, no orchestration
   (the floor: what the work costs without Dagster, Pipes and the IO manager).
 
+The platform's process ends as the ``ml-platform`` commands end theirs, without the interpreter's teardown
+(``ml_platform.shutdown``); the plain script ends as any Python script does.
+
 Printed for each: wall time, the time spent in the compute itself (data generation, validation,
 feature computation, the point-in-time join, training, evaluation), and the share outside it
 (orchestration, imports, storage I/O, tracking), and the platform overhead over the bare core: (platform wall -
@@ -180,6 +183,10 @@ def main() -> None:
         sys.path.insert(0, str(REPO))
         child = platform_child if args.child == "platform" else bare_child
         print(json.dumps(child(args.days, args.per_day)))
+        if args.child == "platform":  # it ends as the `ml-platform` commands do; the plain script as Python does
+            from ml_platform.shutdown import exit_without_teardown
+
+            exit_without_teardown()
         return
 
     per_day = max(1, round(args.transactions / args.days))

@@ -2,7 +2,8 @@
 need its resources (``demo``, ``run``, ``materialize-features``, ``deploy``, ``rollback``, ``status``),
 added to the core's typer app, whose Dagster-free commands are in ``ml_platform/cli.py``.
 
-``python -m runs.cli`` runs it too.
+``python -m runs.cli`` runs it too. :func:`main` ends the process without the interpreter's teardown once a
+command is done (``ml_platform.shutdown``: about 1.8 s after a 30-day run).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ml_platform.cli import (
     prepared_settings,
 )
 from ml_platform.settings import DEPLOYMENT_ENVIRONMENTS, Settings
+from ml_platform.shutdown import exit_code, exit_without_teardown
 from runs.launch import (
     CliError,
     asset_figures,
@@ -713,5 +715,13 @@ def bootstrap_first_look(
     typer.echo(look.summary())
 
 
+def main() -> None:
+    """The console entry point: the typer app, then the exit with its status, without the teardown."""
+    try:
+        app()  # ends with SystemExit, carrying the command's status, unless an exception escapes it
+    except SystemExit as stop:
+        exit_without_teardown(exit_code(stop.code))
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

@@ -18,12 +18,10 @@ Two ways to start it:
 
 from __future__ import annotations
 
-import atexit
 import importlib
 import json
 import os
 import sys
-import threading
 import warnings
 from collections.abc import Mapping
 from typing import IO
@@ -31,6 +29,7 @@ from typing import IO
 from dagster_pipes import PipesContext, open_dagster_pipes
 
 from ml_platform.settings import Settings
+from ml_platform.shutdown import exit_without_teardown
 from ml_platform.training.job import TrainingJob, run_training_job
 
 WAIT_FOR_BOOTSTRAP = "--wait-for-bootstrap"
@@ -143,24 +142,8 @@ def report(pipes: PipesContext, result: dict[str, object]) -> None:
     pipes.report_asset_materialization(metadata=metadata)
 
 
-def exit_without_teardown() -> None:
-    """End this process with status 0 now that the result is reported, skipping the interpreter's teardown.
-
-    Freeing one by one the objects of every module loaded here (MLflow, SQLAlchemy, pandas, XGBoost and the
-    training set) takes about a second at shutdown, and the orchestrator waits for the process to exit; the
-    operating system takes the memory back at once. What a normal exit does first still happens here: other
-    non-daemon threads are waited for, the exit handlers run (MLflow's: end an open run, delete its
-    temporary directories; logging's flush) and the standard streams are flushed.
-    """
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # what the interpreter runs at exit, before the teardown skipped here
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 if __name__ == "__main__":
     main()  # a failure raises: a traceback and status 1, as from any Python program
-    exit_without_teardown()  # also when no job came: the imports need no teardown either
+    # The process is done once its result is reported: the orchestrator need not wait for the interpreter to
+    # free what training loaded (about a second). Also when no job came: the imports need no teardown either.
+    exit_without_teardown()
