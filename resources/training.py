@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -217,6 +218,49 @@ class PrewarmedPipesSubprocessClient(dg.PipesSubprocessClient):
         return dg.PipesClientCompletedInvocation(pipes_session)
 
 
+# Training processes started ahead of the run that will train, by a caller that knows such a run comes next in
+# this process: runs.launch.launch_graph starts one before the day-partitioned run of the whole graph, whose
+# steps (pandas, mostly one core) leave the other core idle for its imports, where a process started with the
+# training run would import while the training set's join (DuckDB, both cores) computes. Keyed by command.
+_STARTED_AHEAD: dict[tuple[str, ...], PrewarmedTrainingProcess] = {}
+_STARTED_AHEAD_LOCK = threading.Lock()
+
+
+def start_training_ahead(compute: object) -> bool:
+    """Start ``compute``'s pre-warmed training process now, for the next run in this process that trains (it
+    takes the process when it starts). Only for a :class:`LocalTrainingCompute` with ``prewarm``; True when a
+    process was started or one is waiting already. :func:`discard_training_ahead` ends one no run took."""
+    if not isinstance(compute, LocalTrainingCompute) or not compute.prewarm:
+        return False
+    command = tuple(compute.command())
+    with _STARTED_AHEAD_LOCK:
+        if command not in _STARTED_AHEAD:
+            try:
+                _STARTED_AHEAD[command] = PrewarmedTrainingProcess(command)
+            except OSError:  # the run that trains starts its own, and reports why it cannot
+                return False
+    return True
+
+
+def discard_training_ahead() -> None:
+    """End every process :func:`start_training_ahead` started that no run has taken."""
+    with _STARTED_AHEAD_LOCK:
+        waiting = list(_STARTED_AHEAD.values())
+        _STARTED_AHEAD.clear()
+    for process in waiting:
+        process.discard()
+
+
+def _take_started_ahead(command: Sequence[str]) -> PrewarmedTrainingProcess | None:
+    """The process started ahead for ``command``, if one is waiting and still alive."""
+    with _STARTED_AHEAD_LOCK:
+        process = _STARTED_AHEAD.pop(tuple(command), None)
+    if process is not None and process.process.poll() is not None:
+        process.discard()  # it exited: the run starts a fresh one
+        return None
+    return process
+
+
 class LocalTrainingCompute(TrainingCompute):
     """A Pipes subprocess on this machine; uses the local GPU when XGBoost can see one.
 
@@ -224,7 +268,8 @@ class LocalTrainingCompute(TrainingCompute):
     resource (at the run's start in process; at the training step's start under the multiprocess
     executor), so its interpreter and imports are paid while the steps before training compute; it
     serves that one training and is ended when the run ends without it. A process that is gone by then
-    is replaced by a fresh one, as ``prewarm=False`` always starts one.
+    is replaced by a fresh one, as ``prewarm=False`` always starts one. A process started earlier still,
+    by :func:`start_training_ahead` in this process, is taken instead of starting one.
     """
 
     python_executable: str = ""  # empty: the interpreter running Dagster
@@ -240,6 +285,9 @@ class LocalTrainingCompute(TrainingCompute):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if not self.prewarm:
+            return
+        self._prewarmed = _take_started_ahead(self.command())
+        if self._prewarmed is not None:
             return
         try:
             self._prewarmed = PrewarmedTrainingProcess(self.command())

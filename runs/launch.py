@@ -21,6 +21,7 @@ from runs.progress import watch_run
 if TYPE_CHECKING:
     import dagster as dg
 
+TRAINING_RESOURCE = "training_compute"  # the resource of the step that trains (resources/__init__.py)
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 # The figures worth a line per materialized asset, and the labels some of them are printed under.
@@ -207,13 +208,25 @@ def launch_graph(
         except dg.DagsterInvalidConfigError as error:
             problems = "\n".join(f"  - {e.message}" for e in error.errors)
             raise CliError(f"the parameters do not fit pipeline {GRAPH_JOB}:\n{problems}") from error
+    from resources.training import discard_training_ahead, start_training_ahead
+
+    graph = defs.resolve_asset_graph()
+    if any(
+        TRAINING_RESOURCE in graph.get(dg.AssetKey.from_user_string(asset)).assets_def.required_resource_keys
+        for stage in stages[1:]
+        for asset in stage
+    ):  # a later run trains: its process imports while the first run's steps leave a core idle
+        start_training_ahead(defs.resources.get(TRAINING_RESOURCE))
     result = GraphResult(runs=[])
-    for index, (stage, stage_params) in enumerate(zip(stages, split, strict=True)):
-        if result.runs and not result.runs[-1].success:
-            result.not_launched = sorted(set().union(*stages[index:]))
-            break
-        days = {"start": start, "end": end} if index == 0 else {}
-        result.runs.append(launch(GRAPH_JOB, stage_params, defs=defs, tags=tags, assets=stage, **days))
+    try:
+        for index, (stage, stage_params) in enumerate(zip(stages, split, strict=True)):
+            if result.runs and not result.runs[-1].success:
+                result.not_launched = sorted(set().union(*stages[index:]))
+                break
+            days = {"start": start, "end": end} if index == 0 else {}
+            result.runs.append(launch(GRAPH_JOB, stage_params, defs=defs, tags=tags, assets=stage, **days))
+    finally:
+        discard_training_ahead()  # not taken: the training run was not launched
     return result
 
 

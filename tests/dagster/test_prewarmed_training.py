@@ -21,7 +21,13 @@ from ml_platform.training.dataset import assemble_training_set
 from ml_platform.training.datasets import store_training_set
 from ml_platform.training.job import TrainingJob
 from ml_platform.training.pipes_entrypoint import WAIT_FOR_BOOTSTRAP, bootstrap_message, receive_bootstrap
-from resources.training import ENTRYPOINT, LocalTrainingCompute
+from resources.training import (
+    ENTRYPOINT,
+    KubernetesTrainingCompute,
+    LocalTrainingCompute,
+    discard_training_ahead,
+    start_training_ahead,
+)
 
 # Small, single-threaded trees: the same data and seed give the same model in any process.
 PARAMS = {"n_estimators": 20, "max_depth": 3, "early_stopping_rounds": 5, "device": "cpu", "n_jobs": 1, "seed": 7}
@@ -173,6 +179,41 @@ def test_a_run_failing_before_training_leaves_no_process_behind(stored_training_
     assert not result.success and metadata is None
     assert len(seen) == 1
     assert not seen[0].is_running()  # ended and reaped at the run's teardown
+    assert prewarmed_children() == []
+
+
+def test_a_process_started_ahead_is_the_one_the_next_training_run_takes(stored_training_set, tmp_path):
+    """``start_training_ahead`` (runs.launch.launch_graph, before the run of the days): the next run that trains
+    takes that process instead of starting one; a second call while it waits starts no other."""
+    job = training_job(stored_training_set, tmp_path)
+    compute = LocalTrainingCompute()
+    assert start_training_ahead(compute) and start_training_ahead(compute)
+    (ahead,) = prewarmed_children()
+    seen: list[list[int]] = []
+
+    @dg.asset(name="trained")
+    def trained(context: dg.AssetExecutionContext, training_compute: LocalTrainingCompute) -> dg.MaterializeResult:
+        seen.append([child.pid for child in prewarmed_children()])
+        return training_compute.train(context, job)
+
+    try:
+        result, messages, metadata = run_asset(trained, compute)
+    finally:
+        discard_training_ahead()
+    assert result.success and metadata["model_version"] == 1
+    assert seen == [[ahead.pid]]  # the run started none of its own
+    assert sum(message.startswith(PREWARMED) and f"(pid {ahead.pid})" in message for message in messages) == 1
+    assert prewarmed_children() == []
+
+
+def test_a_process_started_ahead_that_no_run_takes_is_ended(tmp_path):
+    assert start_training_ahead(LocalTrainingCompute())
+    (ahead,) = prewarmed_children()
+    discard_training_ahead()  # what launch_graph does after its runs, whether the training run came or not
+    assert not ahead.is_running() and prewarmed_children() == []
+    # prewarm off, or training elsewhere (a pod): nothing is started
+    assert not start_training_ahead(LocalTrainingCompute(prewarm=False))
+    assert not start_training_ahead(KubernetesTrainingCompute(namespace="ml", image="ml-platform:test"))
     assert prewarmed_children() == []
 
 
