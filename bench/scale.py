@@ -18,7 +18,7 @@ For each, in fresh Python processes on its own state directory:
    median round counts): job ``ingest`` (load + validate) and job ``refresh_features``
    (``customer_stats``, the Feast repo applied, the day's changed customers written online) for that one
    day, timed from a process that has already loaded the code location (its imports do not count; Feast's
-   do, a few seconds in step ``feature_store``, the first to open the store, as in a daily run's process).
+   do, about a second in step ``feature_store``, the first to open the store, as in a daily run's process).
 
 Printed: the refresh's wall time and each step's seconds (run step timings, and the assets'
 ``compute_seconds`` metadata) for both contestants and the ratio long/short (target: at most 1.2x); the
